@@ -1,0 +1,151 @@
+"""A server that speaks the Messages API itself: requests pass through, nearly untouched.
+
+What changes on the way up: the model name (the route's), the credentials (the
+backend's, never the client's), `max_tokens` filled in or clamped, `temperature` capped
+at 1 (the served API allows 2), `metadata` narrowed to `user_id`, and thinking blocks
+without a signature (produced by translated backends in an earlier turn) dropped, since
+the API refuses them. Every other field, known or not, is forwarded as sent.
+"""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+
+from gateway.backends.base import (
+    FORWARDED_ANTHROPIC_HEADERS,
+    Deployment,
+    client_timeout,
+    open_upstream_stream,
+    parse_json,
+    read_error,
+    transport_error,
+    with_max_tokens,
+)
+from gateway.config import AnthropicBackend
+from gateway.errors import UpstreamProtocolError
+from gateway.exchange import Exchange
+from gateway.relay import NativeRelay
+from gateway.translate.chat_errors import error_from_upstream
+
+
+class AnthropicMessagesBackend:
+    kind = "anthropic"
+
+    def __init__(self, name: str, config: AnthropicBackend, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.config = config
+        self.session = session
+        self.timeout = client_timeout(config.timeouts)
+        self.messages_url = f"{config.base_url}/v1/messages"
+        self.count_url = f"{config.base_url}/v1/messages/count_tokens"
+        key = config.api_key.get_secret_value() if config.api_key else ""
+        self.base_headers = {"content-type": "application/json", "accept": "application/json"}
+        if key:
+            self.base_headers["x-api-key"] = key
+        self.base_headers.update(config.headers)
+
+    def upstream_headers(self, client_headers: dict[str, str]) -> dict[str, str]:
+        headers = dict(self.base_headers)
+        for name in FORWARDED_ANTHROPIC_HEADERS:
+            value = client_headers.get(name)
+            if value:
+                headers[name] = value
+        headers.setdefault("anthropic-version", self.config.anthropic_version)
+        return headers
+
+    def prepare(self, request: dict, deployment: Deployment) -> dict:
+        body = with_max_tokens(request, deployment, deployment.default_max_tokens)
+        body = {**body, "model": deployment.upstream_model}
+        temperature = body.get("temperature")
+        if isinstance(temperature, (int, float)) and temperature > 1:
+            body["temperature"] = 1.0
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict) and set(metadata) - {"user_id"}:
+            narrowed = {k: v for k, v in metadata.items() if k == "user_id"}
+            if narrowed:
+                body["metadata"] = narrowed
+            else:
+                del body["metadata"]
+        messages = _without_unsigned_thinking(body["messages"])
+        if messages is not body["messages"]:
+            body["messages"] = messages
+        return body
+
+    async def send(self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange) -> dict:
+        body = self.prepare(request, deployment)
+        started = time.perf_counter()
+        try:
+            async with self.session.post(
+                self.messages_url, data=orjson.dumps(body), headers=self.upstream_headers(headers), timeout=self.timeout
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                upstream_headers = response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, self.name) from None
+        finally:
+            exchange.upstream_seconds += time.perf_counter() - started
+        if status != 200:
+            raise error_from_upstream(status, raw, upstream_headers)
+        answer = parse_json(raw, self.name)
+        if not isinstance(answer, dict) or answer.get("type") != "message":
+            raise UpstreamProtocolError(f"backend '{self.name}' answered with something that is not a message")
+        answer["model"] = request["model"]
+        return answer
+
+    async def open_stream(
+        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> tuple[aiohttp.ClientResponse, NativeRelay]:
+        body = self.prepare(request, deployment)
+        upstream_headers = self.upstream_headers(headers)
+        upstream_headers["accept"] = "text/event-stream"
+        response = await open_upstream_stream(
+            self.session, self.messages_url, orjson.dumps(body), upstream_headers, self.config.timeouts, self.name
+        )
+        if response.status != 200:
+            raise error_from_upstream(response.status, await read_error(response), response.headers)
+        return response, NativeRelay(request["model"])
+
+    async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
+        body = {**request, "model": deployment.upstream_model}
+        try:
+            async with self.session.post(
+                self.count_url, data=orjson.dumps(body), headers=self.upstream_headers(headers), timeout=self.timeout
+            ) as response:
+                raw = await response.read()
+                status = response.status
+                upstream_headers = response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, self.name) from None
+        if status != 200:
+            raise error_from_upstream(status, raw, upstream_headers)
+        answer = parse_json(raw, self.name)
+        if not isinstance(answer, dict) or not isinstance(answer.get("input_tokens"), int):
+            raise UpstreamProtocolError(f"backend '{self.name}' answered count_tokens without input_tokens")
+        return {"input_tokens": answer["input_tokens"]}
+
+
+def _without_unsigned_thinking(messages: list) -> list:
+    """Drop assistant thinking blocks with an empty signature; the same list when there are none."""
+    def unsigned(block: object) -> bool:
+        return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+
+    if not any(
+        m.get("role") == "assistant" and isinstance(m.get("content"), list) and any(unsigned(b) for b in m["content"])
+        for m in messages
+    ):
+        return messages
+    cleaned = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, list):
+            kept = [b for b in content if not unsigned(b)]
+            if not kept:
+                continue  # nothing left to say; the API merges the user turns around it
+            if len(kept) != len(content):
+                message = {**message, "content": kept}
+        cleaned.append(message)
+    return cleaned

@@ -1,0 +1,119 @@
+"""What every backend provides, and the HTTP plumbing they share.
+
+A backend turns a validated Messages request into an upstream call and the upstream's
+answer back into a Messages answer. Translation lives in `translate/` (pure); a backend
+only adds URLs, credentials, timeouts and error mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from gateway.config import RouteConfig, Timeouts
+from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout
+from gateway.exchange import Exchange
+
+# Client headers a native backend may see; everything else (credentials above all) stays here.
+FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One place a model is served: a backend and the model name it knows."""
+
+    backend: "Backend"
+    upstream_model: str
+    route: RouteConfig
+    # For backends that need a `max_tokens` when the client sent none.
+    default_max_tokens: int
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+
+class Backend(Protocol):
+    name: str
+    kind: str
+
+    async def send(self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange) -> dict:
+        """Answer a non-streaming request with a Messages response body."""
+
+    async def open_stream(
+        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> tuple[aiohttp.ClientResponse, Any]:
+        """Start a streaming request: the upstream response (status 200, body unread) and the
+        relay that turns its bytes into Messages SSE (`relay.py`). A refusal raises before
+        anything reaches the client."""
+
+    async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
+        """Answer `/v1/messages/count_tokens` with `{"input_tokens": N}`."""
+
+
+def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=timeouts.total, connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
+    )
+
+
+def stream_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """For streams, silence between chunks is the pump's to judge (it sends pings meanwhile)."""
+    return aiohttp.ClientTimeout(total=timeouts.total, connect=timeouts.connect, sock_connect=timeouts.connect)
+
+
+async def open_upstream_stream(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
+    params: dict[str, str] | None = None,
+) -> aiohttp.ClientResponse:
+    """POST and wait for the response headers (bounded by `first_byte`); the caller owns the response."""
+    try:
+        async with asyncio.timeout(timeouts.first_byte):
+            return await session.post(url, data=body, headers=headers, params=params, timeout=stream_timeout(timeouts))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise transport_error(exc, backend) from None
+
+
+async def read_error(response: aiohttp.ClientResponse) -> bytes:
+    """The body of a refused request; the response is released either way."""
+    try:
+        return await response.read()
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
+    finally:
+        response.release()
+
+
+def transport_error(exc: BaseException, backend: str) -> GatewayError:
+    """A failure to talk to the upstream at all, as the client should see it."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout(f"backend '{backend}' did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Overloaded(f"backend '{backend}' is unreachable")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return GatewayError(f"backend '{backend}' closed the connection mid-answer")
+    return Overloaded(f"backend '{backend}' failed: {type(exc).__name__}")
+
+
+def parse_json(body: bytes, backend: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError(f"backend '{backend}' answered with a body that is not JSON") from None
+
+
+def with_max_tokens(request: dict, deployment: Deployment, default: int | None) -> dict:
+    """The request with `max_tokens` clamped to the route's cap (and filled in where a
+    backend needs one); a shallow copy, the client's request is never changed."""
+    cap = deployment.route.max_output_tokens
+    wanted = request.get("max_tokens")
+    value = wanted if wanted is not None else default
+    if value is not None and cap is not None and value > cap:
+        value = cap
+    if value == wanted:
+        return request
+    return {**request, "max_tokens": value}

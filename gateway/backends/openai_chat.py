@@ -1,0 +1,124 @@
+"""A Chat Completions server as a Messages backend (OpenAI, Azure, vLLM, Ollama, Groq, DeepSeek, Together)."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+
+from gateway.backends.base import (
+    Deployment,
+    client_timeout,
+    open_upstream_stream,
+    parse_json,
+    read_error,
+    transport_error,
+    with_max_tokens,
+)
+from gateway.backends.presets import dialect_for
+from gateway.config import OpenAIBackend
+from gateway.errors import UpstreamProtocolError
+from gateway.exchange import Exchange
+from gateway.relay import ChatRelay
+from gateway.tokens import estimate_input_tokens
+from gateway.translate.chat_errors import error_from_upstream
+from gateway.translate.chat_request import ChatCall, to_chat_request
+from gateway.translate.chat_response import from_chat_response
+
+
+class OpenAIChatBackend:
+    kind = "openai"
+
+    def __init__(self, name: str, config: OpenAIBackend, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.config = config
+        self.session = session
+        self.dialect = dialect_for(config.preset, config.options)
+        self.timeout = client_timeout(config.timeouts)
+        self.url = f"{config.base_url}/chat/completions"
+        self.params = {"api-version": config.api_version} if config.api_version else None
+        self.headers = self._headers()
+        # Some servers refuse `stream_options` (older Ollama, LM Studio, TGI); learned on
+        # the first refusal, then not sent again by this process.
+        self.stream_usage = self.dialect.stream_usage
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        key = self.config.api_key.get_secret_value() if self.config.api_key else ""
+        if key:
+            if self.config.preset == "azure":
+                headers["api-key"] = key
+            else:
+                headers["authorization"] = f"Bearer {key}"
+        headers.update(self.config.headers)
+        return headers
+
+    def prepare(self, request: dict, deployment: Deployment) -> ChatCall:
+        request = with_max_tokens(request, deployment, None)
+        return to_chat_request(request, upstream_model=deployment.upstream_model, dialect=self.dialect)
+
+    async def send(self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange) -> dict:
+        call = self.prepare(request, deployment)
+        started = time.perf_counter()
+        try:
+            async with self.session.post(
+                self.url, data=orjson.dumps(call.body), headers=self.headers, params=self.params, timeout=self.timeout
+            ) as response:
+                body = await response.read()
+                status = response.status
+                upstream_headers = response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, self.name) from None
+        finally:
+            exchange.upstream_seconds += time.perf_counter() - started
+        if status != 200:
+            raise error_from_upstream(status, body, upstream_headers)
+        return from_chat_response(parse_json(body, self.name), call)
+
+    async def open_stream(
+        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> tuple[aiohttp.ClientResponse, ChatRelay]:
+        call = self.prepare(request, deployment)
+        body = call.body
+        if not self.stream_usage:
+            body = {k: v for k, v in body.items() if k != "stream_options"}
+        response = await open_upstream_stream(
+            self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, self.params
+        )
+        if response.status == 400 and "stream_options" in body:
+            raw = await read_error(response)
+            if b"stream_options" not in raw:
+                raise error_from_upstream(400, raw, response.headers)
+            self.stream_usage = False
+            body = {k: v for k, v in body.items() if k != "stream_options"}
+            response = await open_upstream_stream(
+                self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, self.params
+            )
+        if response.status != 200:
+            raise error_from_upstream(response.status, await read_error(response), response.headers)
+        return response, ChatRelay(call, input_tokens=estimate_input_tokens(request))
+
+    async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
+        if not self.config.tokenize_url:
+            return {"input_tokens": estimate_input_tokens(request)}
+        call = to_chat_request(request, upstream_model=deployment.upstream_model, dialect=self.dialect)
+        payload = {"model": call.body["model"], "messages": call.body["messages"]}
+        if "tools" in call.body:
+            payload["tools"] = call.body["tools"]
+        try:
+            async with self.session.post(
+                self.config.tokenize_url, data=orjson.dumps(payload), headers=self.headers, timeout=self.timeout
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc, self.name) from None
+        if status != 200:
+            raise error_from_upstream(status, body)
+        answer = parse_json(body, self.name)
+        count = answer.get("count") if isinstance(answer, dict) else None
+        if not isinstance(count, int):
+            raise UpstreamProtocolError(f"backend '{self.name}' tokenizer answered without a count")
+        return {"input_tokens": count}
+

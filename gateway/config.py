@@ -1,0 +1,269 @@
+"""The YAML configuration: strict, typed, frozen, checked as a whole before anything serves.
+
+Two phases, as in the peers worth copying: `parse()` turns YAML text into typed models
+(unknown keys are errors, backends are tagged by `type`, `${ENV}` references resolved),
+then `check()` validates cross-references (a route naming a backend that does not exist,
+a model name claimed twice). Every problem is reported at once, each with the dotted
+path of the bad field: `models[2].routes[0].backend: unknown backend 'opnai'`.
+
+Secret values are read from the environment only through `${VAR}` references and are
+held as `SecretStr`; no message here ever includes one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """A configuration with problems; `problems` holds one line per bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # Seconds of upstream silence in a stream after which the client gets a `ping` event
+    # (keeps proxies and client idle timeouts from cutting a slow first token).
+    ping_interval: Annotated[float, Field(gt=0)] = 10.0
+
+
+class Timeouts(_Strict):
+    """Seconds. `first_byte` bounds the wait for the upstream's response headers; `idle`
+    the silence between two chunks of a stream; `total` the whole exchange."""
+
+    connect: Annotated[float, Field(gt=0)] = 10.0
+    first_byte: Annotated[float, Field(gt=0)] = 120.0
+    idle: Annotated[float, Field(gt=0)] = 120.0
+    total: Annotated[float, Field(gt=0)] = 600.0
+
+
+class ChatOptions(_Strict):
+    """Overrides of the preset's Chat Completions dialect (see `translate/dialect.py`)."""
+
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    top_k: bool | None = None
+    sampling: bool | None = None
+    max_stop_sequences: Annotated[int, Field(ge=1)] | None = None
+    documents: bool | None = None
+    image_urls: bool | None = None
+    reasoning: Literal["none", "effort", "chat_template_kwargs", "deepseek"] | None = None
+    reasoning_history: Literal["drop", "reasoning_content", "reasoning"] | None = None
+    stream_usage: bool | None = None
+    system_role: Literal["system", "developer"] | None = None
+    drop_billing_header: bool | None = None
+    send_user: bool | None = None
+    tool_name_limit: Annotated[int, Field(ge=16)] | None = None
+
+
+class _BackendBase(_Strict):
+    base_url: str
+    api_key: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class OpenAIBackend(_BackendBase):
+    """Any Chat Completions server: OpenAI, Azure OpenAI, vLLM, Ollama, Groq, DeepSeek, Together."""
+
+    type: Literal["openai"]
+    preset: Literal["openai", "azure", "vllm", "ollama", "groq", "deepseek", "together", "generic"] = "generic"
+    options: ChatOptions = Field(default_factory=ChatOptions)
+    # Azure OpenAI: the `api-version` query parameter (and the `api-key` header is used).
+    api_version: str | None = None
+    # A tokenizer endpoint that counts exactly (vLLM: `{base}/tokenize`, without the /v1).
+    tokenize_url: str | None = None
+
+
+class AnthropicBackend(_BackendBase):
+    """A server that speaks the Messages API itself; requests pass through."""
+
+    type: Literal["anthropic"]
+    # Sent when the client sent none.
+    anthropic_version: str = "2023-06-01"
+
+
+BackendConfig = OpenAIBackend | AnthropicBackend
+BACKEND_TYPES: dict[str, type[_BackendBase]] = {"openai": OpenAIBackend, "anthropic": AnthropicBackend}
+
+
+class RouteConfig(_Strict):
+    backend: str
+    model: str
+    # Clamp a client's `max_tokens` to what the upstream model accepts (Claude Code asks
+    # for 128000 whatever the model).
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
+class ModelConfig(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    aliases: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    display_name: str | None = None
+    # RFC 3339; shown in `/v1/models` (clients sort by it).
+    created_at: str = "2025-01-01T00:00:00Z"
+    # Used when a request has no `max_tokens` and the backend needs one (native backends).
+    default_max_tokens: Annotated[int, Field(ge=1)] = 4096
+    routes: Annotated[list[RouteConfig], Field(min_length=1)]
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    models: list[ModelConfig] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- loading
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _resolve_env(value: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(value, str):
+        def sub(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k), env, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+    return value
+
+
+def _loc(parts: tuple) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _pydantic_problems(error: ValidationError, prefix: tuple = ()) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        loc = prefix + tuple(item["loc"])
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        problems.append(f"{_loc(loc)}: {msg}")
+    return problems
+
+
+def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
+    """YAML text → a checked `Config`, or `ConfigError` listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([f"{where}not valid YAML ({getattr(exc, 'problem', None) or exc})"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["the configuration must be a mapping at the top level"])
+    problems: list[str] = []
+    raw = _resolve_env(raw, "", os.environ if env is None else env, problems)
+
+    # Backends are validated one by one so a bad field's path reads
+    # `backends.openai.base_url`, not pydantic's union branch names.
+    backends_raw = raw.get("backends") or {}
+    backends: dict[str, BackendConfig] = {}
+    if not isinstance(backends_raw, dict):
+        problems.append("backends: must be a mapping of name → backend")
+        backends_raw = {}
+    for name, spec in backends_raw.items():
+        path = ("backends", str(name))
+        if not isinstance(spec, dict):
+            problems.append(f"{_loc(path)}: must be a mapping")
+            continue
+        kind = spec.get("type")
+        cls = BACKEND_TYPES.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            known = ", ".join(sorted(BACKEND_TYPES))
+            problems.append(f"{_loc(path + ('type',))}: unknown backend type {kind!r} (expected one of: {known})")
+            continue
+        try:
+            backends[str(name)] = cls.model_validate(spec)
+        except ValidationError as exc:
+            problems.extend(_pydantic_problems(exc, path))
+
+    rest = {k: v for k, v in raw.items() if k != "backends"}
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**rest, "backends": {}})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc))
+    problems.extend(check(raw.get("models"), backends_raw))
+    if config is not None:
+        config = config.model_copy(update={"backends": backends})
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    return config
+
+
+def check(models: Any, declared_backends: Mapping[str, Any]) -> list[str]:
+    """Cross-reference problems: duplicate model names, routes to backends that do not exist.
+
+    Works on the raw `models` list, so these are reported even when other fields of the
+    same file fail to validate.
+    """
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for i, model in enumerate(models if isinstance(models, list) else []):
+        if not isinstance(model, dict):
+            continue
+        aliases = model.get("aliases") if isinstance(model.get("aliases"), list) else []
+        for j, name in enumerate([model.get("name"), *aliases]):
+            if not isinstance(name, str):
+                continue
+            where = f"models[{i}].name" if j == 0 else f"models[{i}].aliases[{j - 1}]"
+            if name in seen:
+                problems.append(f"{where}: model name {name!r} is already used by {seen[name]}")
+            else:
+                seen[name] = where
+        routes = model.get("routes") if isinstance(model.get("routes"), list) else []
+        for k, route in enumerate(routes):
+            backend = route.get("backend") if isinstance(route, dict) else None
+            if isinstance(backend, str) and backend not in declared_backends:
+                problems.append(f"models[{i}].routes[{k}].backend: unknown backend {backend!r}")
+    return problems
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    return parse(text, env)

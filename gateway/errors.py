@@ -1,0 +1,101 @@
+"""Every error the gateway answers with, and the status and Messages error type each one carries.
+
+    GatewayError                      500 api_error
+    ├── InvalidRequest                400 invalid_request_error
+    │   └── MethodNotAllowed          405 invalid_request_error
+    ├── AuthenticationFailed          401 authentication_error
+    ├── PermissionDenied              403 permission_error
+    ├── NotFound                      404 not_found_error
+    ├── RequestTooLarge               413 request_too_large
+    ├── RateLimited                   429 rate_limit_error
+    ├── UpstreamTimeout               504 timeout_error
+    └── Overloaded                    529 overloaded_error
+
+Status and type are decided here, once, as class attributes. Only the HTTP edge
+(`middleware.py`) and the stream pump turn an error into bytes; this module imports
+no I/O library so the pure translators can raise these too.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+
+class GatewayError(Exception):
+    """Base: an unexpected failure inside the gateway or upstream. 500 `api_error`."""
+
+    status: int = 500
+    error_type: str = "api_error"
+    # Clients (Claude Code, the SDKs) retry anything not marked otherwise; errors that
+    # a retry cannot fix say so with `x-should-retry: false`.
+    retryable: bool | None = None
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def response_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.retryable is False:
+            headers.setdefault("x-should-retry", "false")
+        return headers
+
+    def body(self, request_id: str | None) -> dict:
+        body: dict = {"type": "error", "error": {"type": self.error_type, "message": self.message}}
+        if request_id:
+            body["request_id"] = request_id
+        return body
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+    retryable = False
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    error_type = "permission_error"
+    retryable = False
+
+
+class NotFound(GatewayError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    error_type = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    error_type = "timeout_error"
+
+
+class Overloaded(GatewayError):
+    status = 529
+    error_type = "overloaded_error"
+
+
+class UpstreamProtocolError(GatewayError):
+    """The upstream answered something that is not its protocol (bad JSON, wrong shape)."""

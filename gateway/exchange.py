@@ -1,0 +1,35 @@
+"""`Exchange`: the typed record of one request as it moves through the gateway.
+
+Every step writes what it learned (model, route, usage, timings, outcome) here instead
+of into a dict bag; the access log, metrics and settlement read it once at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.perf_counter)
+    method: str = ""
+    path: str = ""
+    model: str | None = None  # as the client asked
+    backend: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    status: int = 0
+    error_type: str | None = None
+    usage: dict | None = None
+    upstream_seconds: float = 0.0
+    first_token_seconds: float | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

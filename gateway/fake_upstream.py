@@ -1,0 +1,269 @@
+"""A small scripted upstream that speaks both Chat Completions and Messages, over real HTTP.
+
+The quick start routes its `demo` model here (no provider account, no network), and the
+tests drive it: each test queues the replies it wants (`script`), the server answers the
+next request with the next reply, and records every request it received (`requests`).
+With nothing queued it answers like a polite model that repeats the last user message.
+
+Endpoints: `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/messages/count_tokens`,
+`POST /tokenize` (vLLM's), and for scripting from another process `POST /_script`
+(a JSON list of replies), `GET /_requests`, `POST /_reset`.
+
+A reply is a JSON-able dict:
+    {"status": 200, "json": {...}}                      one JSON body
+    {"status": 200, "sse": [item, ...]}                 a stream; each item is a dict (written as
+                                                        `data: <json>`), {"event": name, "data": {...}}
+                                                        (written with its `event:` line), or a str
+                                                        written as raw text
+    optional: "headers": {...}, "delay": s (before answering), "chunk_delay": s (between items),
+              "stall_after": n (send n items, then hang), "reset_after": n (send n items, then drop
+              the connection), "body": "raw text" (instead of json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeUpstream:
+    url: str = ""  # set by whoever serves it
+    replies: list[dict] = field(default_factory=list)
+    requests: list[Recorded] = field(default_factory=list)
+    # Streams whose client went away before the stream ended (the gateway cancelled upstream).
+    disconnects: int = 0
+    completed_streams: int = 0
+
+    def script(self, *replies: dict) -> None:
+        self.replies.extend(replies)
+
+    def reset(self) -> None:
+        self.replies.clear()
+        self.requests.clear()
+        self.disconnects = 0
+        self.completed_streams = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/chat/completions", self._chat)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/_script", self._script)
+        app.router.add_get("/_requests", self._requests)
+        app.router.add_post("/_reset", self._reset)
+        return app
+
+    # ------------------------------------------------------------------ control endpoints
+
+    async def _script(self, request: web.Request) -> web.Response:
+        replies = await request.json()
+        self.script(*(replies if isinstance(replies, list) else [replies]))
+        return web.json_response({"queued": len(self.replies)})
+
+    async def _requests(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [{"method": r.method, "path": r.path, "headers": r.headers, "body": r.body} for r in self.requests]
+        )
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+    # ------------------------------------------------------------------ model endpoints
+
+    async def _record(self, request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        return body
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        reply = self.replies.pop(0) if self.replies else _default_chat(body)
+        return await self._answer(request, reply)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        reply = self.replies.pop(0) if self.replies else _default_messages(body)
+        return await self._answer(request, reply)
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if self.replies:
+            return await self._answer(request, self.replies.pop(0))
+        return web.json_response({"input_tokens": len(orjson.dumps(body)) // 4})
+
+    async def _tokenize(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if self.replies:
+            return await self._answer(request, self.replies.pop(0))
+        count = len(orjson.dumps(body.get("messages", []))) // 4
+        return web.json_response({"count": count, "max_model_len": 32768, "tokens": []})
+
+    async def _answer(self, request: web.Request, reply: dict) -> web.StreamResponse:
+        if reply.get("delay"):
+            await asyncio.sleep(reply["delay"])
+        status = reply.get("status", 200)
+        headers = reply.get("headers", {})
+        if "sse" not in reply:
+            if "body" in reply:
+                return web.Response(status=status, text=reply["body"], headers=headers)
+            return web.Response(
+                status=status, body=orjson.dumps(reply.get("json", {})), content_type="application/json", headers=headers
+            )
+        response = web.StreamResponse(status=status, headers={"content-type": "text/event-stream", **headers})
+        await response.prepare(request)
+        items = reply["sse"]
+        try:
+            for n, item in enumerate(items):
+                if reply.get("reset_after") == n:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if reply.get("stall_after") == n:
+                    await asyncio.sleep(3600)
+                if n and reply.get("chunk_delay"):
+                    await asyncio.sleep(reply["chunk_delay"])
+                await response.write(_encode_item(item))
+            await response.write_eof()
+            self.completed_streams += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnects += 1
+            raise
+        return response
+
+
+def _encode_item(item: Any) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, dict) and "event" in item and "data" in item:
+        return b"event: " + item["event"].encode() + b"\ndata: " + orjson.dumps(item["data"]) + b"\n\n"
+    return b"data: " + orjson.dumps(item) + b"\n\n"
+
+
+# ---------------------------------------------------------------------- default answers
+
+
+def _last_user_text(messages: Any) -> str:
+    for message in reversed(messages or []):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            texts = [part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+            if texts:
+                return texts[-1]
+    return ""
+
+
+def _demo_text(body: Any) -> str:
+    said = _last_user_text(body.get("messages") if isinstance(body, dict) else None)
+    return f"Hello from the demo upstream. You said: {said}" if said else "Hello from the demo upstream."
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
+    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+
+def _default_chat(body: Any) -> dict:
+    text = _demo_text(body)
+    model = body.get("model", "demo") if isinstance(body, dict) else "demo"
+    usage = {"prompt_tokens": len(orjson.dumps(body)) // 4, "completion_tokens": len(_words(text)), "total_tokens": 0}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    created = int(time.time())
+    if isinstance(body, dict) and body.get("stream"):
+        base = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": created, "model": model}
+        items: list[Any] = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
+        items += [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in _words(text)]
+        items.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            items.append({**base, "choices": [], "usage": usage})
+        items.append("data: [DONE]\n\n")
+        return {"sse": items, "chunk_delay": 0.0}
+    return {
+        "json": {
+            "id": "chatcmpl-demo",
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+    }
+
+
+def _default_messages(body: Any) -> dict:
+    text = _demo_text(body)
+    model = body.get("model", "demo") if isinstance(body, dict) else "demo"
+    usage = {"input_tokens": len(orjson.dumps(body)) // 4, "output_tokens": len(_words(text))}
+    message = {
+        "id": "msg_demo",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    if not (isinstance(body, dict) and body.get("stream")):
+        return {"json": message}
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    items: list[Any] = [
+        {"event": "message_start", "data": {"type": "message_start", "message": start}},
+        {"event": "content_block_start", "data": {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}},
+        {"event": "ping", "data": {"type": "ping"}},
+    ]
+    items += [
+        {"event": "content_block_delta", "data": {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}}
+        for w in _words(text)
+    ]
+    items += [
+        {"event": "content_block_stop", "data": {"type": "content_block_stop", "index": 0}},
+        {
+            "event": "message_delta",
+            "data": {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}},
+        },
+        {"event": "message_stop", "data": {"type": "message_stop"}},
+    ]
+    return {"sse": items}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gateway fake-upstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9099)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    web.run_app(FakeUpstream().app(), host=args.host, port=args.port, handler_cancellation=True, access_log=None,
+                print=lambda _: log.info("fake upstream listening on http://%s:%d", args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

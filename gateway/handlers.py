@@ -1,0 +1,121 @@
+"""Thin endpoints: each calls the steps of a request in order and owns no logic of its own."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from aiohttp import web
+
+from gateway import streaming
+from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS
+from gateway.errors import InvalidRequest, NotFound
+from gateway.keys import EXCHANGE, RUNTIME
+from gateway.protocols.messages import unknown_fields, validate_request
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+async def read_json(request: web.Request) -> object:
+    content_type = request.content_type
+    if content_type != JSON and not content_type.endswith("+json"):
+        raise InvalidRequest(f"Content-Type must be application/json, got {content_type or 'none'}")
+    raw = await request.read()  # over the size limit: 413 from aiohttp, mapped at the edge
+    if not raw:
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type=JSON)
+
+
+def client_headers(request: web.Request) -> dict[str, str]:
+    return {name: request.headers[name] for name in FORWARDED_ANTHROPIC_HEADERS if name in request.headers}
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    exchange = request[EXCHANGE]
+    runtime = request.app[RUNTIME]
+    body = validate_request(await read_json(request))
+    exchange.model = body["model"]
+    exchange.stream = bool(body.get("stream"))
+    if log.isEnabledFor(logging.DEBUG):
+        extra = unknown_fields(body)
+        if extra:
+            log.debug("request %s has undocumented fields %s; kept for native backends", exchange.request_id, extra)
+    plan = runtime.router.resolve(body["model"])
+    deployment = plan.primary
+    exchange.backend = deployment.backend_name
+    exchange.upstream_model = deployment.upstream_model
+    headers = client_headers(request)
+    if exchange.stream:
+        return await streaming.respond(request, body, deployment, headers, exchange)
+    answer = await deployment.backend.send(body, deployment, headers, exchange)
+    exchange.usage = answer.get("usage")
+    return json_response(answer)
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    body = validate_request(await read_json(request))
+    request[EXCHANGE].model = body["model"]
+    deployment = runtime.router.resolve(body["model"]).primary
+    request[EXCHANGE].backend = deployment.backend_name
+    return json_response(await deployment.backend.count_tokens(body, deployment, client_headers(request)))
+
+
+def _model_entry(runtime, name: str) -> dict:
+    plan = runtime.router.resolve(name)
+    model = plan.model
+    display = model.display_name or model.name
+    return {"type": "model", "id": name, "display_name": display, "created_at": model.created_at}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    names = runtime.router.names()
+    query = request.query
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        raise InvalidRequest("limit: Input should be a valid integer") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest("limit: Input should be between 1 and 1000")
+    after, before = query.get("after_id"), query.get("before_id")
+    if after is not None and before is not None:
+        raise InvalidRequest("after_id and before_id cannot both be given")
+    if after is not None:
+        if after not in names:
+            raise InvalidRequest(f"after_id: unknown model id {after!r}")
+        window = names[names.index(after) + 1 :]
+        page, has_more = window[:limit], len(window) > limit
+    elif before is not None:
+        if before not in names:
+            raise InvalidRequest(f"before_id: unknown model id {before!r}")
+        window = names[: names.index(before)]
+        page, has_more = window[-limit:], len(window) > limit
+    else:
+        page, has_more = names[:limit], len(names) > limit
+    data = [_model_entry(runtime, name) for name in page]
+    return json_response(
+        {"data": data, "has_more": has_more, "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
+    )
+
+
+async def get_model(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    name = request.match_info["model_id"]
+    try:
+        return json_response(_model_entry(runtime, name))
+    except NotFound:
+        raise NotFound(f"model: {name}") from None
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})

@@ -1,0 +1,315 @@
+"""The Messages API request as the gateway serves it: validation and small shared helpers.
+
+The request stays the JSON object the client sent (a dict): native backends get it back
+with unknown fields untouched, and translators read it without a copy into models.
+`validate_request` checks every field the API documents, in the API's own error style
+(`messages.1.content.0.text: Field required`), and accepts what it does not know.
+
+The served API is slightly wider than Anthropic's (see docs: protocol mapping §0):
+`max_tokens` is optional, `temperature` goes up to 2 and `metadata` takes any keys.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from gateway.errors import InvalidRequest
+
+# Fields the API accepts for portability and never uses for generation: accepted,
+# dropped for translated backends, forwarded to native ones.
+COMPAT_FIELDS = frozenset(
+    {"service_tier", "container", "inference_geo", "cache_control", "context_management", "mcp_servers"}
+)
+KNOWN_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "top_k",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+    }
+) | COMPAT_FIELDS
+
+ROLES = ("user", "assistant", "system")
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
+TOOL_CHOICES = ("auto", "any", "tool", "none")
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
+MIN_THINKING_BUDGET = 1024
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def new_message_id() -> str:
+    return "msg_" + os.urandom(12).hex()
+
+
+def _fail(path: str, problem: str) -> InvalidRequest:
+    return InvalidRequest(f"{path}: {problem}" if path else problem)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_str(obj: dict, key: str, path: str) -> str:
+    if key not in obj:
+        raise _fail(f"{path}.{key}", "Field required")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise _fail(f"{path}.{key}", "Input should be a valid string")
+    return value
+
+
+def _require_object(value: Any, path: str) -> dict:
+    if not isinstance(value, dict):
+        raise _fail(path, "Input should be a valid dictionary or object")
+    return value
+
+
+def _require_list(value: Any, path: str) -> list:
+    if not isinstance(value, list):
+        raise _fail(path, "Input should be a valid list")
+    return value
+
+
+def _number_in(body: dict, key: str, low: float, high: float, *, integer: bool = False) -> None:
+    if key not in body or body[key] is None:
+        return
+    value = body[key]
+    if integer and not _is_int(value):
+        raise _fail(key, "Input should be a valid integer")
+    if not _is_number(value):
+        raise _fail(key, "Input should be a valid number")
+    if value < low or value > high:
+        raise _fail(key, f"Input should be between {low:g} and {high:g}")
+
+
+def validate_request(body: Any) -> dict:
+    """Check a Messages request body (or a count_tokens body, its subset); return it
+    unchanged or raise `InvalidRequest`."""
+    body = _require_object(body, "")
+    model = body.get("model")
+    if model is None:
+        raise _fail("model", "Field required")
+    if not isinstance(model, str) or not model:
+        raise _fail("model", "Input should be a non-empty string")
+    if "messages" not in body:
+        raise _fail("messages", "Field required")
+    messages = _require_list(body["messages"], "messages")
+    if not messages:
+        raise _fail("messages", "List should have at least 1 item")
+    for i, message in enumerate(messages):
+        _validate_message(message, f"messages.{i}")
+
+    if "max_tokens" in body and body["max_tokens"] is not None:
+        if not _is_int(body["max_tokens"]):
+            raise _fail("max_tokens", "Input should be a valid integer")
+        if body["max_tokens"] < 1:
+            raise _fail("max_tokens", "Input should be greater than or equal to 1")
+    if "system" in body and body["system"] is not None:
+        _validate_system(body["system"])
+    if "stop_sequences" in body and body["stop_sequences"] is not None:
+        for i, seq in enumerate(_require_list(body["stop_sequences"], "stop_sequences")):
+            if not isinstance(seq, str) or not seq:
+                raise _fail(f"stop_sequences.{i}", "Input should be a non-empty string")
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise _fail("stream", "Input should be a valid boolean")
+    _number_in(body, "temperature", 0, 2)
+    _number_in(body, "top_p", 0, 1)
+    _number_in(body, "top_k", 0, 100, integer=True)
+    if "metadata" in body and body["metadata"] is not None:
+        metadata = _require_object(body["metadata"], "metadata")
+        user_id = metadata.get("user_id")
+        if user_id is not None and not isinstance(user_id, str):
+            raise _fail("metadata.user_id", "Input should be a valid string")
+    if "tools" in body and body["tools"] is not None:
+        for i, tool in enumerate(_require_list(body["tools"], "tools")):
+            _validate_tool(tool, f"tools.{i}")
+    if "tool_choice" in body and body["tool_choice"] is not None:
+        _validate_tool_choice(body["tool_choice"])
+    if "thinking" in body and body["thinking"] is not None:
+        _validate_thinking(body["thinking"], body.get("max_tokens"))
+    if "output_config" in body and body["output_config"] is not None:
+        _validate_output_config(body["output_config"])
+    return body
+
+
+def _validate_system(system: Any) -> None:
+    if isinstance(system, str):
+        return
+    if isinstance(system, dict):  # leniently, one text block on its own
+        _validate_text_block(system, "system")
+        return
+    for i, block in enumerate(_require_list(system, "system")):
+        _validate_text_block(_require_object(block, f"system.{i}"), f"system.{i}")
+
+
+def _validate_text_block(block: dict, path: str) -> None:
+    if block.get("type") != "text":
+        raise _fail(f"{path}.type", "Input should be 'text'")
+    _require_str(block, "text", path)
+
+
+def _validate_message(message: Any, path: str) -> None:
+    message = _require_object(message, path)
+    role = message.get("role")
+    if role is None:
+        raise _fail(f"{path}.role", "Field required")
+    if role not in ROLES:
+        raise _fail(f"{path}.role", "Input should be 'user' or 'assistant'")
+    if "content" not in message:
+        raise _fail(f"{path}.content", "Field required")
+    content = message["content"]
+    if isinstance(content, str):
+        return
+    for j, block in enumerate(_require_list(content, f"{path}.content")):
+        _validate_block(block, f"{path}.content.{j}", role)
+
+
+def _validate_block(block: Any, path: str, role: str) -> None:
+    block = _require_object(block, path)
+    kind = block.get("type")
+    if not isinstance(kind, str):
+        raise _fail(f"{path}.type", "Field required")
+    if kind == "text":
+        _require_str(block, "text", path)
+    elif kind == "image":
+        _validate_image(block, path)
+    elif kind == "document":
+        source = _require_object(block.get("source"), f"{path}.source")
+        if not isinstance(source.get("type"), str):
+            raise _fail(f"{path}.source.type", "Field required")
+    elif kind == "tool_use":
+        _require_str(block, "id", path)
+        _require_str(block, "name", path)
+        if "input" not in block:
+            raise _fail(f"{path}.input", "Field required")
+        _require_object(block["input"], f"{path}.input")
+    elif kind == "tool_result":
+        _require_str(block, "tool_use_id", path)
+        content = block.get("content")
+        if content is not None and not isinstance(content, str):
+            for k, inner in enumerate(_require_list(content, f"{path}.content")):
+                inner = _require_object(inner, f"{path}.content.{k}")
+                if inner.get("type") == "text":
+                    _require_str(inner, "text", f"{path}.content.{k}")
+                elif inner.get("type") == "image":
+                    _validate_image(inner, f"{path}.content.{k}")
+                elif not isinstance(inner.get("type"), str):
+                    raise _fail(f"{path}.content.{k}.type", "Field required")
+        if "is_error" in block and block["is_error"] is not None and not isinstance(block["is_error"], bool):
+            raise _fail(f"{path}.is_error", "Input should be a valid boolean")
+    elif kind == "thinking":
+        _require_str(block, "thinking", path)
+        if "signature" in block and not isinstance(block["signature"], str):
+            raise _fail(f"{path}.signature", "Input should be a valid string")
+    elif kind == "redacted_thinking":
+        _require_str(block, "data", path)
+    # Other block types (server tool history, search results, newer additions) are
+    # accepted here; a backend that cannot carry them says so by name.
+
+
+def _validate_image(block: dict, path: str) -> None:
+    source = _require_object(block.get("source"), f"{path}.source")
+    kind = source.get("type")
+    if kind == "base64":
+        media_type = _require_str(source, "media_type", f"{path}.source")
+        if media_type not in IMAGE_MEDIA_TYPES:
+            raise _fail(f"{path}.source.media_type", "Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'")
+        _require_str(source, "data", f"{path}.source")
+    elif kind == "url":
+        _require_str(source, "url", f"{path}.source")
+    elif kind is None:
+        raise _fail(f"{path}.source.type", "Field required")
+    # `file` sources and later kinds pass to native backends; translators refuse them by name.
+
+
+def _validate_tool(tool: Any, path: str) -> None:
+    tool = _require_object(tool, path)
+    kind = tool.get("type")
+    name = _require_str(tool, "name", path)
+    if kind in (None, "custom"):
+        if not TOOL_NAME.match(name):
+            raise _fail(f"{path}.name", "String should match pattern '^[a-zA-Z0-9_-]{1,128}$'")
+        if "input_schema" not in tool:
+            raise _fail(f"{path}.input_schema", "Field required")
+        _require_object(tool["input_schema"], f"{path}.input_schema")
+    elif not isinstance(kind, str):
+        raise _fail(f"{path}.type", "Input should be a valid string")
+
+
+def _validate_tool_choice(choice: Any) -> None:
+    choice = _require_object(choice, "tool_choice")
+    kind = choice.get("type")
+    if kind not in TOOL_CHOICES:
+        raise _fail("tool_choice.type", "Input should be 'auto', 'any', 'tool' or 'none'")
+    if kind == "tool":
+        _require_str(choice, "name", "tool_choice")
+    dp = choice.get("disable_parallel_tool_use")
+    if dp is not None and not isinstance(dp, bool):
+        raise _fail("tool_choice.disable_parallel_tool_use", "Input should be a valid boolean")
+
+
+def _validate_thinking(thinking: Any, max_tokens: Any) -> None:
+    thinking = _require_object(thinking, "thinking")
+    kind = thinking.get("type")
+    if kind == "enabled":
+        if "budget_tokens" not in thinking:
+            raise _fail("thinking.enabled.budget_tokens", "Field required")
+        budget = thinking["budget_tokens"]
+        if not _is_int(budget):
+            raise _fail("thinking.enabled.budget_tokens", "Input should be a valid integer")
+        if budget < MIN_THINKING_BUDGET:
+            raise _fail("thinking.enabled.budget_tokens", f"Input should be greater than or equal to {MIN_THINKING_BUDGET}")
+        if _is_int(max_tokens) and max_tokens <= budget:
+            raise InvalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`")
+    elif kind in ("disabled", "adaptive"):
+        if "budget_tokens" in thinking:
+            raise _fail(f"thinking.{kind}.budget_tokens", "Extra inputs are not permitted")
+    else:
+        raise _fail("thinking.type", "Input should be 'enabled', 'disabled' or 'adaptive'")
+
+
+def _validate_output_config(config: Any) -> None:
+    config = _require_object(config, "output_config")
+    effort = config.get("effort")
+    if effort is not None and effort not in EFFORTS:
+        raise _fail("output_config.effort", "Input should be 'low', 'medium', 'high', 'xhigh' or 'max'")
+    fmt = config.get("format")
+    if fmt is not None:
+        fmt = _require_object(fmt, "output_config.format")
+        if fmt.get("type") != "json_schema":
+            raise _fail("output_config.format.type", "Input should be 'json_schema'")
+        if "schema" not in fmt:
+            raise _fail("output_config.format.schema", "Field required")
+        _require_object(fmt["schema"], "output_config.format.schema")
+
+
+def unknown_fields(body: dict) -> list[str]:
+    """Top-level fields the API does not document (kept for native backends, logged)."""
+    return [key for key in body if key not in KNOWN_FIELDS]
+
+
+def system_text(system: Any) -> list[str]:
+    """The text pieces of a `system` value (string, block list or a single block)."""
+    if system is None:
+        return []
+    if isinstance(system, str):
+        return [system]
+    if isinstance(system, dict):
+        return [system.get("text", "")]
+    return [block.get("text", "") for block in system]

@@ -1,0 +1,133 @@
+"""Server-sent events: an incremental decoder for upstream bytes and the encoder for client events.
+
+The decoder has the shape of httpx's `_decoders`: `feed(bytes)` returns the events that
+the bytes completed, `flush()` the one the end of the stream completed. It accepts any
+split of the stream (a read may end mid-line, mid-`\\r\\n` or inside a UTF-8 character)
+and gives the same events for every split. Lines are split on bytes *before* decoding:
+`\\r` and `\\n` never occur inside a multi-byte UTF-8 sequence, so a character cut between
+two reads is decoded whole (pitfall P18) without an incremental text decoder.
+
+Field rules follow the WHATWG event-stream interpretation, as the Anthropic SDK's own
+decoder does: `\\r\\n`, `\\n` and `\\r` end a line; a blank line ends an event; lines
+starting with `:` are comments; one space after the colon is dropped; several `data:`
+lines are joined with `\\n`; an event without `data:` lines is not emitted; the last
+`id:` persists across events. Unlike the SDK decoder, `flush()` also emits an event the
+upstream did not end with a blank line (some servers close right after the last line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+DONE = "[DONE]"  # OpenAI's end-of-stream sentinel; never sent to a Messages client
+
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    event: str | None
+    data: str
+    id: str | None = None
+
+
+class SseDecoder:
+    """Upstream bytes → `SseEvent`s. One per upstream response; not thread-safe."""
+
+    __slots__ = ("_pending", "_skip_lf", "_head", "_event", "_data", "_last_id")
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []  # the current unterminated line, in pieces
+        self._skip_lf = False  # the previous read ended with `\r`: a leading `\n` belongs to it
+        self._head: bytes | None = b""  # bytes seen while a leading BOM is still possible
+        self._event: str | None = None
+        self._data: list[str] = []
+        self._last_id: str | None = None
+
+    def feed(self, data: bytes) -> list[SseEvent]:
+        if self._head is not None:
+            data = self._strip_bom(data)
+            if not data:
+                return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if b"\n" not in data and b"\r" not in data:
+            # No line ends here: keep the piece (joining once, later, keeps long lines linear).
+            if data:
+                self._pending.append(data)
+            return []
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+            self._pending = []
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                self._skip_lf = True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        if rest:
+            self._pending.append(rest)
+        events: list[SseEvent] = []
+        for line in lines:
+            self._line(line, events)
+        return events
+
+    def flush(self) -> list[SseEvent]:
+        """The end of the stream: a last line and event without their terminators still count."""
+        events: list[SseEvent] = []
+        self._head = None  # still undecided means: nothing but a cut-off BOM arrived
+        if self._pending:
+            line = b"".join(self._pending)
+            self._pending = []
+            self._line(line, events)
+        self._line(b"", events)
+        self._skip_lf = False
+        return events
+
+    def _strip_bom(self, data: bytes) -> bytes:
+        """Drop a UTF-8 BOM at the very start of the stream, even if it arrives split."""
+        head = self._head + data  # type: ignore[operator]
+        if len(head) < len(_BOM) and _BOM.startswith(head):
+            self._head = head
+            return b""
+        self._head = None
+        return head.removeprefix(_BOM)
+
+    def _line(self, line: bytes, events: list[SseEvent]) -> None:
+        if not line:
+            if self._data:
+                events.append(SseEvent(self._event, "\n".join(self._data), self._last_id))
+            self._event = None
+            self._data = []
+            return
+        if line[0] == 0x3A:  # ":" comment (keep-alives)
+            return
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\0" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        # `retry:` and unknown fields are ignored.
+
+
+def encode(event_type: str, data: dict) -> bytes:
+    """One Messages event on the wire: `event: <type>`, one compact `data:` line, blank line.
+
+    JSON escapes every `\\r` and `\\n` inside strings, so the data is always one line.
+    """
+    return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def encode_json(data: dict) -> bytes:
+    """`encode` with the event name taken from the payload's `type`, as the SDK requires."""
+    return encode(data["type"], data)

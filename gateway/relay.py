@@ -1,0 +1,160 @@
+"""What a stream's bytes become on their way to the client, one relay per protocol pair.
+
+A relay is pure (no sockets, no clock): the pump in `streaming.py` hands it each upstream
+read and writes what it returns. Both relays return only whole SSE events, so the pump
+may slip a `ping` between two writes and a failure never leaves half an event behind.
+
+- `ChatRelay`: Chat Completions SSE → decoder → `ChatStreamTranslator` → Messages SSE.
+- `NativeRelay`: Messages SSE relayed as the upstream wrote it (bytes not re-encoded, only
+  cut at event boundaries), watched for usage; the one `message_start` is rewritten so
+  its `model` is the name the client asked for.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.errors import GatewayError, UpstreamProtocolError
+from gateway.protocols.sse import DONE, SseDecoder, encode, encode_json
+from gateway.translate.chat_request import ChatCall
+from gateway.translate.chat_stream import ChatStreamTranslator
+
+_ENDED_EARLY = "the model's backend ended the stream early"
+
+
+class ChatRelay:
+    def __init__(self, call: ChatCall, *, input_tokens: int = 0) -> None:
+        self._decoder = SseDecoder()
+        self._translator = ChatStreamTranslator(call, input_tokens=input_tokens)
+        self.done = False  # the upstream said `[DONE]`
+        self.has_content = False
+
+    @property
+    def finished(self) -> bool:
+        return self._translator.finished
+
+    @property
+    def usage(self) -> dict:
+        return self._translator.usage
+
+    def start(self) -> bytes:
+        return self._encode(self._translator.start())
+
+    def feed(self, data: bytes) -> bytes:
+        return self._translate(self._decoder.feed(data))
+
+    def _translate(self, batch: list) -> bytes:
+        events: list[dict] = []
+        for sse in batch:
+            if sse.data == DONE:
+                self.done = True
+                continue
+            if self._translator.finished:
+                continue
+            try:
+                chunk = orjson.loads(sse.data)
+            except orjson.JSONDecodeError:
+                raise UpstreamProtocolError("the model's backend sent a stream chunk that is not JSON") from None
+            events.extend(self._translator.feed(chunk))
+        return self._encode(events)
+
+    def end(self) -> bytes:
+        """The upstream closed the stream."""
+        tail = self._translate(self._decoder.flush())  # a last event the upstream did not terminate
+        if self._translator.finished:
+            return tail
+        if self.done or self._translator.finish_reason is not None:
+            return tail + self._encode(self._translator.finish())
+        return tail + self.fail(GatewayError(_ENDED_EARLY))
+
+    def fail(self, error: GatewayError) -> bytes:
+        return self._encode(self._translator.fail(error))
+
+    def _encode(self, events: list[dict]) -> bytes:
+        if not events:
+            return b""
+        if not self.has_content:
+            self.has_content = any(e["type"] == "content_block_delta" for e in events)
+        return b"".join(map(encode_json, events))
+
+
+def _last_boundary(buffer: bytes) -> int:
+    """The end of the last complete SSE event in `buffer`, or -1."""
+    ends = [buffer.rfind(sep) + len(sep) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r") if sep in buffer]
+    return max(ends) if ends else -1
+
+
+class NativeRelay:
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._decoder = SseDecoder()
+        self._pending = b""
+        self._started = False
+        self.finished = False  # message_stop or error relayed
+        self.done = False  # Messages streams have no `[DONE]`; message_stop is the end
+        self.has_content = False
+        self.usage: dict = {}
+        self.stop_reason: str | None = None
+
+    def start(self) -> bytes:
+        return b""  # the upstream sends its own message_start
+
+    def feed(self, data: bytes) -> bytes:
+        buffer = self._pending + data if self._pending else data
+        cut = _last_boundary(buffer)
+        if cut < 0:
+            self._pending = buffer
+            return b""
+        complete, self._pending = buffer[:cut], buffer[cut:]
+        events = self._decoder.feed(complete)
+        rewrite = False
+        for sse in events:
+            kind = sse.event
+            if kind == "content_block_delta":
+                self.has_content = True
+            elif kind in ("message_start", "message_delta", "error", "message_stop"):
+                rewrite |= self._watch(kind, sse.data)
+        if rewrite:
+            # Only the batch holding message_start is re-encoded, once per stream.
+            return b"".join(
+                encode(sse.event or "message", self._with_model(sse.data) if sse.event == "message_start" else orjson.loads(sse.data))
+                for sse in events
+            )
+        return complete
+
+    def _watch(self, kind: str, data: str) -> bool:
+        if kind == "message_stop" or kind == "error":
+            self.finished = True
+            return False
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamProtocolError(f"the model's backend sent a {kind} event that is not JSON") from None
+        if kind == "message_start":
+            message = payload.get("message") or {}
+            self.usage.update({k: v for k, v in (message.get("usage") or {}).items() if isinstance(v, int)})
+            if self._started:
+                return False
+            self._started = True
+            return True
+        delta_usage = payload.get("usage") or {}
+        self.usage.update({k: v for k, v in delta_usage.items() if isinstance(v, int)})
+        self.stop_reason = (payload.get("delta") or {}).get("stop_reason") or self.stop_reason
+        return False
+
+    def _with_model(self, data: str) -> dict:
+        payload = orjson.loads(data)
+        if isinstance(payload.get("message"), dict):
+            payload["message"]["model"] = self._model
+        return payload
+
+    def end(self) -> bytes:
+        if self.finished:
+            return b""
+        return self.fail(GatewayError(_ENDED_EARLY))
+
+    def fail(self, error: GatewayError) -> bytes:
+        if self.finished:
+            return b""
+        self.finished = True
+        return encode_json(error.body(None))

@@ -1,0 +1,15 @@
+"""Every path the gateway serves, in one table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway import handlers
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/messages", handlers.messages)
+    app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model_id}", handlers.get_model)
+    app.router.add_get("/health", handlers.health)

@@ -1,0 +1,423 @@
+"""Messages request → Chat Completions request. Pure: no I/O, no clock, the input is not mutated.
+
+A retry or a fallback runs `to_chat_request` again on the same request, so it must give
+the same answer every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+from gateway.errors import InvalidRequest
+from gateway.protocols.messages import system_text
+from gateway.translate.dialect import ChatDialect, short_tool_name, upstream_tool_id
+
+BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
+TOOL_ERROR_MARK = "[tool error] "
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A translated request and what the answer's translation needs to know about it."""
+
+    body: dict
+    model: str  # the model name the client asked for; answers carry it back
+    tool_names: Mapping[str, str] = field(default_factory=dict)  # sent name → client's name
+    stop_sequences: tuple[str, ...] = ()
+
+    def client_tool_name(self, sent: str) -> str:
+        return self.tool_names.get(sent, sent)
+
+
+def to_chat_request(request: dict, *, upstream_model: str, dialect: ChatDialect) -> ChatCall:
+    names = _ToolNames(dialect.tool_name_limit)
+    messages: list[dict] = []
+
+    system = [
+        text
+        for text in system_text(request.get("system"))
+        if text and not (dialect.drop_billing_header and text.startswith(BILLING_HEADER_PREFIX))
+    ]
+    if system:
+        messages.append({"role": dialect.system_role, "content": "\n".join(system)})
+
+    for i, message in enumerate(request["messages"]):
+        role = message["role"]
+        content = message["content"]
+        path = f"messages.{i}"
+        if role == "system":
+            text = "\n".join(system_text(content)) if not isinstance(content, str) else content
+            if text:
+                messages.append({"role": dialect.system_role, "content": text})
+        elif role == "user":
+            messages.extend(_user_messages(content, path, dialect))
+        else:
+            messages.extend(_assistant_messages(content, path, dialect, names))
+
+    body: dict[str, Any] = {"model": upstream_model, "messages": _merge_consecutive(messages)}
+
+    tools = request.get("tools") or []
+    if tools:
+        body["tools"] = [_tool(tool, f"tools.{i}", names) for i, tool in enumerate(tools)]
+        choice = request.get("tool_choice")
+        if choice:
+            _tool_choice(choice, body, names)
+
+    stop = tuple(request.get("stop_sequences") or ())
+    if stop:
+        cap = dialect.max_stop_sequences
+        if cap is not None and len(stop) > cap:
+            raise InvalidRequest(
+                f"stop_sequences: this model's backend accepts at most {cap} stop sequences, got {len(stop)}"
+            )
+        body["stop"] = list(stop)
+
+    if request.get("max_tokens") is not None:
+        body[dialect.max_tokens_field] = request["max_tokens"]
+    if dialect.sampling:
+        for key in ("temperature", "top_p"):
+            if request.get(key) is not None:
+                body[key] = request[key]
+    if dialect.top_k and request.get("top_k"):  # 0 means "disabled"
+        body["top_k"] = request["top_k"]
+
+    metadata = request.get("metadata") or {}
+    if dialect.send_user and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
+        body["user"] = hashlib.sha256(metadata["user_id"].encode()).hexdigest()[:32]
+
+    _reasoning(request, body, dialect)
+    _output_format(request, body)
+
+    if request.get("stream"):
+        body["stream"] = True
+        if dialect.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+
+    return ChatCall(body=body, model=request["model"], tool_names=names.reverse, stop_sequences=stop)
+
+
+class _ToolNames:
+    """Shortens names over the server's limit and remembers how to restore them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reverse: dict[str, str] = {}
+
+    def sent(self, name: str) -> str:
+        short = short_tool_name(name, self.limit)
+        if short != name:
+            self.reverse[short] = name
+        return short
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+def _user_messages(content: Any, path: str, dialect: ChatDialect) -> list[dict]:
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}] if content else []
+    tool_messages: list[dict] = []
+    parts: list[dict] = []
+    for j, block in enumerate(content):
+        kind = block["type"]
+        bpath = f"{path}.content.{j}"
+        if kind == "tool_result":
+            text, extra = _tool_result(block, bpath, dialect)
+            tool_messages.append({"role": "tool", "tool_call_id": upstream_tool_id(block["tool_use_id"]), "content": text})
+            parts.extend(extra)
+        else:
+            parts.extend(_user_part(block, bpath, dialect))
+    messages = tool_messages
+    if parts:
+        messages.append({"role": "user", "content": _flatten(parts)})
+    return messages
+
+
+def _flatten(parts: list[dict]) -> str | list[dict]:
+    """Text-only content as one string (every server takes that); parts otherwise."""
+    if all(part["type"] == "text" for part in parts):
+        return "\n".join(part["text"] for part in parts)
+    return parts
+
+
+def _user_part(block: dict, path: str, dialect: ChatDialect) -> list[dict]:
+    kind = block["type"]
+    if kind == "text":
+        return [{"type": "text", "text": block["text"]}] if block["text"] else []
+    if kind == "image":
+        return [_image_part(block, path, dialect)]
+    if kind == "document":
+        return [_document_part(block, path, dialect)]
+    if kind == "search_result":
+        return [{"type": "text", "text": _search_result_text(block)}]
+    raise InvalidRequest(f"{path}.type: content block type '{kind}' is not supported by this model's backend")
+
+
+def _image_part(block: dict, path: str, dialect: ChatDialect) -> dict:
+    source = block["source"]
+    if source["type"] == "base64":
+        url = f"data:{source['media_type']};base64,{source['data']}"
+    elif source["type"] == "url":
+        if not dialect.image_urls:
+            raise InvalidRequest(
+                f"{path}.source: this model's backend cannot fetch image URLs; send the image as base64"
+            )
+        url = source["url"]
+    else:
+        raise InvalidRequest(f"{path}.source.type: image source '{source['type']}' is not supported by this model's backend")
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _document_part(block: dict, path: str, dialect: ChatDialect) -> dict:
+    source = block["source"]
+    title = block.get("title")
+    kind = source.get("type")
+    if kind == "text":
+        text = source.get("data", "")
+        return {"type": "text", "text": f"{title}\n{text}" if title else text}
+    if kind == "content":
+        inner = source.get("content")
+        text = inner if isinstance(inner, str) else "\n".join(b.get("text", "") for b in inner or [] if b.get("type") == "text")
+        return {"type": "text", "text": f"{title}\n{text}" if title else text}
+    if kind == "base64" and source.get("media_type") == "application/pdf":
+        if not dialect.documents:
+            raise InvalidRequest(f"{path}: PDF documents are not supported by this model's backend")
+        return {
+            "type": "file",
+            "file": {"filename": title or "document.pdf", "file_data": f"data:application/pdf;base64,{source['data']}"},
+        }
+    raise InvalidRequest(f"{path}.source: document source '{kind}' is not supported by this model's backend")
+
+
+def _search_result_text(block: dict) -> str:
+    lines = [block.get("title", ""), block.get("source", "")]
+    lines += [b.get("text", "") for b in block.get("content") or [] if b.get("type") == "text"]
+    return "\n".join(line for line in lines if line)
+
+
+def _tool_result(block: dict, path: str, dialect: ChatDialect) -> tuple[str, list[dict]]:
+    """The tool message text, and the parts (images) that must follow in a user message."""
+    content = block.get("content")
+    extra: list[dict] = []
+    if content is None:
+        text = ""
+    elif isinstance(content, str):
+        text = content
+    else:
+        texts = []
+        for k, inner in enumerate(content):
+            kind = inner.get("type")
+            if kind == "text":
+                texts.append(inner["text"])
+            elif kind == "image":
+                extra.append(_image_part(inner, f"{path}.content.{k}", dialect))
+            elif kind == "document":
+                extra.append(_document_part(inner, f"{path}.content.{k}", dialect))
+            elif kind == "search_result":
+                texts.append(_search_result_text(inner))
+            else:
+                raise InvalidRequest(
+                    f"{path}.content.{k}.type: content block type '{kind}' is not supported by this model's backend"
+                )
+        text = "\n".join(texts)
+    if block.get("is_error"):
+        text = TOOL_ERROR_MARK + text
+    return text, extra
+
+
+def _assistant_messages(content: Any, path: str, dialect: ChatDialect, names: _ToolNames) -> list[dict]:
+    message: dict[str, Any] = {"role": "assistant"}
+    if isinstance(content, str):
+        message["content"] = content
+        if dialect.reasoning_history != "drop":
+            message[dialect.reasoning_history] = ""
+        return [message]
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict] = []
+    for j, block in enumerate(content):
+        kind = block["type"]
+        if kind == "text":
+            if block["text"]:
+                texts.append(block["text"])
+        elif kind == "tool_use":
+            calls.append(
+                {
+                    "id": upstream_tool_id(block["id"]),
+                    "type": "function",
+                    "function": {"name": names.sent(block["name"]), "arguments": _json(block["input"])},
+                }
+            )
+        elif kind == "thinking":
+            if block["thinking"]:
+                thinking.append(block["thinking"])
+        elif kind == "redacted_thinking":
+            pass  # opaque to every server but Anthropic's
+        else:
+            raise InvalidRequest(
+                f"{path}.content.{j}.type: content block type '{kind}' is not supported by this model's backend"
+            )
+    message["content"] = "\n".join(texts) if texts else None
+    if calls:
+        message["tool_calls"] = calls
+    elif message["content"] is None:
+        message["content"] = ""
+    if dialect.reasoning_history != "drop":
+        # DeepSeek's thinking mode rejects a history where any assistant turn lacks the field.
+        message[dialect.reasoning_history] = "\n".join(thinking)
+    return [message]
+
+
+def _merge_consecutive(messages: list[dict]) -> list[dict]:
+    """Join adjacent user turns and adjacent assistant turns: strict chat templates demand
+    alternation ("conversation roles must alternate"), and the Messages API merges them itself."""
+    merged: list[dict] = []
+    for message in messages:
+        prev = merged[-1] if merged else None
+        if prev is not None and message["role"] == prev["role"] == "user":
+            merged[-1] = {"role": "user", "content": _join_content(prev["content"], message["content"])}
+        elif prev is not None and message["role"] == prev["role"] == "assistant":
+            merged[-1] = _join_assistant(prev, message)
+        else:
+            merged.append(message)
+    return merged
+
+
+def _join_content(first: str | list[dict], second: str | list[dict]) -> str | list[dict]:
+    if isinstance(first, str) and isinstance(second, str):
+        return first + "\n" + second
+    as_parts = lambda c: [{"type": "text", "text": c}] if isinstance(c, str) else c  # noqa: E731
+    return as_parts(first) + as_parts(second)
+
+
+def _join_assistant(first: dict, second: dict) -> dict:
+    texts = [m["content"] for m in (first, second) if m.get("content")]
+    joined: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts) if texts else None}
+    calls = (first.get("tool_calls") or []) + (second.get("tool_calls") or [])
+    if calls:
+        joined["tool_calls"] = calls
+    elif joined["content"] is None:
+        joined["content"] = ""
+    for key in ("reasoning_content", "reasoning"):
+        if key in first or key in second:
+            joined[key] = "\n".join(m[key] for m in (first, second) if m.get(key))
+    return joined
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# ---------------------------------------------------------------------------- tools
+
+# Keys of a Messages tool that have no meaning in a Chat Completions function.
+_TOOL_ONLY_KEYS = ("cache_control", "defer_loading", "input_examples", "eager_input_streaming", "allowed_callers")
+
+
+def _tool(tool: dict, path: str, names: _ToolNames) -> dict:
+    kind = tool.get("type")
+    if kind not in (None, "custom"):
+        raise InvalidRequest(f"{path}.type: tool type '{kind}' is not supported by this model's backend")
+    function: dict[str, Any] = {"name": names.sent(tool["name"])}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    function["parameters"] = tool["input_schema"]
+    if isinstance(tool.get("strict"), bool):
+        function["strict"] = tool["strict"]
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: dict, body: dict, names: _ToolNames) -> None:
+    kind = choice["type"]
+    if kind == "auto":
+        body["tool_choice"] = "auto"
+    elif kind == "any":
+        body["tool_choice"] = "required"
+    elif kind == "tool":
+        body["tool_choice"] = {"type": "function", "function": {"name": names.sent(choice["name"])}}
+    elif kind == "none":
+        body["tool_choice"] = "none"
+        return
+    if choice.get("disable_parallel_tool_use"):
+        body["parallel_tool_calls"] = False
+
+
+# ---------------------------------------------------------------------------- reasoning, output
+
+
+def effort_for_budget(budget: int) -> str:
+    """A thinking budget → an OpenAI reasoning effort bucket."""
+    if budget < 4096:
+        return "low"
+    if budget < 16384:
+        return "medium"
+    return "high"
+
+
+def _reasoning(request: dict, body: dict, dialect: ChatDialect) -> None:
+    if dialect.reasoning == "none":
+        return
+    thinking = request.get("thinking") or {}
+    kind = thinking.get("type")
+    effort = (request.get("output_config") or {}).get("effort")
+    if kind is None and effort is None:
+        return
+    on = kind in ("enabled", "adaptive") or (kind is None and effort is not None)
+    if dialect.reasoning == "effort":
+        if kind == "enabled":
+            body["reasoning_effort"] = effort or effort_for_budget(thinking["budget_tokens"])
+        elif on and effort:
+            body["reasoning_effort"] = effort
+        elif kind == "disabled":
+            body["reasoning_effort"] = "none"
+    elif dialect.reasoning == "chat_template_kwargs":
+        if kind is not None:
+            body["chat_template_kwargs"] = {"enable_thinking": on}
+    elif dialect.reasoning == "deepseek":
+        if kind is not None:
+            body["thinking"] = {"type": "enabled" if on else "disabled"}
+
+
+def _output_format(request: dict, body: dict) -> None:
+    fmt = (request.get("output_config") or {}).get("format")
+    if not fmt:
+        return
+    schema = fmt["schema"]
+    body["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": _strict_compatible(schema)},
+    }
+
+
+# JSON Schema keywords whose value is a subschema, a list of subschemas, or a map of
+# names to subschemas. Only these are walked: a property *named* `properties` or `type`
+# is not a keyword, and `default`/`examples`/`const` values are data, not schemas.
+_SUBSCHEMA = ("items", "additionalItems", "additionalProperties", "contains", "not", "if", "then", "else",
+              "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def _strict_compatible(schema: Any) -> bool:
+    """OpenAI's strict mode needs every object closed and every property required; ask for
+    it only when the schema already says so, rather than rewrite the client's schema."""
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required") or ()) != set(props):
+            return False
+    children: list[Any] = [schema[key] for key in _SUBSCHEMA if isinstance(schema.get(key), dict)]
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            children.extend(schema[key])
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            children.extend(schema[key].values())
+    return all(_strict_compatible(child) for child in children)

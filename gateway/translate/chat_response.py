@@ -1,0 +1,179 @@
+"""Chat Completions response → Messages response. Pure.
+
+The pieces the stream translator shares (stop reasons, usage, tool ids and names) are
+public functions here, so a streamed answer and the same answer unstreamed cannot drift.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
+from gateway.protocols.messages import new_message_id
+from gateway.translate.chat_request import ChatCall
+from gateway.translate.dialect import client_tool_id
+
+log = logging.getLogger(__name__)
+
+# Vendor finish reasons that mean the generation failed rather than ended.
+_FAILED_FINISH = {"abort": GatewayError, "error": GatewayError, "insufficient_system_resource": Overloaded}
+
+
+def stop_reason(
+    finish_reason: str | None,
+    *,
+    had_tool_use: bool,
+    matched: Any = None,
+    stop_sequences: tuple[str, ...] = (),
+) -> tuple[str, str | None]:
+    """`(stop_reason, stop_sequence)` for an OpenAI `finish_reason`.
+
+    `matched` is the stop string the server reports (vLLM `stop_reason`, SGLang
+    `matched_stop`); an int there is a stop *token*, not a sequence.
+    """
+    if finish_reason in _FAILED_FINISH:
+        raise _FAILED_FINISH[finish_reason](f"upstream generation failed (finish_reason: {finish_reason})")
+    if finish_reason == "length":
+        return "max_tokens", None
+    if finish_reason == "content_filter":
+        return "refusal", None
+    if finish_reason in ("tool_calls", "function_call"):
+        return ("tool_use" if had_tool_use else "end_turn"), None
+    # "stop", "eos", None and anything unknown at a clean end.
+    if had_tool_use:
+        return "tool_use", None
+    if isinstance(matched, str) and matched in stop_sequences:
+        return "stop_sequence", matched
+    return "end_turn", None
+
+
+def usage_from_chat(usage: Any) -> dict | None:
+    """Messages usage from an OpenAI `usage` object (None when the server sent none).
+
+    Cached prompt tokens are reported apart, as the Messages API does: `input_tokens` is
+    the uncached rest, and the sum of the three is what the prompt cost.
+    """
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens"))
+    details = usage.get("prompt_tokens_details") or {}
+    cached = _int(details.get("cached_tokens")) or _int(usage.get("prompt_cache_hit_tokens"))
+    written = _int(details.get("cache_write_tokens"))
+    return {
+        "input_tokens": max(prompt - cached - written, 0),
+        "output_tokens": _int(usage.get("completion_tokens")),
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": cached,
+    }
+
+
+def find_usage(payload: dict) -> Any:
+    """The usage object wherever a server puts it (Groq nests it in `x_groq`)."""
+    usage = payload.get("usage")
+    if usage is None and isinstance(payload.get("x_groq"), dict):
+        usage = payload["x_groq"].get("usage")
+    return usage
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def tool_input(arguments: Any, *, name: str) -> dict:
+    """The parsed arguments of a tool call. Unparsable or non-object arguments become `{}`
+    (a string `input` breaks every client) and are logged."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not arguments:
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except (orjson.JSONDecodeError, TypeError):
+        log.warning("upstream tool call %r has arguments that are not JSON; sending input {}", name)
+        return {}
+    if not isinstance(value, dict):
+        log.warning("upstream tool call %r has arguments that are not a JSON object; sending input {}", name)
+        return {}
+    return value
+
+
+def reasoning_text(message: dict) -> str | None:
+    """Reasoning text under either of the names servers use (`reasoning_content`, `reasoning`)."""
+    for key in ("reasoning_content", "reasoning"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def message_id(upstream_id: Any) -> str:
+    if isinstance(upstream_id, str) and upstream_id:
+        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in upstream_id)
+        return safe if safe.startswith("msg_") else "msg_" + safe
+    return new_message_id()
+
+
+def from_chat_response(response: Any, call: ChatCall) -> dict:
+    if not isinstance(response, dict):
+        raise UpstreamProtocolError("upstream answer is not a JSON object")
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamProtocolError("upstream answer has no choices")
+    choice = choices[0]  # the gateway never asks for `n`; extra choices are ignored
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise UpstreamProtocolError("upstream answer has no message")
+
+    content: list[dict] = []
+    thinking = reasoning_text(message)
+    if thinking:
+        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        content.append({"type": "text", "text": refusal})
+    for n, tool_call in enumerate(message.get("tool_calls") or ()):
+        function = tool_call.get("function") or {}
+        name = call.client_tool_name(function.get("name") or "")
+        if not name:
+            raise UpstreamProtocolError("upstream tool call has no function name")
+        content.append(
+            {
+                "type": "tool_use",
+                "id": client_tool_id(tool_call.get("id") or f"toolu_{n}"),
+                "name": name,
+                "input": tool_input(function.get("arguments"), name=name),
+            }
+        )
+
+    had_tool_use = any(block["type"] == "tool_use" for block in content)
+    if isinstance(refusal, str) and refusal:
+        reason, sequence = "refusal", None
+    else:
+        reason, sequence = stop_reason(
+            choice.get("finish_reason"),
+            had_tool_use=had_tool_use,
+            matched=choice.get("stop_reason", choice.get("matched_stop")),
+            stop_sequences=call.stop_sequences,
+        )
+    usage = usage_from_chat(find_usage(response)) or {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+    return {
+        "id": message_id(response.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": call.model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": usage,
+    }

@@ -1,0 +1,566 @@
+"""Chat Completions stream chunks → Messages stream events: one state machine per request. Pure.
+
+The pump (`streaming.py`) owns the sockets and the clock; it calls, in order:
+
+    t = ChatStreamTranslator(call, input_tokens=estimate)
+    t.start()              once the upstream answered 200        → [message_start]
+    t.feed(chunk)          for every parsed upstream `data:`     → zero or more events
+    t.finish()             at `[DONE]`, or clean EOF after a finish_reason
+    t.fail(error)          on anything else (raised by feed/finish, EOF too early, disconnect)
+
+and writes every returned event. After `finish()` or `fail()` the translator is FINISHED
+and returns nothing more. Malformed upstream input raises `UpstreamProtocolError` (an
+`error` chunk or a failure `finish_reason` raises the mapped error); the pump answers it
+with `fail()`, so nothing is ever skipped silently. Once `feed()` has raised, `fail()` is
+the only meaningful next call (events of the failing chunk are not returned). `finish()`
+decides everything that can fail before producing any event, so if it raises the pump can
+still `fail()`. `feed()` before `start()` sends `message_start` first.
+
+What the client gets obeys the grammar the SDK accumulators need (protocol mapping §2.3):
+block indexes 0, 1, 2… in start order, exactly one block open at a time, no delta after
+its block's stop. Upstream pieces are placed in blocks like this (§6.4):
+
+- One chunk is split in a fixed order: reasoning → text (and `refusal`) → tool calls.
+  Empty strings open nothing (P4), nor does `tool_calls: []`.
+- Reasoning (`reasoning_content`, vLLM's `reasoning`, else the text of OpenRouter
+  `reasoning_details` / LiteLLM `thinking_blocks`) goes to a `thinking` block. A signature
+  is sent only when the upstream gives one, as `signature_delta` just before that block's
+  stop; none is ever invented.
+- Tool calls are keyed by upstream `index`, and by `id` when a server reuses one index
+  for calls with distinct ids (P7). A tool block starts only once its name is known;
+  fragments that come earlier are held (P5). Tool blocks start in the order the upstream
+  first mentioned the calls. The open tool streams its fragments live; fragments for
+  other calls are held (P6) until the open tool is done: its arguments form a complete
+  JSON value (nothing valid can follow), text or reasoning arrives, or the stream ends.
+  Then the next call starts with everything held for it in one `input_json_delta`, and
+  streams live from there.
+- `finish_reason` is recorded, not sent: usage often arrives later (P9), so the single
+  `message_delta` is built by `finish()`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
+from gateway.protocols.messages import new_message_id
+from gateway.translate.chat_errors import upstream_message
+from gateway.translate.chat_request import ChatCall
+from gateway.translate.chat_response import find_usage, reasoning_text, stop_reason, usage_from_chat
+from gateway.translate.dialect import client_tool_id
+
+
+class State(enum.Enum):
+    NOT_STARTED = "not_started"  # message_start not sent yet
+    BETWEEN_BLOCKS = "between_blocks"  # started; no block open
+    OPEN = "open"  # one block open (its kind in `BlockKind`)
+    FINISHED = "finished"  # message_stop or error sent; nothing more
+
+
+class BlockKind(enum.Enum):
+    THINKING = "thinking"
+    TEXT = "text"
+    TOOL_USE = "tool_use"
+
+
+class _ToolState(enum.Enum):
+    HELD = "held"  # not started: no name yet, or another block holds the slot
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True, eq=False)
+class _Tool:
+    ordinal: int  # order of first appearance upstream
+    upstream_id: str | None = None
+    name: str | None = None  # as the upstream sent it (maybe shortened by the request translation)
+    args: list[str] = field(default_factory=list)  # every fragment so far
+    held: list[str] = field(default_factory=list)  # fragments not sent yet
+    state: _ToolState = _ToolState.HELD
+
+
+_OVERLOAD_TYPES = frozenset({"server_error", "overloaded", "overloaded_error"})
+
+
+class ChatStreamTranslator:
+    """One streamed Chat Completions answer → Messages events. Not shared between requests."""
+
+    def __init__(self, call: ChatCall, *, message_id: str | None = None, input_tokens: int = 0) -> None:
+        self._call = call
+        self._message_id = message_id or new_message_id()
+        self._input_estimate = input_tokens
+        self._state = State.NOT_STARTED
+        self._started = False
+        self._emitted = 0
+        # the open block
+        self._kind: BlockKind | None = None
+        self._index = -1
+        self._open_tool: _Tool | None = None
+        self._next_index = 0
+        self._signature: str | None = None  # for the open thinking block
+        # tool calls, in order of first appearance; those from `_next_tool` on are not started
+        self._tools: list[_Tool] = []
+        self._next_tool = 0
+        self._by_index: dict[int, _Tool] = {}
+        self._by_id: dict[str, _Tool] = {}
+        self._last_tool: _Tool | None = None
+        # the end
+        self._finish_reason: str | None = None
+        self._matched: Any = None  # vLLM `stop_reason` / SGLang `matched_stop`
+        self._refused = False
+        self._usage: dict | None = None  # Messages usage, once the upstream reported any
+        self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
+
+    # ------------------------------------------------------------------ read-only state
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def open_block(self) -> BlockKind | None:
+        return self._kind if self._state is State.OPEN else None
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def finished(self) -> bool:
+        return self._state is State.FINISHED
+
+    @property
+    def events_emitted(self) -> int:
+        return self._emitted
+
+    @property
+    def usage(self) -> dict:
+        """Messages usage so far: the upstream's, or the input estimate and 0 output."""
+        if self._usage is not None:
+            return dict(self._usage)
+        return {
+            "input_tokens": self._input_estimate,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+
+    @property
+    def usage_reported(self) -> bool:
+        return self._usage is not None
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The upstream's raw `finish_reason`, once one came. At EOF without `[DONE]` the pump
+        calls `finish()` if this is set and `fail()` otherwise (P16)."""
+        return self._finish_reason
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Set by `finish()`; None before it and after `fail()`."""
+        return self._stop_reason
+
+    @property
+    def stop_sequence(self) -> str | None:
+        return self._stop_sequence
+
+    # ------------------------------------------------------------------ the interface
+
+    def start(self) -> list[dict]:
+        if self._state is not State.NOT_STARTED:
+            return []
+        return self._done([self._message_start()])
+
+    def feed(self, chunk: Any) -> list[dict]:
+        if self._state is State.FINISHED:
+            return []
+        if not isinstance(chunk, dict):
+            raise UpstreamProtocolError("upstream stream chunk is not a JSON object")
+        if chunk.get("error") is not None or chunk.get("object") == "error":
+            raise _chunk_error(chunk)
+        choices = chunk.get("choices")
+        if choices is None:
+            choices = []
+        if not isinstance(choices, list):
+            raise UpstreamProtocolError("upstream stream chunk has `choices` that is not a list")
+        out: list[dict] = []
+        if self._state is State.NOT_STARTED:
+            out.append(self._message_start())
+
+        raw_usage = find_usage(chunk)
+        if isinstance(raw_usage, dict) and ("prompt_tokens" in raw_usage or "completion_tokens" in raw_usage):
+            self._usage = usage_from_chat(raw_usage)  # cumulative wherever it comes: the last one wins
+
+        choice = _first_choice(choices)  # `choices: []` (usage, Azure filter results) ends here
+        if choice is not None:
+            delta = choice.get("delta")
+            if delta is None:
+                delta = {}
+            if not isinstance(delta, dict):
+                raise UpstreamProtocolError("upstream stream chunk has a `delta` that is not an object")
+            self._delta(delta, out)  # before the finish_reason of the same chunk (P30)
+            self._record_finish(choice)
+        return self._done(out)
+
+    def finish(self) -> list[dict]:
+        if self._state is State.FINISHED:
+            return []
+        # Everything that can fail is decided before the first event is produced, so a
+        # raise leaves the translator untouched and the pump can still `fail()`.
+        for tool in self._tools[self._next_tool :]:
+            if tool.name is None:
+                raise UpstreamProtocolError("upstream tool call never got a function name")
+        if self._refused:
+            reason, sequence = "refusal", None
+        else:
+            reason, sequence = stop_reason(
+                self._finish_reason,
+                had_tool_use=bool(self._tools),
+                matched=self._matched,
+                stop_sequences=self._call.stop_sequences,
+            )
+
+        out: list[dict] = []
+        if self._state is State.NOT_STARTED:
+            out.append(self._message_start())
+        self._close(out)
+        while self._next_tool < len(self._tools):
+            self._start_tool(self._tools[self._next_tool], out)
+            self._close(out)
+        usage = self.usage
+        out.append(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                "usage": {
+                    "output_tokens": usage["output_tokens"],
+                    "input_tokens": usage["input_tokens"],
+                    "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
+                    "cache_read_input_tokens": usage["cache_read_input_tokens"],
+                },
+            }
+        )
+        out.append({"type": "message_stop"})
+        self._stop_reason, self._stop_sequence = reason, sequence
+        self._state = State.FINISHED
+        return self._done(out)
+
+    def fail(self, error: BaseException) -> list[dict]:
+        """The closing `error` event. No block stop, no message_delta, nothing after it (P14, P15)."""
+        if self._state is State.FINISHED:
+            return []
+        if isinstance(error, GatewayError):
+            body = {"type": error.error_type, "message": error.message}
+        else:
+            body = {"type": "api_error", "message": "the upstream stream failed"}
+        self._state = State.FINISHED
+        self._kind = None
+        self._open_tool = None
+        return self._done([{"type": "error", "error": body}])
+
+    # ------------------------------------------------------------------ one delta
+
+    def _delta(self, delta: dict, out: list[dict]) -> None:
+        thinking = reasoning_text(delta)
+        extra_text, signature = _reasoning_extras(delta)
+        if thinking is None:
+            thinking = extra_text
+        if thinking:
+            self._append(BlockKind.THINKING, "thinking_delta", "thinking", thinking, out)
+        if signature and self._kind is BlockKind.THINKING and self._state is State.OPEN:
+            self._signature = signature  # sent right before this block's stop
+
+        text = _text(delta.get("content"))
+        if text:
+            self._append(BlockKind.TEXT, "text_delta", "text", text, out)
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            self._refused = True
+            self._append(BlockKind.TEXT, "text_delta", "text", refusal, out)
+
+        calls = delta.get("tool_calls")
+        if calls:
+            if not isinstance(calls, list):
+                raise UpstreamProtocolError("upstream stream chunk has `tool_calls` that is not a list")
+            for call in calls:
+                self._tool_fragment(call, out)
+
+    def _record_finish(self, choice: dict) -> None:
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            if not isinstance(finish, str):
+                raise UpstreamProtocolError("upstream stream chunk has a `finish_reason` that is not a string")
+            # Vendor reasons that mean failure (`error`, `abort`, …) raise here, not at the end.
+            stop_reason(finish, had_tool_use=False)
+            self._finish_reason = finish
+        matched = choice.get("stop_reason")
+        if matched is None:
+            matched = choice.get("matched_stop")
+        if matched is not None:
+            self._matched = matched
+
+    def _append(self, kind: BlockKind, delta_type: str, key: str, value: str, out: list[dict]) -> None:
+        if not (self._state is State.OPEN and self._kind is kind):
+            self._close(out)
+            if kind is BlockKind.THINKING:
+                self._open(kind, {"type": "thinking", "thinking": "", "signature": ""}, out)
+            else:
+                self._open(kind, {"type": "text", "text": ""}, out)
+        out.append({"type": "content_block_delta", "index": self._index, "delta": {"type": delta_type, key: value}})
+
+    # ------------------------------------------------------------------ tool calls
+
+    def _tool_fragment(self, call: Any, out: list[dict]) -> None:
+        if not isinstance(call, dict):
+            raise UpstreamProtocolError("upstream tool call delta is not an object")
+        function = call.get("function")
+        if function is None:
+            function = {}
+        if not isinstance(function, dict):
+            raise UpstreamProtocolError("upstream tool call delta has a `function` that is not an object")
+        name = function.get("name")
+        if not (isinstance(name, str) and name):
+            name = None
+        arguments = function.get("arguments")
+        if arguments is None:
+            fragment = ""
+        elif isinstance(arguments, str):
+            fragment = arguments
+        elif isinstance(arguments, dict):  # a few servers send the parsed object, whole
+            fragment = orjson.dumps(arguments).decode()
+        else:
+            raise UpstreamProtocolError("upstream tool call arguments are not a string")
+
+        tool = self._tool_for(call, empty=name is None and not fragment)
+        if tool is None:
+            return
+        self._last_tool = tool
+        if name is not None:
+            if tool.name is None:
+                tool.name = name
+            elif name != tool.name:
+                raise UpstreamProtocolError("upstream tool call changed its function name")
+
+        if tool.state is _ToolState.OPEN:
+            if fragment:
+                tool.args.append(fragment)
+                out.append(_json_delta(self._index, fragment))
+        elif tool.state is _ToolState.CLOSED:
+            if fragment.strip():
+                raise UpstreamProtocolError("upstream sent arguments for a tool call after it had ended")
+            return
+        elif fragment:
+            tool.args.append(fragment)
+            tool.held.append(fragment)
+        if self._next_tool < len(self._tools):
+            self._advance(out)
+
+    def _tool_for(self, call: dict, *, empty: bool) -> _Tool | None:
+        """The call a fragment belongs to: by index, split by id when an index is reused (P7)."""
+        index = call.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = None
+        upstream_id = call.get("id")
+        if not (isinstance(upstream_id, str) and upstream_id):
+            upstream_id = None
+
+        if upstream_id is not None:
+            tool = self._by_id.get(upstream_id)
+            if tool is None:
+                current = self._by_index.get(index) if index is not None else None
+                if current is not None and current.upstream_id is None and current.state is not _ToolState.CLOSED:
+                    tool = current  # the id came after the first fragment
+                else:
+                    tool = self._new_tool()
+                tool.upstream_id = upstream_id
+                self._by_id[upstream_id] = tool
+            if index is not None:
+                self._by_index[index] = tool
+            return tool
+        if index is not None:
+            tool = self._by_index.get(index)
+            if tool is None and not empty:
+                tool = self._by_index[index] = self._new_tool()
+            return tool
+        if self._last_tool is None and not empty:
+            return self._new_tool()
+        return self._last_tool
+
+    def _new_tool(self) -> _Tool:
+        tool = _Tool(ordinal=len(self._tools))
+        self._tools.append(tool)
+        return tool
+
+    def _advance(self, out: list[dict]) -> None:
+        """Start waiting calls, in upstream order, while the slot can be given to them."""
+        while self._next_tool < len(self._tools):
+            waiting = self._tools[self._next_tool]
+            if waiting.name is None:
+                return
+            if self._state is State.OPEN and self._kind is BlockKind.TOOL_USE:
+                assert self._open_tool is not None
+                if not _complete_json(self._open_tool.args):
+                    return
+            self._close(out)
+            self._start_tool(waiting, out)
+
+    def _start_tool(self, tool: _Tool, out: list[dict]) -> None:
+        assert tool.name is not None and self._tools[self._next_tool] is tool
+        self._next_tool += 1
+        self._open(
+            BlockKind.TOOL_USE,
+            {
+                "type": "tool_use",
+                "id": client_tool_id(tool.upstream_id or f"toolu_{tool.ordinal}"),
+                "name": self._call.client_tool_name(tool.name),
+                "input": {},
+            },
+            out,
+        )
+        tool.state = _ToolState.OPEN
+        self._open_tool = tool
+        if tool.held:
+            out.append(_json_delta(self._index, "".join(tool.held)))
+            tool.held = []
+
+    # ------------------------------------------------------------------ blocks
+
+    def _open(self, kind: BlockKind, block: dict, out: list[dict]) -> None:
+        self._index = self._next_index
+        self._next_index += 1
+        self._kind = kind
+        self._state = State.OPEN
+        self._signature = None
+        out.append({"type": "content_block_start", "index": self._index, "content_block": block})
+
+    def _close(self, out: list[dict]) -> None:
+        if self._state is not State.OPEN:
+            return
+        if self._kind is BlockKind.THINKING and self._signature:
+            out.append(
+                {
+                    "type": "content_block_delta",
+                    "index": self._index,
+                    "delta": {"type": "signature_delta", "signature": self._signature},
+                }
+            )
+        self._signature = None
+        if self._open_tool is not None:
+            self._open_tool.state = _ToolState.CLOSED
+            self._open_tool = None
+        out.append({"type": "content_block_stop", "index": self._index})
+        self._kind = None
+        self._state = State.BETWEEN_BLOCKS
+
+    def _message_start(self) -> dict:
+        self._started = True
+        self._state = State.BETWEEN_BLOCKS
+        return {
+            "type": "message_start",
+            "message": {
+                "id": self._message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": self._call.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": self._input_estimate,
+                    "output_tokens": 0,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                },
+            },
+        }
+
+    def _done(self, out: list[dict]) -> list[dict]:
+        self._emitted += len(out)
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _first_choice(choices: list) -> dict | None:
+    """Choice 0 only: the gateway never asks for `n`, and extra choices are not concatenated."""
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise UpstreamProtocolError("upstream stream chunk has a choice that is not an object")
+        if choice.get("index", 0) == 0:
+            return choice
+    return None
+
+
+def _text(content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # content parts (Mistral and a few others)
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    raise UpstreamProtocolError("upstream stream chunk has `content` that is not a string")
+
+
+def _reasoning_extras(delta: dict) -> tuple[str, str | None]:
+    """Reasoning text and signature from OpenRouter `reasoning_details` / LiteLLM `thinking_blocks`.
+
+    The text is used only when the plain reasoning fields are absent (OpenRouter sends the
+    same text in both); the signature is the last non-empty one.
+    """
+    texts: list[str] = []
+    signature: str | None = None
+    for key, kind, text_key in (
+        ("reasoning_details", "reasoning.text", "text"),
+        ("thinking_blocks", "thinking", "thinking"),
+    ):
+        items = delta.get(key)
+        if not isinstance(items, list):
+            continue
+        for item in items:
+            if not isinstance(item, dict) or item.get("type", kind) != kind:
+                continue
+            text = item.get(text_key)
+            if isinstance(text, str) and text:
+                texts.append(text)
+            sig = item.get("signature")
+            if isinstance(sig, str) and sig:
+                signature = sig
+    return "".join(texts), signature
+
+
+def _json_delta(index: int, fragment: str) -> dict:
+    return {
+        "type": "content_block_delta",
+        "index": index,
+        "delta": {"type": "input_json_delta", "partial_json": fragment},
+    }
+
+
+def _complete_json(fragments: list[str]) -> bool:
+    """Whether a call's arguments so far are a whole JSON value, so nothing valid can follow."""
+    tail = next((f for f in reversed(fragments) if not f.isspace()), "")
+    if not tail.rstrip().endswith(("}", "]")):
+        return False
+    try:
+        orjson.loads("".join(fragments))
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _chunk_error(chunk: dict) -> GatewayError:
+    """An error object inside the stream (P15): overloaded when it says so, else api_error."""
+    message = upstream_message(orjson.dumps(chunk)) or "the upstream stream failed"
+    error = chunk.get("error")
+    kind = error.get("type") if isinstance(error, dict) else chunk.get("type")
+    if "overload" in message.lower() or kind in _OVERLOAD_TYPES:
+        return Overloaded(message)
+    return GatewayError(message)

@@ -1,0 +1,80 @@
+"""Real servers on free ports for integration tests: the gateway app and the fake upstream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.config import parse
+from gateway.fake_upstream import FakeUpstream
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
+    # handler_cancellation as `gateway serve` runs it: a client leaving cancels its handler.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@dataclass
+class Running:
+    url: str
+    runner: web.AppRunner
+    app: web.Application | None = None
+
+
+async def start_upstream() -> tuple[FakeUpstream, Running]:
+    fake = FakeUpstream()
+    runner, url = await serve_app(fake.app())
+    return fake, Running(url=url, runner=runner)
+
+
+def gateway_config(upstream_url: str, extra: str = "") -> str:
+    """A config routing one model per backend kind and preset to the fake upstream."""
+    return f"""
+server: {{ping_interval: 0.2}}
+backends:
+  chat:
+    type: openai
+    base_url: {upstream_url}/v1
+    api_key: upstream-chat-key
+    preset: vllm
+    timeouts: {{connect: 2, first_byte: 2, idle: 1, total: 30}}
+  chat-tokenize:
+    type: openai
+    base_url: {upstream_url}/v1
+    preset: vllm
+    tokenize_url: {upstream_url}/tokenize
+  openai:
+    type: openai
+    base_url: {upstream_url}/v1
+    api_key: upstream-openai-key
+    preset: openai
+  native:
+    type: anthropic
+    base_url: {upstream_url}
+    api_key: upstream-native-key
+    timeouts: {{connect: 2, first_byte: 2, idle: 1, total: 30}}
+models:
+  - name: chat-model
+    aliases: [chat-alias]
+    routes: [{{backend: chat, model: upstream-chat-model}}]
+  - name: tokenize-model
+    routes: [{{backend: chat-tokenize, model: upstream-chat-model}}]
+  - name: openai-model
+    routes: [{{backend: openai, model: gpt-x, max_output_tokens: 16384}}]
+  - name: native-model
+    routes: [{{backend: native, model: upstream-native-model}}]
+{extra}
+"""
+
+
+async def start_gateway(config_text: str) -> Running:
+    app = build_app(parse(config_text, env={}))
+    runner, url = await serve_app(app)
+    return Running(url=url, runner=runner, app=app)
