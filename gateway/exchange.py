@@ -28,6 +28,7 @@ class Exchange:
     status: int = 0
     error_type: str | None = None
     usage: dict | None = None
+    usage_estimated: bool = False  # the upstream reported none; the gateway estimated it
     upstream_seconds: float = 0.0
     first_token_seconds: float | None = None
 

@@ -92,4 +92,5 @@ def write_access_log(exchange: Exchange) -> None:
         line["input_tokens"] = exchange.usage.get("input_tokens")
         line["output_tokens"] = exchange.usage.get("output_tokens")
         line["cache_read_input_tokens"] = exchange.usage.get("cache_read_input_tokens")
+        line["usage_estimated"] = exchange.usage_estimated
     access_log.info(orjson.dumps(line).decode())

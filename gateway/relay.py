@@ -37,6 +37,10 @@ class ChatRelay:
     def usage(self) -> dict:
         return self._translator.usage
 
+    @property
+    def usage_reported(self) -> bool:
+        return self._translator.usage_reported
+
     def start(self) -> bytes:
         return self._encode(self._translator.start())
 
@@ -95,6 +99,10 @@ class NativeRelay:
         self.has_content = False
         self.usage: dict = {}
         self.stop_reason: str | None = None
+
+    @property
+    def usage_reported(self) -> bool:
+        return bool(self.usage)
 
     def start(self) -> bytes:
         return b""  # the upstream sends its own message_start

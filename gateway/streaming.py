@@ -40,6 +40,9 @@ class Relay(Protocol):
     @property
     def usage(self) -> dict: ...
 
+    @property
+    def usage_reported(self) -> bool: ...
+
     def start(self) -> bytes: ...
     def feed(self, data: bytes) -> bytes: ...
     def end(self) -> bytes: ...
@@ -80,6 +83,7 @@ async def respond(
         except ConnectionError:
             exchange.error_type = "client_disconnected"  # at write_eof
         exchange.usage = relay.usage
+        exchange.usage_estimated = not relay.usage_reported
         return response
     finally:
         exchange.upstream_seconds += time.perf_counter() - started

@@ -19,6 +19,11 @@ PER_TOOL = 8
 PER_IMAGE = 1000  # a mid-sized image; the real cost depends on its pixels
 
 
+def estimate_output_tokens(chars: int) -> int:
+    """Tokens for `chars` characters of generated text (used when a server reports no usage)."""
+    return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
 def estimate_input_tokens(request: dict) -> int:
     counter = _Counter()
     counter.add(request.get("system"))

@@ -24,7 +24,7 @@ from gateway.relay import ChatRelay
 from gateway.tokens import estimate_input_tokens
 from gateway.translate.chat_errors import error_from_upstream
 from gateway.translate.chat_request import ChatCall, to_chat_request
-from gateway.translate.chat_response import from_chat_response
+from gateway.translate.chat_response import find_usage, from_chat_response, usage_from_chat
 
 
 class OpenAIChatBackend:
@@ -74,7 +74,9 @@ class OpenAIChatBackend:
             exchange.upstream_seconds += time.perf_counter() - started
         if status != 200:
             raise error_from_upstream(status, body, upstream_headers)
-        return from_chat_response(parse_json(body, self.name), call)
+        answer = parse_json(body, self.name)
+        exchange.usage_estimated = isinstance(answer, dict) and usage_from_chat(find_usage(answer)) is None
+        return from_chat_response(answer, call, input_tokens=estimate_input_tokens(request))
 
     async def open_stream(
         self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange

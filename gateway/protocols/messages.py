@@ -170,7 +170,7 @@ def _validate_message(message: Any, path: str) -> None:
     if role is None:
         raise _fail(f"{path}.role", "Field required")
     if role not in ROLES:
-        raise _fail(f"{path}.role", "Input should be 'user' or 'assistant'")
+        raise _fail(f"{path}.role", "Input should be 'user', 'assistant' or 'system'")
     if "content" not in message:
         raise _fail(f"{path}.content", "Field required")
     content = message["content"]

@@ -13,6 +13,7 @@ import orjson
 
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.messages import new_message_id
+from gateway.tokens import estimate_output_tokens
 from gateway.translate.chat_request import ChatCall
 from gateway.translate.dialect import client_tool_id
 
@@ -116,7 +117,20 @@ def message_id(upstream_id: Any) -> str:
     return new_message_id()
 
 
-def from_chat_response(response: Any, call: ChatCall) -> dict:
+def _generated(block: dict) -> str:
+    if block["type"] == "tool_use":
+        return orjson.dumps(block["input"]).decode()
+    return block.get("text") or block.get("thinking") or ""
+
+
+def synthetic_tool_id(message_id: str, ordinal: int) -> str:
+    """An id for a tool call the upstream sent without one: unique per answer, and stable
+    for the same answer (the translators stay pure)."""
+    return f"toolu_{message_id.removeprefix('msg_')}_{ordinal}"
+
+
+def from_chat_response(response: Any, call: ChatCall, *, input_tokens: int = 0) -> dict:
+    """`input_tokens` is the gateway's estimate, reported only if the server sent no usage."""
     if not isinstance(response, dict):
         raise UpstreamProtocolError("upstream answer is not a JSON object")
     choices = response.get("choices")
@@ -127,6 +141,7 @@ def from_chat_response(response: Any, call: ChatCall) -> dict:
     if not isinstance(message, dict):
         raise UpstreamProtocolError("upstream answer has no message")
 
+    msg_id = message_id(response.get("id"))
     content: list[dict] = []
     thinking = reasoning_text(message)
     if thinking:
@@ -145,7 +160,7 @@ def from_chat_response(response: Any, call: ChatCall) -> dict:
         content.append(
             {
                 "type": "tool_use",
-                "id": client_tool_id(tool_call.get("id") or f"toolu_{n}"),
+                "id": client_tool_id(tool_call.get("id") or synthetic_tool_id(msg_id, n)),
                 "name": name,
                 "input": tool_input(function.get("arguments"), name=name),
             }
@@ -162,13 +177,13 @@ def from_chat_response(response: Any, call: ChatCall) -> dict:
             stop_sequences=call.stop_sequences,
         )
     usage = usage_from_chat(find_usage(response)) or {
-        "input_tokens": 0,
-        "output_tokens": 0,
+        "input_tokens": input_tokens,
+        "output_tokens": estimate_output_tokens(sum(len(_generated(block)) for block in content)),
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 0,
     }
     return {
-        "id": message_id(response.get("id")),
+        "id": msg_id,
         "type": "message",
         "role": "assistant",
         "model": call.model,

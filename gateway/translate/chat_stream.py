@@ -50,7 +50,14 @@ from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.messages import new_message_id
 from gateway.translate.chat_errors import upstream_message
 from gateway.translate.chat_request import ChatCall
-from gateway.translate.chat_response import find_usage, reasoning_text, stop_reason, usage_from_chat
+from gateway.translate.chat_response import (
+    find_usage,
+    reasoning_text,
+    stop_reason,
+    synthetic_tool_id,
+    usage_from_chat,
+)
+from gateway.tokens import estimate_output_tokens
 from gateway.translate.dialect import client_tool_id
 
 
@@ -93,6 +100,7 @@ class ChatStreamTranslator:
         self._call = call
         self._message_id = message_id or new_message_id()
         self._input_estimate = input_tokens
+        self._output_chars = 0
         self._state = State.NOT_STARTED
         self._started = False
         self._emitted = 0
@@ -140,12 +148,13 @@ class ChatStreamTranslator:
 
     @property
     def usage(self) -> dict:
-        """Messages usage so far: the upstream's, or the input estimate and 0 output."""
+        """Messages usage so far: the upstream's, or (`usage_reported` False) an estimate:
+        the input estimate given at creation and the streamed output's length."""
         if self._usage is not None:
             return dict(self._usage)
         return {
             "input_tokens": self._input_estimate,
-            "output_tokens": 0,
+            "output_tokens": estimate_output_tokens(self._output_chars),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
         }
@@ -416,7 +425,7 @@ class ChatStreamTranslator:
             BlockKind.TOOL_USE,
             {
                 "type": "tool_use",
-                "id": client_tool_id(tool.upstream_id or f"toolu_{tool.ordinal}"),
+                "id": client_tool_id(tool.upstream_id or synthetic_tool_id(self._message_id, tool.ordinal)),
                 "name": self._call.client_tool_name(tool.name),
                 "input": {},
             },
@@ -481,6 +490,11 @@ class ChatStreamTranslator:
 
     def _done(self, out: list[dict]) -> list[dict]:
         self._emitted += len(out)
+        if self._usage is None:  # counted only while the upstream has reported no usage
+            for event in out:
+                if event["type"] == "content_block_delta":
+                    delta = event["delta"]
+                    self._output_chars += len(delta.get("text") or delta.get("thinking") or delta.get("partial_json") or "")
         return out
 
 

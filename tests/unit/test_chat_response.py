@@ -37,7 +37,7 @@ def test_response_golden(golden: Golden, update_goldens: bool) -> None:
     before = copy.deepcopy(upstream)
 
     try:
-        response = from_chat_response(upstream, call)
+        response = from_chat_response(upstream, call, input_tokens=golden.get("input_tokens_estimate", 0))
     except GatewayError as error:
         actual: dict = {"error": describe_error(error, golden.get("error"))}
     else:
