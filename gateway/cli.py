@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     fake = commands.add_parser("fake-upstream", help="run the scripted demo upstream (OpenAI and Messages)")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9099)
+    fake.add_argument("--no-record", action="store_true", help="do not keep received requests (for load tests)")
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "fake-upstream":
         from gateway.fake_upstream import main as fake_main
 
-        fake_main(["--host", args.host, "--port", str(args.port)])
+        fake_main(["--host", args.host, "--port", str(args.port)] + (["--no-record"] if args.no_record else []))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class FakeUpstream:
     # Streams whose client went away before the stream ended (the gateway cancelled upstream).
     disconnects: int = 0
     completed_streams: int = 0
+    record: bool = True  # benchmarks turn this off so memory stays flat
 
     def script(self, *replies: dict) -> None:
         self.replies.extend(replies)
@@ -97,12 +98,13 @@ class FakeUpstream:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = raw.decode("utf-8", "replace")
-        self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
+        if self.record:
+            self.requests.append(Recorded(request.method, request.path, dict(request.headers), body))
         return body
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
-        reply = self.replies.pop(0) if self.replies else _default_chat(body)
+        reply = self.replies.pop(0) if self.replies else _default_chat(body, _load_shape(request))
         return await self._answer(request, reply)
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
@@ -191,8 +193,17 @@ def _words(text: str) -> list[str]:
     return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
 
-def _default_chat(body: Any) -> dict:
-    text = _demo_text(body)
+def _load_shape(request: web.Request) -> tuple[int, float] | None:
+    """Benchmarks ask for a stream of N chunks, D ms apart, with `x-fake-chunks: N` and
+    `x-fake-chunk-delay-ms: D` (set as backend `headers:` in the gateway's config)."""
+    chunks = request.headers.get("x-fake-chunks")
+    if not chunks:
+        return None
+    return int(chunks), float(request.headers.get("x-fake-chunk-delay-ms", "0")) / 1000
+
+
+def _default_chat(body: Any, shape: tuple[int, float] | None = None) -> dict:
+    text = _demo_text(body) if shape is None else "tok " * shape[0]
     model = body.get("model", "demo") if isinstance(body, dict) else "demo"
     usage = {"prompt_tokens": len(orjson.dumps(body)) // 4, "completion_tokens": len(_words(text)), "total_tokens": 0}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -200,12 +211,13 @@ def _default_chat(body: Any) -> dict:
     if isinstance(body, dict) and body.get("stream"):
         base = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": created, "model": model}
         items: list[Any] = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
-        items += [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in _words(text)]
+        pieces = ["tok "] * shape[0] if shape else _words(text)
+        items += [{**base, "choices": [{"index": 0, "delta": {"content": w}}]} for w in pieces]
         items.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             items.append({**base, "choices": [], "usage": usage})
         items.append("data: [DONE]\n\n")
-        return {"sse": items, "chunk_delay": 0.0}
+        return {"sse": items, "chunk_delay": shape[1] if shape else 0.0}
     return {
         "json": {
             "id": "chatcmpl-demo",
@@ -259,9 +271,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gateway fake-upstream", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9099)
+    parser.add_argument("--no-record", action="store_true", help="do not keep received requests (for load tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(FakeUpstream().app(), host=args.host, port=args.port, handler_cancellation=True, access_log=None,
+    web.run_app(FakeUpstream(record=not args.no_record).app(), host=args.host, port=args.port, handler_cancellation=True, access_log=None,
                 print=lambda _: log.info("fake upstream listening on http://%s:%d", args.host, args.port))
 
 

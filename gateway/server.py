@@ -36,10 +36,13 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
     port = config.server.port if port is None else port
     _install_uvloop()
     app = build_app(config)
-    log.info(
-        "gateway listening on http://%s:%d (%d models, %d backends, store: memory)",
-        host, port, len(config.models), len(config.backends),
-    )
+
+    def listening(_: str) -> None:  # called by aiohttp once the socket is bound
+        log.info(
+            "gateway listening on http://%s:%d (%d models, %d backends, store: memory)",
+            host, port, len(config.models), len(config.backends),
+        )
+
     # handler_cancellation: a client that disconnects cancels its handler, and with it
     # the upstream request, at once.
-    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True, print=None)
+    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True, print=listening)
