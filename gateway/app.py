@@ -7,8 +7,8 @@ a new `Router` and swaps the attribute, so in-flight requests keep the one they 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import aiohttp
 from aiohttp import web

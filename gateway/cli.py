@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        from gateway.server import serve as run, setup_logging
+        from gateway.server import serve as run
+        from gateway.server import setup_logging
 
         setup_logging(args.log_level)
         run(_load_or_exit(args.config), host=args.host, port=args.port)

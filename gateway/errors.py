@@ -18,7 +18,7 @@ no I/O library so the pure translators can raise these too.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class GatewayError(Exception):

@@ -12,6 +12,7 @@ from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS
 from gateway.errors import InvalidRequest, NotFound
 from gateway.keys import EXCHANGE, RUNTIME
 from gateway.protocols.messages import unknown_fields, validate_request
+from gateway.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,8 @@ async def count_tokens(request: web.Request) -> web.Response:
     return json_response(await deployment.backend.count_tokens(body, deployment, client_headers(request)))
 
 
-def _model_entry(runtime, name: str) -> dict:
-    plan = runtime.router.resolve(name)
+def _model_entry(router: Router, name: str) -> dict:
+    plan = router.resolve(name)
     model = plan.model
     display = model.display_name or model.name
     return {"type": "model", "id": name, "display_name": display, "created_at": model.created_at}
@@ -102,7 +103,7 @@ async def list_models(request: web.Request) -> web.Response:
         page, has_more = window[-limit:], len(window) > limit
     else:
         page, has_more = names[:limit], len(names) > limit
-    data = [_model_entry(runtime, name) for name in page]
+    data = [_model_entry(runtime.router, name) for name in page]
     return json_response(
         {"data": data, "has_more": has_more, "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
     )
@@ -112,7 +113,7 @@ async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     name = request.match_info["model_id"]
     try:
-        return json_response(_model_entry(runtime, name))
+        return json_response(_model_entry(runtime.router, name))
     except NotFound:
         raise NotFound(f"model: {name}") from None
 

@@ -11,5 +11,5 @@ from gateway.exchange import Exchange
 if TYPE_CHECKING:
     from gateway.app import Runtime
 
-RUNTIME: web.AppKey["Runtime"] = web.AppKey("runtime")
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
 EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange", Exchange)

@@ -6,8 +6,8 @@ request keeps the routes it started with).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from gateway.backends import Backend, Deployment
 from gateway.config import Config, ModelConfig

@@ -10,6 +10,7 @@ leaves (the handler is cancelled; leaving the `async with` closes the upstream s
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Protocol
 
@@ -21,6 +22,8 @@ from gateway.errors import GatewayError, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.keys import RUNTIME
 from gateway.protocols.sse import encode_json
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -135,5 +138,13 @@ async def _pump(
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
         exchange.error_type = "api_error"
         tail = relay.fail(GatewayError("the model's backend dropped the connection mid-stream"))
+    except _ClientGone:
+        raise
+    except Exception:
+        # A bug, not the upstream's fault; the 200 is committed, so the client still gets a
+        # well-formed end rather than a stream cut inside a block.
+        log.exception("unexpected error relaying stream (request %s)", exchange.request_id)
+        exchange.error_type = "api_error"
+        tail = relay.fail(GatewayError("internal error in the gateway"))
     if tail:
         await _write(response, tail)

@@ -19,9 +19,8 @@ from gateway.backends.base import (
     Deployment,
     client_timeout,
     open_upstream_stream,
-    parse_json,
+    post_json,
     read_error,
-    transport_error,
     with_max_tokens,
 )
 from gateway.config import AnthropicBackend
@@ -78,19 +77,11 @@ class AnthropicMessagesBackend:
         body = self.prepare(request, deployment)
         started = time.perf_counter()
         try:
-            async with self.session.post(
-                self.messages_url, data=orjson.dumps(body), headers=self.upstream_headers(headers), timeout=self.timeout
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                upstream_headers = response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, self.name) from None
+            answer = await post_json(
+                self.session, self.messages_url, body, self.upstream_headers(headers), self.timeout, self.name
+            )
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
-        if status != 200:
-            raise error_from_upstream(status, raw, upstream_headers)
-        answer = parse_json(raw, self.name)
         if not isinstance(answer, dict) or answer.get("type") != "message":
             raise UpstreamProtocolError(f"backend '{self.name}' answered with something that is not a message")
         answer["model"] = request["model"]
@@ -111,18 +102,7 @@ class AnthropicMessagesBackend:
 
     async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
         body = {**request, "model": deployment.upstream_model}
-        try:
-            async with self.session.post(
-                self.count_url, data=orjson.dumps(body), headers=self.upstream_headers(headers), timeout=self.timeout
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                upstream_headers = response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, self.name) from None
-        if status != 200:
-            raise error_from_upstream(status, raw, upstream_headers)
-        answer = parse_json(raw, self.name)
+        answer = await post_json(self.session, self.count_url, body, self.upstream_headers(headers), self.timeout, self.name)
         if not isinstance(answer, dict) or not isinstance(answer.get("input_tokens"), int):
             raise UpstreamProtocolError(f"backend '{self.name}' answered count_tokens without input_tokens")
         return {"input_tokens": answer["input_tokens"]}

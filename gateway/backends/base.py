@@ -17,6 +17,7 @@ import orjson
 from gateway.config import RouteConfig, Timeouts
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout
 from gateway.exchange import Exchange
+from gateway.translate.chat_errors import error_from_upstream
 
 # Client headers a native backend may see; everything else (credentials above all) stays here.
 FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -26,7 +27,7 @@ FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 class Deployment:
     """One place a model is served: a backend and the model name it knows."""
 
-    backend: "Backend"
+    backend: Backend
     upstream_model: str
     route: RouteConfig
     # For backends that need a `max_tokens` when the client sent none.
@@ -59,6 +60,23 @@ def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
         total=timeouts.total, connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
     )
+
+
+async def post_json(
+    session: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str], timeout: aiohttp.ClientTimeout,
+    backend: str, params: dict[str, str] | None = None,
+) -> Any:
+    """POST a JSON body and return the parsed JSON answer; any failure as a `GatewayError`."""
+    try:
+        async with session.post(url, data=orjson.dumps(body), headers=headers, params=params, timeout=timeout) as response:
+            raw = await response.read()
+            status = response.status
+            upstream_headers = response.headers
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise transport_error(exc, backend) from None
+    if status != 200:
+        raise error_from_upstream(status, raw, upstream_headers)
+    return parse_json(raw, backend)
 
 
 def stream_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:

@@ -11,9 +11,8 @@ from gateway.backends.base import (
     Deployment,
     client_timeout,
     open_upstream_stream,
-    parse_json,
+    post_json,
     read_error,
-    transport_error,
     with_max_tokens,
 )
 from gateway.backends.presets import dialect_for
@@ -62,19 +61,9 @@ class OpenAIChatBackend:
         call = self.prepare(request, deployment)
         started = time.perf_counter()
         try:
-            async with self.session.post(
-                self.url, data=orjson.dumps(call.body), headers=self.headers, params=self.params, timeout=self.timeout
-            ) as response:
-                body = await response.read()
-                status = response.status
-                upstream_headers = response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, self.name) from None
+            answer = await post_json(self.session, self.url, call.body, self.headers, self.timeout, self.name, self.params)
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
-        if status != 200:
-            raise error_from_upstream(status, body, upstream_headers)
-        answer = parse_json(body, self.name)
         exchange.usage_estimated = isinstance(answer, dict) and usage_from_chat(find_usage(answer)) is None
         return from_chat_response(answer, call, input_tokens=estimate_input_tokens(request))
 
@@ -108,17 +97,7 @@ class OpenAIChatBackend:
         payload = {"model": call.body["model"], "messages": call.body["messages"]}
         if "tools" in call.body:
             payload["tools"] = call.body["tools"]
-        try:
-            async with self.session.post(
-                self.config.tokenize_url, data=orjson.dumps(payload), headers=self.headers, timeout=self.timeout
-            ) as response:
-                body = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc, self.name) from None
-        if status != 200:
-            raise error_from_upstream(status, body)
-        answer = parse_json(body, self.name)
+        answer = await post_json(self.session, self.config.tokenize_url, payload, self.headers, self.timeout, self.name)
         count = answer.get("count") if isinstance(answer, dict) else None
         if not isinstance(count, int):
             raise UpstreamProtocolError(f"backend '{self.name}' tokenizer answered without a count")

@@ -10,7 +10,8 @@ nothing about the upstream's keys or internals leaks.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 

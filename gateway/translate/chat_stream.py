@@ -48,6 +48,7 @@ import orjson
 
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.messages import new_message_id
+from gateway.tokens import estimate_output_tokens
 from gateway.translate.chat_errors import upstream_message
 from gateway.translate.chat_request import ChatCall
 from gateway.translate.chat_response import (
@@ -57,7 +58,6 @@ from gateway.translate.chat_response import (
     synthetic_tool_id,
     usage_from_chat,
 )
-from gateway.tokens import estimate_output_tokens
 from gateway.translate.dialect import client_tool_id
 
 

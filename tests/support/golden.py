@@ -14,9 +14,10 @@ golden. `Golden.check` compares only the expected keys, so the input is never re
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 

@@ -426,7 +426,7 @@ def _tool_streams(draw) -> tuple[list[dict], list[tuple[str, dict]], str]:
         args = draw(st.dictionaries(st.sampled_from("abc"), st.one_of(st.integers(-(2**40), 2**40), st.text(max_size=5)), max_size=3))
         raw = orjson.dumps(args).decode()
         cuts = sorted(draw(st.lists(st.integers(min_value=0, max_value=len(raw)), max_size=4)))
-        pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
         late_name = draw(st.booleans()) and not same_index
         frags = []
         for j, piece in enumerate(pieces):

@@ -86,7 +86,7 @@ def test_goldens_fold_like_the_sdk(path: Path):
 def test_input_events_are_not_mutated():
     events = native_events()
     before = orjson.dumps(events)
-    MessageFold.of(events).message
+    assert MessageFold.of(events).message["type"] == "message"
     assert orjson.dumps(events) == before
 
 

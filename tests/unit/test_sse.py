@@ -208,7 +208,7 @@ def _streams(draw) -> tuple[bytes, list[SseEvent]]:
 def test_any_split_gives_the_events_the_stream_was_built_from(stream, cuts):
     raw, expected = stream
     points = sorted({c % (len(raw) + 1) for c in cuts})
-    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)])]
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
     assert decode([raw]) == expected
     assert decode(pieces) == expected
 
@@ -219,6 +219,6 @@ def test_multibyte_characters_cut_anywhere(text, cuts):
     payload = orjson.dumps({"content": text})
     raw = b"data: " + payload + b"\r\n\r\ndata: [DONE]\r\n\r\n"
     points = sorted({c % (len(raw) + 1) for c in cuts})
-    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)])]
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
     events = decode(pieces)
     assert [orjson.loads(events[0].data)["content"], events[1].data] == [text, DONE]
