@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCH_KEY = {"x-api-key": "gk-bench-key-0001"}
 
 
 def free_port() -> int:
@@ -100,6 +101,9 @@ async def main() -> None:
     upstream_port, gateway_port = free_port(), free_port()
     config = f"""
 server: {{port: {gateway_port}}}
+teams:
+  - id: bench
+    keys: [{{name: bench, key: gk-bench-key-0001}}]
 backends:
   demo:
     type: openai
@@ -122,12 +126,15 @@ models:
         headers_note = f"{args.chunks} chunks, {args.delay_ms} ms apart, {args.concurrency} connections, {args.seconds:g} s"
         # Warm both paths so connection pools and imports are in place.
         await drive(chat_url, chat, concurrency=2, seconds=0.5, headers={"x-fake-chunks": "2"})
-        await drive(f"http://127.0.0.1:{gateway_port}/v1/messages", messages, concurrency=2, seconds=0.5)
+        await drive(f"http://127.0.0.1:{gateway_port}/v1/messages", messages, concurrency=2, seconds=0.5, headers=BENCH_KEY)
         # The direct path asks the upstream for the same stream shape the gateway's backend does.
         shape = {"x-fake-chunks": str(args.chunks), "x-fake-chunk-delay-ms": str(args.delay_ms)}
         direct = await drive(chat_url, chat, concurrency=args.concurrency, seconds=args.seconds, headers=shape)
         before = cpu_seconds(gateway.pid)
-        via = await drive(f"http://127.0.0.1:{gateway_port}/v1/messages", messages, concurrency=args.concurrency, seconds=args.seconds)
+        via = await drive(
+            f"http://127.0.0.1:{gateway_port}/v1/messages", messages, concurrency=args.concurrency, seconds=args.seconds,
+            headers=BENCH_KEY,
+        )
         gateway_cpu = cpu_seconds(gateway.pid) - before
     finally:
         for process in (gateway, upstream):

@@ -7,18 +7,26 @@ a new `Router` and swaps the attribute, so in-flight requests keep the one they 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
+from gateway import accounts
+from gateway.auth import Authenticator
 from gateway.backends import Backend, build_backend
 from gateway.config import Config
 from gateway.keys import RUNTIME
 from gateway.middleware import edge
 from gateway.routes import add_routes
 from gateway.routing import Router
+from gateway.store import ALL, Store, open_store
+
+log = logging.getLogger("gateway")
 
 
 @dataclass(slots=True)
@@ -27,6 +35,8 @@ class Runtime:
     router: Router | None = None
     session: aiohttp.ClientSession | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
+    store: Store | None = None
+    auth: Authenticator | None = None
 
     def build_router(self, config: Config) -> Router:
         assert self.session is not None
@@ -50,9 +60,67 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         await runtime.session.close()
 
 
+async def _identity(app: web.Application) -> AsyncIterator[None]:
+    """The store, the YAML-declared teams and keys in it, the auth cache, and the two
+    background tasks that keep that cache honest: the change-feed listener and the
+    last-used flusher."""
+    runtime = app[RUNTIME]
+    config = runtime.config
+    store = open_store(config.store)
+    try:
+        await accounts.bootstrap(store, config.teams)
+    except BaseException:
+        await store.close()
+        raise
+    runtime.store = store
+    runtime.auth = auth = Authenticator(store, cache_ttl=config.auth.cache_ttl)
+    tasks = [
+        asyncio.create_task(_follow_invalidations(store, auth), name="invalidations"),
+        asyncio.create_task(_flush_last_used(auth, config.auth.last_used_interval), name="last-used"),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await auth.flush_last_used()
+        await store.close()
+
+
+async def _follow_invalidations(store: Store, auth: Authenticator) -> None:
+    delay = 0.1
+    while True:
+        try:
+            async for message in store.invalidations():
+                auth.invalidate(message)
+                delay = 0.1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the feed is down; the cache TTL bounds staleness meanwhile
+            log.warning("store change feed lost (%s); retrying", type(exc).__name__)
+        # Messages may have been missed while the feed was down.
+        auth.invalidate(ALL)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def _flush_last_used(auth: Authenticator, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await auth.flush_last_used()
+        except Exception as exc:
+            log.warning("could not record keys' last-used times (%s)", type(exc).__name__)
+
+
 def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[edge], client_max_size=config.server.max_body_bytes)
     app[RUNTIME] = Runtime(config=config)
+    app.cleanup_ctx.append(_identity)
     app.cleanup_ctx.append(_upstream_session)
     add_routes(app)
     return app

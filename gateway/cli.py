@@ -1,10 +1,14 @@
-"""`gateway serve | check-config | fake-upstream`: argument parsing only."""
+"""`gateway serve | check-config | fake-upstream | teams ... | keys ...`: argument parsing only.
+
+The `teams` and `keys` commands run in `cli_accounts.py` and print with `cli_output.py`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from gateway import cli_accounts as ca
 from gateway.config import ConfigError, load
 
 
@@ -16,6 +20,75 @@ def _load_or_exit(path: str):
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         sys.exit(1)
+
+
+def _action(actions, name: str, help: str, *, with_id: str | None = None) -> argparse.ArgumentParser:
+    parser = actions.add_parser(name, help=help)
+    if with_id:
+        parser.add_argument("id", help=with_id)
+    parser.add_argument("--config", required=True, help="YAML configuration file (its `store` is used)")
+    parser.add_argument("--json", action="store_true", help="print the admin API's JSON instead of a table")
+    return parser
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("limits ('none' lifts one)")
+    for flag, field in ca.LIMIT_FLAGS.items():
+        kind = ca.amount if field == "cost_per_month_usd" else ca.count
+        group.add_argument(flag, dest=field, type=kind, default=argparse.SUPPRESS, metavar="N")
+
+
+def _add_team_fields(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a flag not given is not in the body, so `update` changes only what is named.
+    parser.add_argument("--name", default=argparse.SUPPRESS)
+    parser.add_argument("--models", type=ca.names, default=argparse.SUPPRESS, help="a,b or wildcards (claude-*)")
+    parser.add_argument(
+        "--metadata", type=ca.metadata_pair, action="append", default=argparse.SUPPRESS, metavar="NAME=VALUE",
+        help="repeatable; replaces the team's metadata",
+    )
+    _add_limit_flags(parser)
+
+
+def _add_key_fields(parser: argparse.ArgumentParser, *, teams_required: bool) -> None:
+    parser.add_argument(
+        "--team", type=ca.names, action="append", required=teams_required,
+        help="a team the key belongs to (repeatable, or a,b)" + ("" if teams_required else "; replaces the key's teams"),
+    )
+    parser.add_argument("--default-team", dest="default_team", default=argparse.SUPPRESS, help="default: the first --team")
+    parser.add_argument("--name", default=argparse.SUPPRESS)
+    parser.add_argument("--description", default=argparse.SUPPRESS)
+    parser.add_argument("--models", type=ca.names, default=argparse.SUPPRESS, help="narrower than the teams' (a,b)")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--expires-at", dest="expires_at", type=ca.expiry, default=argparse.SUPPRESS,
+                      help="Unix seconds, RFC 3339, or never")
+    when.add_argument("--expires-in", dest="expires_in", type=ca.duration, default=argparse.SUPPRESS,
+                      help="3600, 90m, 12h, 30d")
+    _add_limit_flags(parser)
+
+
+def _add_teams(commands) -> None:
+    teams = commands.add_parser("teams", help="manage teams in the configured store (no server needed)")
+    actions = teams.add_subparsers(dest="action", required=True)
+    _add_team_fields(_action(actions, "create", "create a team", with_id="the team's id"))
+    _action(actions, "list", "list teams")
+    _action(actions, "show", "show one team", with_id="team id")
+    _add_team_fields(_action(actions, "update", "change a team (only the flags given)", with_id="team id"))
+    _action(actions, "delete", "delete a team that no active key uses", with_id="team id")
+
+
+def _add_keys(commands) -> None:
+    keys = commands.add_parser("keys", help="manage API keys in the configured store (no server needed)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    _add_key_fields(_action(actions, "create", "create a key (printed once)"), teams_required=True)
+    listing = _action(actions, "list", "list keys (never the keys themselves)")
+    listing.add_argument("--team", help="only this team's keys")
+    _action(actions, "show", "show one key", with_id="key id")
+    _add_key_fields(_action(actions, "update", "change a key (only the flags given)", with_id="key id"),
+                    teams_required=False)
+    _action(actions, "revoke", "revoke a key at once (idempotent)", with_id="key id")
+    rotate = _action(actions, "rotate", "issue a new key for the same record (printed once)", with_id="key id")
+    rotate.add_argument("--grace", "--grace-seconds", dest="grace", type=ca.duration, default=0.0,
+                        help="how long the previous key keeps working: 3600, 90m, 12h, 30d (default 0: stops at once)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     fake.add_argument("--port", type=int, default=9099)
     fake.add_argument("--no-record", action="store_true", help="do not keep received requests (for load tests)")
 
+    _add_teams(commands)
+    _add_keys(commands)
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         from gateway.server import serve as run
@@ -50,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         from gateway.fake_upstream import main as fake_main
 
         fake_main(["--host", args.host, "--port", str(args.port)] + (["--no-record"] if args.no_record else []))
+    elif args.command in ("teams", "keys"):
+        sys.exit(ca.main(_load_or_exit(args.config), args))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from gateway.identity import TEAM_ID, Limits
+
 
 class ConfigError(Exception):
     """A configuration with problems; `problems` holds one line per bad field."""
@@ -117,6 +119,15 @@ class RouteConfig(_Strict):
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
+class Pricing(_Strict):
+    """USD per million tokens; used for cost budgets and usage reports."""
+
+    input_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
+    cache_read_per_mtok: Annotated[float, Field(ge=0)] | None = None  # default: the input price
+    cache_write_per_mtok: Annotated[float, Field(ge=0)] | None = None  # default: the input price
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
     aliases: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
@@ -125,11 +136,93 @@ class ModelConfig(_Strict):
     created_at: str = "2025-01-01T00:00:00Z"
     # Used when a request has no `max_tokens` and the backend needs one (native backends).
     default_max_tokens: Annotated[int, Field(ge=1)] = 4096
+    pricing: Pricing | None = None
     routes: Annotated[list[RouteConfig], Field(min_length=1)]
+
+
+class MemoryStoreConfig(_Strict):
+    """The embedded store: one process only (limits and revocations are not shared)."""
+
+    type: Literal["memory"] = "memory"
+
+
+class RedisStoreConfig(_Strict):
+    type: Literal["redis"]
+    # redis://[user:password@]host:port/db, or rediss:// for TLS; may hold a password.
+    url: SecretStr
+    # Every key the gateway writes starts with this (identity data under one hash tag:
+    # `{gw}:...`); two gateways may share one Redis with different prefixes.
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")] = "gw"
+
+
+StoreConfig = Annotated[MemoryStoreConfig | RedisStoreConfig, Field(discriminator="type")]
+
+
+class AuthConfig(_Strict):
+    # Seconds a process trusts its cached view of a key. Revocations reach every process
+    # at once through the store's change feed; this bounds staleness if a message is lost.
+    cache_ttl: Annotated[float, Field(ge=0)] = 10.0
+    # Seconds between writes of keys' last-used times (batched, off the request path).
+    last_used_interval: Annotated[float, Field(gt=0)] = 5.0
+
+
+class LimitsConfig(_Strict):
+    """How team limits are enforced (the limits themselves belong to teams and keys)."""
+
+    # When the store cannot be reached: refuse (529 overloaded_error), or serve with a
+    # per-process limiter that applies each team's limits divided by `fallback_share`.
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    fallback_share: Annotated[int, Field(ge=1)] = 1
+    # A concurrency slot is a lease: a process that dies mid-request frees its slots when
+    # their leases run out. Live requests renew theirs every third of this.
+    lease_seconds: Annotated[float, Field(ge=3)] = 60.0
+
+
+class AdminConfig(_Strict):
+    # `Authorization: Bearer <token>` for /admin/. Absent or empty: the admin API is off.
+    token: SecretStr | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _empty_is_off(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+
+class KeyBootstrap(_Strict):
+    """A key declared in the YAML; the raw key comes from the environment and is hashed on load."""
+
+    name: str = ""
+    key: SecretStr
+    description: str = ""
+    models: list[str] | None = None
+    limits: Limits = Field(default_factory=Limits)
+    # Other teams the key also belongs to (it always belongs to the team that declares it).
+    also_teams: list[str] = Field(default_factory=list)
+
+    @field_validator("key")
+    @classmethod
+    def _not_empty(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 8:
+            raise ValueError("a key must be at least 8 characters long")
+        return value
+
+
+class TeamBootstrap(_Strict):
+    id: Annotated[str, Field(pattern=TEAM_ID)]
+    name: str = ""
+    models: list[str] = Field(default_factory=lambda: ["*"])
+    limits: Limits = Field(default_factory=Limits)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    keys: list[KeyBootstrap] = Field(default_factory=list)
 
 
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=MemoryStoreConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    teams: list[TeamBootstrap] = Field(default_factory=list)
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(default_factory=list)
 
@@ -228,6 +321,7 @@ def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
     problems.extend(check(raw.get("models"), backends_raw))
     if config is not None:
         config = config.model_copy(update={"backends": backends})
+        problems.extend(_check_secrets(config))
     if problems:
         raise ConfigError(problems)
     assert config is not None
@@ -259,6 +353,25 @@ def check(models: Any, declared_backends: Mapping[str, Any]) -> list[str]:
             backend = route.get("backend") if isinstance(route, dict) else None
             if isinstance(backend, str) and backend not in declared_backends:
                 problems.append(f"models[{i}].routes[{k}].backend: unknown backend {backend!r}")
+    return problems
+
+
+def _check_secrets(config: Config) -> list[str]:
+    """The admin token is its own credential: a client key that opened the admin API would
+    let any team hand itself keys. Bootstrap keys must also differ from one another."""
+    problems = []
+    admin = config.admin.token.get_secret_value() if config.admin.token else None
+    seen: dict[str, str] = {}
+    for i, team in enumerate(config.teams):
+        for j, key in enumerate(team.keys):
+            where = f"teams[{i}].keys[{j}].key"
+            value = key.key.get_secret_value()
+            if admin is not None and value == admin:
+                problems.append(f"admin.token: must not be the same as a client key ({where})")
+            if value in seen:
+                problems.append(f"{where}: the same key is already declared at {seen[value]}")
+            else:
+                seen[value] = where
     return problems
 
 

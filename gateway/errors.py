@@ -6,6 +6,7 @@
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error
     ├── NotFound                      404 not_found_error
+    ├── Conflict                      409 invalid_request_error
     ├── RequestTooLarge               413 request_too_large
     ├── RateLimited                   429 rate_limit_error
     ├── UpstreamTimeout               504 timeout_error
@@ -75,6 +76,13 @@ class PermissionDenied(GatewayError):
 class NotFound(GatewayError):
     status = 404
     error_type = "not_found_error"
+
+
+class Conflict(GatewayError):
+    """The admin API's answer to a clash: an id already taken, a team still in use."""
+
+    status = 409
+    error_type = "invalid_request_error"
 
 
 class RequestTooLarge(GatewayError):

@@ -21,6 +21,8 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     method: str = ""
     path: str = ""
+    team_id: str | None = None
+    key_id: str | None = None  # the key's id, never the key
     model: str | None = None  # as the client asked
     backend: str | None = None
     upstream_model: str | None = None

@@ -9,10 +9,11 @@ from aiohttp import web
 
 from gateway import streaming
 from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS
-from gateway.errors import InvalidRequest, NotFound
+from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.identity import Principal
 from gateway.keys import EXCHANGE, RUNTIME
 from gateway.protocols.messages import unknown_fields, validate_request
-from gateway.routing import Router
+from gateway.routing import Plan, Router
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,23 @@ def client_headers(request: web.Request) -> dict[str, str]:
     return {name: request.headers[name] for name in FORWARDED_ANTHROPIC_HEADERS if name in request.headers}
 
 
+async def authenticate(request: web.Request) -> Principal:
+    principal = await request.app[RUNTIME].auth.authenticate(request.headers)
+    exchange = request[EXCHANGE]
+    exchange.team_id, exchange.key_id = principal.team_id, principal.key_id
+    return principal
+
+
+def authorize(principal: Principal, plan: Plan, asked: str) -> None:
+    """One check, after aliases are resolved: the name asked for or the model it names."""
+    if not principal.may_use(asked, plan.model.name):
+        raise PermissionDenied(f"team '{principal.team_id}' may not use model '{asked}'")
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
     exchange = request[EXCHANGE]
     runtime = request.app[RUNTIME]
+    principal = await authenticate(request)
     body = validate_request(await read_json(request))
     exchange.model = body["model"]
     exchange.stream = bool(body.get("stream"))
@@ -51,6 +66,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         if extra:
             log.debug("request %s has undocumented fields %s; kept for native backends", exchange.request_id, extra)
     plan = runtime.router.resolve(body["model"])
+    authorize(principal, plan, body["model"])
     deployment = plan.primary
     exchange.backend = deployment.backend_name
     exchange.upstream_model = deployment.upstream_model
@@ -64,9 +80,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
+    principal = await authenticate(request)
     body = validate_request(await read_json(request))
     request[EXCHANGE].model = body["model"]
-    deployment = runtime.router.resolve(body["model"]).primary
+    plan = runtime.router.resolve(body["model"])
+    authorize(principal, plan, body["model"])
+    deployment = plan.primary
     request[EXCHANGE].backend = deployment.backend_name
     return json_response(await deployment.backend.count_tokens(body, deployment, client_headers(request)))
 
@@ -80,7 +99,9 @@ def _model_entry(router: Router, name: str) -> dict:
 
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    names = runtime.router.names()
+    principal = await authenticate(request)
+    router = runtime.router
+    names = [name for name in router.names() if principal.may_use(name, router.resolve(name).model.name)]
     query = request.query
     try:
         limit = int(query.get("limit", "20"))
@@ -111,11 +132,12 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
+    principal = await authenticate(request)
     name = request.match_info["model_id"]
-    try:
-        return json_response(_model_entry(runtime.router, name))
-    except NotFound:
-        raise NotFound(f"model: {name}") from None
+    plan = runtime.router.resolve(name)
+    if not principal.may_use(name, plan.model.name):
+        raise NotFound(f"model: {name}")  # what a team may not use, it does not see
+    return json_response(_model_entry(runtime.router, name))
 
 
 async def health(request: web.Request) -> web.Response:

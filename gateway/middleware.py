@@ -78,6 +78,8 @@ def write_access_log(exchange: Exchange) -> None:
         "method": exchange.method,
         "path": exchange.path,
         "status": exchange.status,
+        "team": exchange.team_id,
+        "key_id": exchange.key_id,
         "model": exchange.model,
         "backend": exchange.backend,
         "upstream_model": exchange.upstream_model,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import handlers
+from gateway.admin.app import build_admin_app
 
 
 def add_routes(app: web.Application) -> None:
+    # The admin API: a nested app behind its own token (gateway/admin/routes.py has its paths).
+    app.add_subapp("/admin", build_admin_app())
     app.router.add_post("/v1/messages", handlers.messages)
     app.router.add_post("/v1/messages/count_tokens", handlers.count_tokens)
     app.router.add_get("/v1/models", handlers.list_models)

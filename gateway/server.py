@@ -39,9 +39,14 @@ def serve(config: Config, host: str | None = None, port: int | None = None) -> N
 
     def listening(_: str) -> None:  # called by aiohttp once the socket is bound
         log.info(
-            "gateway listening on http://%s:%d (%d models, %d backends, store: memory)",
-            host, port, len(config.models), len(config.backends),
+            "gateway listening on http://%s:%d (%d models, %d backends, store: %s)",
+            host, port, len(config.models), len(config.backends), config.store.type,
         )
+        if config.store.type == "memory":
+            log.info(
+                "the memory store lives in this process only: run one process, or configure "
+                "`store: {type: redis, url: ...}` to share keys, revocations and limits"
+            )
 
     # handler_cancellation: a client that disconnects cancels its handler, and with it
     # the upstream request, at once.

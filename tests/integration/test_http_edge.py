@@ -7,14 +7,14 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.support.servers import gateway_config, start_gateway
+from tests.support.servers import CLIENT_HEADERS, gateway_config, start_gateway
 
 MINIMAL = {"model": "chat-model", "messages": [{"role": "user", "content": "x"}]}
 
 
 async def post(url: str, data: bytes, content_type: str = "application/json") -> tuple[int, dict, dict]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(url, data=data, headers={"content-type": content_type}) as response:
+        async with http.post(url, data=data, headers={"content-type": content_type, **CLIENT_HEADERS}) as response:
             return response.status, dict(response.headers), orjson.loads(await response.read())
 
 
@@ -59,9 +59,9 @@ async def test_body_over_the_limit_is_413(upstream):
 
 async def test_unknown_path_and_method(gateway):
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gateway.url}/v1/nothing-here") as response:
+        async with http.get(f"{gateway.url}/v1/nothing-here", headers=CLIENT_HEADERS) as response:
             assert_error(response.status, dict(response.headers), await response.json(), 404, "not_found_error")
-        async with http.get(f"{gateway.url}/v1/messages") as response:
+        async with http.get(f"{gateway.url}/v1/messages", headers=CLIENT_HEADERS) as response:
             assert_error(response.status, dict(response.headers), await response.json(), 405, "invalid_request_error")
 
 
@@ -73,7 +73,7 @@ async def test_count_tokens_validates_too(gateway):
 
 async def test_success_carries_request_id(gateway):
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{gateway.url}/v1/messages", json=MINIMAL) as response:
+        async with http.post(f"{gateway.url}/v1/messages", json=MINIMAL, headers=CLIENT_HEADERS) as response:
             assert response.status == 200
             assert response.headers["request-id"].startswith("req_")
             assert (await response.json())["content"][0]["text"].startswith("Hello from the demo upstream")

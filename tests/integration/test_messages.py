@@ -8,7 +8,7 @@ import anthropic
 import pytest
 
 from tests.support.replies import chat_message, error, native_message, tool_call
-from tests.support.servers import gateway_config, start_gateway
+from tests.support.servers import CLIENT_HEADERS, gateway_config, start_gateway
 
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -136,7 +136,9 @@ async def test_native_gets_a_default_max_tokens(gateway, upstream):
     upstream.script(native_message([{"type": "text", "text": "ok"}]))
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            f"{gateway.url}/v1/messages", json={"model": "native-model", "messages": [{"role": "user", "content": "hi"}]}
+            f"{gateway.url}/v1/messages",
+            json={"model": "native-model", "messages": [{"role": "user", "content": "hi"}]},
+            headers=CLIENT_HEADERS,
         ) as response:
             assert response.status == 200
     assert upstream.requests[-1].body["max_tokens"] == 4096
@@ -225,7 +227,7 @@ async def test_unreachable_upstream_is_overloaded():
     # Nobody listens on port 9 (discard): the client may retry later, so 529 overloaded_error.
     dead = await start_gateway(gateway_config("http://127.0.0.1:9"))
     try:
-        async with anthropic.AsyncAnthropic(base_url=dead.url, api_key="k", max_retries=0) as sdk:
+        async with anthropic.AsyncAnthropic(base_url=dead.url, api_key="client-key", max_retries=0) as sdk:
             with pytest.raises(anthropic.OverloadedError):
                 await sdk.messages.create(model="chat-model", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     finally:

@@ -40,7 +40,7 @@ async def quickstart(tmp_path):
     upstream_port, gateway_port = free_port(), free_port()
     config = (ROOT / "config.example.yaml").read_text().replace("127.0.0.1:9099", f"127.0.0.1:{upstream_port}")
     (tmp_path / "config.yaml").write_text(config)
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("GATEWAY_")}
     processes = [
         await start("fake-upstream", "--port", str(upstream_port), ready="listening", env=env),
         await start("serve", "--config", str(tmp_path / "config.yaml"), "--port", str(gateway_port),
@@ -55,7 +55,7 @@ async def quickstart(tmp_path):
 @pytest.mark.parametrize("model", ["demo", "demo-native"])
 async def test_quick_start_answers(quickstart, model):
     body = {"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers={"x-api-key": "gk-demo-change-me"}) as http:
         async with http.post(f"{quickstart}/v1/messages", json=body) as response:
             assert response.status == 200
             message = await response.json()

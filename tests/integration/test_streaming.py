@@ -14,6 +14,7 @@ import pytest
 from gateway.protocols.sse import SseDecoder
 from tests.support.grammar import check_stream
 from tests.support.replies import chat_chunks, chat_message, error, tool_call
+from tests.support.servers import CLIENT_HEADERS
 
 ASK = {"max_tokens": 200, "messages": [{"role": "user", "content": "hello"}]}
 USAGE = {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39, "prompt_tokens_details": {"cached_tokens": 10}}
@@ -26,7 +27,7 @@ WEATHER_TOOL = {
 
 async def raw_stream(url: str, body: dict) -> tuple[aiohttp.ClientResponse, list[dict], bytes]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/v1/messages", json={**body, "stream": True}) as response:
+        async with http.post(f"{url}/v1/messages", json={**body, "stream": True}, headers=CLIENT_HEADERS) as response:
             raw = await response.read()
     decoder = SseDecoder()
     events = [orjson.loads(e.data) for e in decoder.feed(raw) + decoder.flush()]
@@ -150,7 +151,9 @@ async def test_chunks_are_written_as_they_arrive(gateway, upstream):
     # already hold the text, so the gateway did not wait for the end of the answer.
     upstream.script({"sse": chat_chunks({"content": "early"}), "stall_after": 2})
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{gateway.url}/v1/messages", json={"model": "chat-model", "stream": True, **ASK}) as response:
+        async with http.post(
+            f"{gateway.url}/v1/messages", json={"model": "chat-model", "stream": True, **ASK}, headers=CLIENT_HEADERS
+        ) as response:
             seen = b""
             while b"early" not in seen:
                 seen += await asyncio.wait_for(response.content.readany(), 5)
@@ -224,7 +227,9 @@ async def test_native_failure_mid_stream_is_an_error_event(gateway, upstream):
 async def test_client_disconnect_cancels_the_upstream(gateway, upstream):
     upstream.script({"sse": chat_chunks({"content": "never finished"}), "stall_after": 2})
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{gateway.url}/v1/messages", json={"model": "chat-model", "stream": True, **ASK}) as response:
+        async with http.post(
+            f"{gateway.url}/v1/messages", json={"model": "chat-model", "stream": True, **ASK}, headers=CLIENT_HEADERS
+        ) as response:
             assert b"message_start" in await asyncio.wait_for(response.content.readany(), 5)
             response.close()  # the client leaves mid-stream
     for _ in range(100):

@@ -35,9 +35,26 @@ async def start_upstream() -> tuple[FakeUpstream, Running]:
 
 
 def gateway_config(upstream_url: str, extra: str = "") -> str:
-    """A config routing one model per backend kind and preset to the fake upstream."""
+    """A config routing one model per backend kind and preset to the fake upstream.
+
+Keys: `client-key` (team-a, every model) is what most tests send; the others are for the
+auth tests: `chat-only-key` narrows its models, `two-teams-key` belongs to team-a and team-b
+(which may use only `native-*`)."""
     return f"""
 server: {{ping_interval: 0.2}}
+teams:
+  - id: team-a
+    name: Team A
+    keys:
+      - {{name: client, key: client-key}}
+      - {{name: claude-code, key: sk-gw-test-key}}
+      - {{name: chat-only, key: chat-only-key, models: [chat-*]}}
+      - {{name: two-teams, key: two-teams-key, also_teams: [team-b]}}
+  - id: team-b
+    name: Team B
+    models: [native-*]
+    keys:
+      - {{name: team-b, key: team-b-key}}
 backends:
   chat:
     type: openai
@@ -78,3 +95,7 @@ async def start_gateway(config_text: str) -> Running:
     app = build_app(parse(config_text, env={}))
     runner, url = await serve_app(app)
     return Running(url=url, runner=runner, app=app)
+
+
+# For tests that talk HTTP without the SDK.
+CLIENT_HEADERS = {"x-api-key": "client-key"}

@@ -1,0 +1,125 @@
+"""Thin admin endpoints: validate the body, call `accounts`, answer with the view.
+
+Failures are raised as gateway errors; the main app's `edge` middleware, which wraps the
+admin sub-app's requests too, turns them into the usual error body.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway import accounts
+from gateway.admin.models import KeyCreate, KeyRotate, KeyUpdate, TeamCreate, TeamUpdate, describe
+from gateway.admin.openapi import Route, document
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.keys import RUNTIME
+from gateway.store.base import Store
+
+# The admin app's route table (`admin/routes.py`), and the OpenAPI document drawn from it,
+# rendered once per mount prefix (see `openapi_json`).
+ROUTE_TABLE: web.AppKey[tuple[Route, ...]] = web.AppKey("admin_routes", tuple)
+OPENAPI: web.AppKey[dict[str, bytes]] = web.AppKey("admin_openapi", dict)
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def store(request: web.Request) -> Store:
+    # The parent app's runtime: the sub-app has no state of its own to drift from it.
+    found = request.config_dict[RUNTIME].store
+    if found is None:
+        raise GatewayError("the store is not open yet")
+    return found
+
+
+async def body(request: web.Request, model: type[Body]) -> Body:
+    raw = await request.read()
+    if raw and request.content_type != "application/json" and not request.content_type.endswith("+json"):
+        raise InvalidRequest(f"Content-Type must be application/json, got {request.content_type or 'none'}")
+    try:
+        # Strict: what the OpenAPI document calls invalid is refused, not coerced.
+        return model.model_validate_json(raw or b"{}", strict=True)
+    except ValidationError as exc:
+        raise InvalidRequest(describe(exc)) from None
+
+
+def answer(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+# ---------------------------------------------------------------------------- teams
+
+
+async def create_team(request: web.Request) -> web.Response:
+    team = await accounts.create_team(store(request), await body(request, TeamCreate))
+    return answer(accounts.team_view(team), status=201)
+
+
+async def list_teams(request: web.Request) -> web.Response:
+    return answer({"data": [accounts.team_view(team) for team in await accounts.list_teams(store(request))]})
+
+
+async def get_team(request: web.Request) -> web.Response:
+    return answer(accounts.team_view(await accounts.get_team(store(request), request.match_info["team_id"])))
+
+
+async def update_team(request: web.Request) -> web.Response:
+    spec = await body(request, TeamUpdate)
+    return answer(accounts.team_view(await accounts.update_team(store(request), request.match_info["team_id"], spec)))
+
+
+async def delete_team(request: web.Request) -> web.Response:
+    team_id = request.match_info["team_id"]
+    await accounts.delete_team(store(request), team_id)
+    return answer({"id": team_id, "deleted": True})
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+async def create_key(request: web.Request) -> web.Response:
+    record, raw = await accounts.create_key_from(store(request), await body(request, KeyCreate))
+    return answer({**accounts.key_view(record), "key": raw}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    keys = await accounts.list_keys(store(request), request.query.get("team") or None)
+    return answer({"data": [accounts.key_view(key) for key in keys]})
+
+
+async def get_key(request: web.Request) -> web.Response:
+    return answer(accounts.key_view(await accounts.get_key(store(request), request.match_info["key_id"])))
+
+
+async def update_key(request: web.Request) -> web.Response:
+    spec = await body(request, KeyUpdate)
+    return answer(accounts.key_view(await accounts.update_key(store(request), request.match_info["key_id"], spec)))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    return answer(accounts.key_view(await accounts.revoke_key(store(request), request.match_info["key_id"])))
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    spec = await body(request, KeyRotate)
+    record, raw = await accounts.rotate_key(store(request), request.match_info["key_id"], spec.grace_seconds)
+    rotated_at = record.rotated_at if record.rotated_at is not None else record.created_at
+    return answer(
+        {**accounts.key_view(record), "key": raw, "previous_key_expires_at": rotated_at + spec.grace_seconds}
+    )
+
+
+# ---------------------------------------------------------------------------- document
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    # Paths in the document carry the prefix the app is mounted at, read off this very
+    # request, so it is right wherever the main app mounts it.
+    prefix = request.path[: -len("/openapi.json")]
+    rendered = request.app[OPENAPI]
+    if prefix not in rendered:
+        rendered[prefix] = orjson.dumps(document(request.app[ROUTE_TABLE], prefix))
+    return web.Response(body=rendered[prefix], content_type="application/json")

@@ -1,0 +1,43 @@
+"""Every path of the admin API, in one table: it mounts the handlers and draws the
+OpenAPI document (`admin/openapi.py`)."""
+
+from __future__ import annotations
+
+from gateway.admin import handlers as h
+from gateway.admin.models import (
+    Deleted,
+    KeyCreate,
+    KeyList,
+    KeyRotate,
+    KeyUpdate,
+    KeyView,
+    NewKey,
+    RotatedKey,
+    TeamCreate,
+    TeamList,
+    TeamUpdate,
+    TeamView,
+)
+from gateway.admin.openapi import Route
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/teams", h.create_team, "createTeam", "create a team", TeamCreate, answer=TeamView, status=201,
+          errors=(409,)),
+    Route("GET", "/teams", h.list_teams, "listTeams", "every team", answer=TeamList),
+    Route("GET", "/teams/{team_id}", h.get_team, "getTeam", "one team", answer=TeamView),
+    Route("PATCH", "/teams/{team_id}", h.update_team, "updateTeam", "change a team", TeamUpdate, answer=TeamView),
+    Route("DELETE", "/teams/{team_id}", h.delete_team, "deleteTeam", "delete a team that no active key uses",
+          answer=Deleted, errors=(409,)),
+    Route("POST", "/keys", h.create_key, "createKey", "create a key: the answer is the only time `key` appears",
+          KeyCreate, answer=NewKey, status=201, errors=(409,)),
+    Route("GET", "/keys", h.list_keys, "listKeys", "every key, or one team's", answer=KeyList,
+          query={"team": "only the keys of this team"}, errors=(404,)),
+    Route("GET", "/keys/{key_id}", h.get_key, "getKey", "one key", answer=KeyView),
+    Route("PATCH", "/keys/{key_id}", h.update_key, "updateKey", "change a key", KeyUpdate, answer=KeyView),
+    Route("POST", "/keys/{key_id}/revoke", h.revoke_key, "revokeKey", "revoke a key, at once everywhere (idempotent)",
+          answer=KeyView),
+    Route("POST", "/keys/{key_id}/rotate", h.rotate_key, "rotateKey",
+          "a new key for the same record; the previous one works for `grace_seconds` more",
+          KeyRotate, body_required=False, answer=RotatedKey),
+    Route("GET", "/openapi.json", h.openapi_json, "openapi", "this document"),
+)
