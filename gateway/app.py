@@ -17,10 +17,12 @@ import aiohttp
 from aiohttp import web
 
 from gateway import accounts
+from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.backends import Backend, build_backend
 from gateway.config import Config
 from gateway.keys import RUNTIME
+from gateway.limiter import open_limiter
 from gateway.middleware import edge
 from gateway.routes import add_routes
 from gateway.routing import Router
@@ -37,6 +39,7 @@ class Runtime:
     backends: dict[str, Backend] = field(default_factory=dict)
     store: Store | None = None
     auth: Authenticator | None = None
+    admission: Admission | None = None
 
     def build_router(self, config: Config) -> Router:
         assert self.session is not None
@@ -73,7 +76,9 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
         await store.close()
         raise
     runtime.store = store
-    runtime.auth = auth = Authenticator(store, cache_ttl=config.auth.cache_ttl)
+    runtime.auth = auth = Authenticator(
+        store, cache_ttl=config.auth.cache_ttl, serve_stale=config.limits.on_store_error == "fail_open"
+    )
     tasks = [
         asyncio.create_task(_follow_invalidations(store, auth), name="invalidations"),
         asyncio.create_task(_flush_last_used(auth, config.auth.last_used_interval), name="last-used"),
@@ -89,6 +94,24 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(Exception):
             await auth.flush_last_used()
         await store.close()
+
+
+async def _limits(app: web.Application) -> AsyncIterator[None]:
+    """The team limiter, the renewal of live requests' concurrency leases, and, at
+    shutdown, the settlements still under way."""
+    runtime = app[RUNTIME]
+    config = runtime.config
+    limiter = open_limiter(config.store, config.limits)
+    runtime.admission = admission = Admission(limiter)
+    renewing = asyncio.create_task(admission.renew_forever(config.limits.lease_seconds / 3), name="lease-renewal")
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        await admission.drain()
+        await limiter.close()
 
 
 async def _follow_invalidations(store: Store, auth: Authenticator) -> None:
@@ -121,6 +144,7 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[edge], client_max_size=config.server.max_body_bytes)
     app[RUNTIME] = Runtime(config=config)
     app.cleanup_ctx.append(_identity)
+    app.cleanup_ctx.append(_limits)
     app.cleanup_ctx.append(_upstream_session)
     add_routes(app)
     return app

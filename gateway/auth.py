@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import AuthenticationFailed, PermissionDenied, StoreUnavailable
 from gateway.identity import ApiKey, Principal, Team, hash_key
 from gateway.store.base import Store
 
@@ -45,9 +45,12 @@ class _Entry:
 
 
 class Authenticator:
-    def __init__(self, store: Store, *, cache_ttl: float) -> None:
+    def __init__(self, store: Store, *, cache_ttl: float, serve_stale: bool = False) -> None:
+        """`serve_stale`: while the store cannot be reached, keep accepting the keys this
+        process already knew (the `fail_open` policy); otherwise answer 529."""
         self._store = store
         self._ttl = cache_ttl
+        self._serve_stale = serve_stale
         self._cache: dict[str, _Entry] = {}
         self._used: dict[str, float] = {}
 
@@ -78,7 +81,13 @@ class Authenticator:
         return principal
 
     async def _load(self, digest: str) -> _Entry:
-        found = await self._store.find_key(digest)
+        try:
+            found = await self._store.find_key(digest)
+        except StoreUnavailable:
+            stale = self._cache.get(digest)
+            if self._serve_stale and stale is not None:
+                return stale
+            raise
         if found is None:
             self._cache.pop(digest, None)
             raise AuthenticationFailed("invalid API key")
@@ -90,9 +99,14 @@ class Authenticator:
         return entry
 
     def invalidate(self, message: str = "*") -> None:
-        """Something changed in the store: forget everything (changes are rare; precision
-        would buy nothing but risk)."""
-        self._cache.clear()
+        """Something changed in the store: nothing cached may be trusted any more (changes
+        are rare; precision would buy nothing but risk). Entries are kept, expired, only as
+        the `serve_stale` fallback for an outage."""
+        if not self._serve_stale:
+            self._cache.clear()
+            return
+        for entry in self._cache.values():
+            entry.deadline = 0.0
 
     async def flush_last_used(self) -> None:
         if not self._used:

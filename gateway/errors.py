@@ -11,6 +11,7 @@
     ├── RateLimited                   429 rate_limit_error
     ├── UpstreamTimeout               504 timeout_error
     └── Overloaded                    529 overloaded_error
+        └── StoreUnavailable          529 overloaded_error
 
 Status and type are decided here, once, as class attributes. Only the HTTP edge
 (`middleware.py`) and the stream pump turn an error into bytes; this module imports
@@ -107,3 +108,8 @@ class Overloaded(GatewayError):
 
 class UpstreamProtocolError(GatewayError):
     """The upstream answered something that is not its protocol (bad JSON, wrong shape)."""
+
+
+class StoreUnavailable(Overloaded):
+    """The key store cannot be reached: a dependency is down, not the client's key wrong
+    (a 401 here would make every client think its key was revoked)."""

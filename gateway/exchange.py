@@ -31,6 +31,8 @@ class Exchange:
     error_type: str | None = None
     usage: dict | None = None
     usage_estimated: bool = False  # the upstream reported none; the gateway estimated it
+    # The team's anthropic-ratelimit-* headers, for every answer once it was admitted.
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
     upstream_seconds: float = 0.0
     first_token_seconds: float | None = None
 

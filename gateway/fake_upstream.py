@@ -52,6 +52,9 @@ class FakeUpstream:
     disconnects: int = 0
     completed_streams: int = 0
     record: bool = True  # benchmarks turn this off so memory stays flat
+    # Requests being answered right now, and the most there ever were at once.
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     def script(self, *replies: dict) -> None:
         self.replies.extend(replies)
@@ -61,6 +64,7 @@ class FakeUpstream:
         self.requests.clear()
         self.disconnects = 0
         self.completed_streams = 0
+        self.max_in_flight = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -126,6 +130,14 @@ class FakeUpstream:
         return web.json_response({"count": count, "max_model_len": 32768, "tokens": []})
 
     async def _answer(self, request: web.Request, reply: dict) -> web.StreamResponse:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._reply(request, reply)
+        finally:
+            self.in_flight -= 1
+
+    async def _reply(self, request: web.Request, reply: dict) -> web.StreamResponse:
         if reply.get("delay"):
             await asyncio.sleep(reply["delay"])
         status = reply.get("status", 200)

@@ -8,10 +8,12 @@ import orjson
 from aiohttp import web
 
 from gateway import streaming
+from gateway.admission import demand_for, usage_of
 from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from gateway.identity import Principal
 from gateway.keys import EXCHANGE, RUNTIME
+from gateway.limiter import rate_limit_headers
 from gateway.protocols.messages import unknown_fields, validate_request
 from gateway.routing import Plan, Router
 
@@ -70,12 +72,21 @@ async def messages(request: web.Request) -> web.StreamResponse:
     deployment = plan.primary
     exchange.backend = deployment.backend_name
     exchange.upstream_model = deployment.upstream_model
+    ticket = await runtime.admission.admit(demand_for(principal, plan, deployment, body))
+    exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
     headers = client_headers(request)
-    if exchange.stream:
-        return await streaming.respond(request, body, deployment, headers, exchange)
-    answer = await deployment.backend.send(body, deployment, headers, exchange)
-    exchange.usage = answer.get("usage")
-    return json_response(answer)
+    try:
+        if exchange.stream:
+            return await streaming.respond(request, body, deployment, headers, exchange)
+        answer = await deployment.backend.send(body, deployment, headers, exchange)
+        exchange.usage = answer.get("usage")
+        response = json_response(answer)
+        response.headers.update(exchange.ratelimit_headers)
+        return response
+    finally:
+        # Exactly once, whatever happened: an upstream error settles what was used (nothing),
+        # a client that left settles what it was sent.
+        runtime.admission.settle(ticket, usage_of(exchange.usage, plan.model.pricing))
 
 
 async def count_tokens(request: web.Request) -> web.Response:

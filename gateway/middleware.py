@@ -23,7 +23,7 @@ access_log = logging.getLogger("gateway.access")
 
 def error_response(error: GatewayError, exchange: Exchange) -> web.Response:
     exchange.error_type = error.error_type
-    headers = error.response_headers()
+    headers = {**exchange.ratelimit_headers, **error.response_headers()}
     headers["request-id"] = exchange.request_id
     return web.Response(
         status=error.status,

@@ -70,7 +70,9 @@ async def respond(
     # Fails with a normal HTTP error (and nothing written yet) if the upstream refuses.
     upstream, relay = await deployment.backend.open_stream(body, deployment, headers, exchange)
     try:
-        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, "request-id": exchange.request_id})
+        response = web.StreamResponse(
+            status=200, headers={**SSE_HEADERS, **exchange.ratelimit_headers, "request-id": exchange.request_id}
+        )
         await response.prepare(request)
         exchange.status = 200
         ping_interval = request.app[RUNTIME].config.server.ping_interval
@@ -85,10 +87,11 @@ async def respond(
             exchange.error_type = "client_disconnected"
         except ConnectionError:
             exchange.error_type = "client_disconnected"  # at write_eof
-        exchange.usage = relay.usage
-        exchange.usage_estimated = not relay.usage_reported
         return response
     finally:
+        # Also when the client left mid-stream: what it was sent is what it used.
+        exchange.usage = relay.usage
+        exchange.usage_estimated = not relay.usage_reported
         exchange.upstream_seconds += time.perf_counter() - started
         # Closing (not releasing) an unfinished upstream response drops its connection, so
         # the upstream stops generating for a client that is gone.

@@ -22,6 +22,8 @@ the memory store (`store/base.py`), and a crash can never leave half a key behin
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -35,7 +37,7 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import RedisStoreConfig
-from gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound
+from gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound, StoreUnavailable
 from gateway.identity import ApiKey, Team
 from gateway.store.base import (
     ALL,
@@ -71,6 +73,27 @@ return out
 """
 
 
+def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
+    """Every public operation raises `StoreUnavailable` (529) when Redis cannot be reached,
+    instead of letting a client library's connection error surface as a 500."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or name in ("invalidations", "close", "from_config") or not inspect.iscoroutinefunction(method):
+            continue
+
+        def wrap(method: Callable[..., Awaitable[Any]] = method) -> Callable[..., Awaitable[Any]]:
+            @functools.wraps(method)
+            async def guarded(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await method(*args, **kwargs)
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    raise StoreUnavailable(f"the key store cannot be reached ({type(exc).__name__})") from exc
+
+            return guarded
+
+        setattr(cls, name, wrap())
+    return cls
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -84,6 +107,7 @@ def _key_json(key: ApiKey) -> str:
     return key.model_dump_json(exclude={"last_used_at"})
 
 
+@_unreachable_is_unavailable
 class RedisStore:
     kind = "redis"
 

@@ -162,7 +162,7 @@ def test_store_unreachable(tmp_path):
 
     config = tmp_path / "gateway.yaml"
     config.write_text(f'store: {{type: redis, url: "redis://127.0.0.1:{free_port()}/0"}}\n')
-    assert "the store failed" in Cli(config).fails("teams", "list")
+    assert "the key store cannot be reached" in Cli(config).fails("teams", "list")
 
 
 async def test_what_the_cli_does_a_running_gateway_sees(cli, redis_url, upstream):

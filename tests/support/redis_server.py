@@ -32,8 +32,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
+        """`persistent`: every write is fsynced to an append-only file, so the data survives
+        kill() and start() as a production Redis's would."""
         self.port = port or free_port()
+        self.persistent = persistent
         self._dir = Path(tempfile.mkdtemp(prefix="gateway-redis-"))
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -49,6 +52,8 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed")
         log = self._dir / "redis.log"
         options = {"port": str(self.port), "bind": "127.0.0.1", "save": "", "appendonly": "no"}
+        if self.persistent:
+            options.update({"appendonly": "yes", "appendfsync": "always"})
         options.update({"dir": str(self._dir), "logfile": str(log)})
         argv = [binary]
         for name, value in options.items():

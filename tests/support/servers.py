@@ -34,27 +34,31 @@ async def start_upstream() -> tuple[FakeUpstream, Running]:
     return fake, Running(url=url, runner=runner)
 
 
-def gateway_config(upstream_url: str, extra: str = "") -> str:
-    """A config routing one model per backend kind and preset to the fake upstream.
-
-Keys: `client-key` (team-a, every model) is what most tests send; the others are for the
-auth tests: `chat-only-key` narrows its models, `two-teams-key` belongs to team-a and team-b
-(which may use only `native-*`)."""
-    return f"""
-server: {{ping_interval: 0.2}}
-teams:
+DEFAULT_TEAMS = """
   - id: team-a
     name: Team A
     keys:
-      - {{name: client, key: client-key}}
-      - {{name: claude-code, key: sk-gw-test-key}}
-      - {{name: chat-only, key: chat-only-key, models: [chat-*]}}
-      - {{name: two-teams, key: two-teams-key, also_teams: [team-b]}}
+      - {name: client, key: client-key}
+      - {name: claude-code, key: sk-gw-test-key}
+      - {name: chat-only, key: chat-only-key, models: [chat-*]}
+      - {name: two-teams, key: two-teams-key, also_teams: [team-b]}
   - id: team-b
     name: Team B
     models: [native-*]
     keys:
-      - {{name: team-b, key: team-b-key}}
+      - {name: team-b, key: team-b-key}
+"""
+
+
+def gateway_config(upstream_url: str, extra: str = "", *, teams: str = DEFAULT_TEAMS) -> str:
+    """A config routing one model per backend kind and preset to the fake upstream.
+
+    Keys of the default `teams`: `client-key` (team-a, every model) is what most tests
+    send; the others are for the auth tests: `chat-only-key` narrows its models,
+    `two-teams-key` belongs to team-a and team-b (which may use only `native-*`)."""
+    return f"""
+server: {{ping_interval: 0.2}}
+teams:{teams}
 backends:
   chat:
     type: openai
