@@ -8,11 +8,17 @@ is one of the key's teams, a key's teams existing) and raises the gateway's own 
 A key is made here and leaves only once, in `create_key`'s or `rotate_key`'s return
 value; the store keeps its SHA-256 and first characters. `key_view` is the one shape
 shown to operators, and it holds neither.
+
+Usage is read from the limiter, which records it at each settlement (`usage_report`);
+keys appear there by id only.
 """
 
 from __future__ import annotations
 
+import re
+import typing
 from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 from gateway.admin.models import (
@@ -23,11 +29,15 @@ from gateway.admin.models import (
     TeamCreate,
     TeamUpdate,
     TeamView,
+    UsageGroup,
+    UsageReport,
     limits_from,
 )
 from gateway.config import ConfigError, TeamBootstrap
 from gateway.errors import InvalidRequest, NotFound
 from gateway.identity import ApiKey, Limits, Team, hash_key, key_id_for_hash, new_key, new_key_id, now, shown_prefix
+from gateway.limiter import Limiter
+from gateway.limiter.rules import MAX_USAGE_DAYS, USAGE_FIELDS
 from gateway.store.base import Store
 
 Clock = Callable[[], float]
@@ -236,6 +246,83 @@ def team_view(team: Team) -> dict:
         metadata=dict(team.metadata),
         created_at=team.created_at,
     ).model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- usage
+
+USAGE_GROUPS: tuple[str, ...] = typing.get_args(UsageGroup)
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _day(parameter: str, value: str) -> date:
+    # Only `YYYY-MM-DD`: `date.fromisoformat` also takes `20250601` and week dates.
+    if _DAY.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InvalidRequest(f"{parameter}: expected a day as YYYY-MM-DD (UTC), got {value!r}")
+
+
+def _summed(rows: Sequence[dict], by: str | None) -> list[dict]:
+    """The limiter's rows (per day, key and model), or their sums per `by`, sorted by it."""
+    if by is None:
+        return [{name: row[name] for name in ("day", "key", "model", *USAGE_FIELDS)} for row in rows]
+    sums: dict[str, dict] = {}
+    for row in rows:
+        into = sums.setdefault(row[by], {by: row[by], **dict.fromkeys(USAGE_FIELDS, 0)})
+        for field in USAGE_FIELDS:
+            into[field] += row[field]
+    return [sums[name] for name in sorted(sums)]
+
+
+def _rounded(row: dict) -> dict:
+    # Costs are float sums (Redis's HINCRBYFLOAT, then ours): to a billionth of a dollar,
+    # so reports do not show 0.30000000000000004.
+    return {**row, "cost": round(float(row["cost"]), 9)}
+
+
+async def usage_report(
+    limiter: Limiter,
+    team: str,
+    since: str | None = None,
+    until: str | None = None,
+    by: str | None = None,
+    *,
+    store: Store,
+    clock: Clock = now,
+) -> dict:
+    """A team's recorded usage from `since` to `until` (days `YYYY-MM-DD`, UTC, inclusive;
+    `until` defaults to today, `since` to `until`): rows per day, key (by id) and model,
+    or summed `by` one of those, and the totals. Bad input is an `InvalidRequest` naming
+    the parameter; an unknown team is `NotFound` (the store says which teams exist: the
+    limiter only knows teams that have used something)."""
+    if not team:
+        raise InvalidRequest("team: required (the id of the team whose usage to read)")
+    if by is not None and by not in USAGE_GROUPS:
+        raise InvalidRequest(f"by: expected one of {', '.join(USAGE_GROUPS)}, got {by!r}")
+    last = _day("until", until) if until is not None else datetime.fromtimestamp(clock(), UTC).date()
+    first = _day("since", since) if since is not None else last
+    if first > last:
+        raise InvalidRequest(f"since: {first.isoformat()} is after until ({last.isoformat()})")
+    span = (last - first).days + 1
+    if span > MAX_USAGE_DAYS:
+        raise InvalidRequest(
+            f"since: {first.isoformat()} to {last.isoformat()} is {span} days; a report covers at most {MAX_USAGE_DAYS}"
+        )
+    await get_team(store, team)
+    rows = await limiter.usage(team, first.isoformat(), last.isoformat())
+    totals = {field: sum(row[field] for row in rows) for field in USAGE_FIELDS}
+    return UsageReport.model_validate(
+        {
+            "team": team,
+            "since": first.isoformat(),
+            "until": last.isoformat(),
+            "by": by,
+            "rows": [_rounded(row) for row in _summed(rows, by)],
+            "totals": _rounded(totals),
+        }
+    ).model_dump(mode="json", exclude_unset=True)
 
 
 # ---------------------------------------------------------------------------- bootstrap

@@ -1,6 +1,6 @@
-"""`gateway serve | check-config | fake-upstream | teams ... | keys ...`: argument parsing only.
+"""`gateway serve | check-config | fake-upstream | teams ... | keys ... | usage`: argument parsing only.
 
-The `teams` and `keys` commands run in `cli_accounts.py` and print with `cli_output.py`.
+The `teams`, `keys` and `usage` commands run in `cli_accounts.py` and print with `cli_output.py`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from gateway import cli_accounts as ca
+from gateway.accounts import USAGE_GROUPS
 from gateway.config import ConfigError, load
 
 
@@ -91,6 +92,14 @@ def _add_keys(commands) -> None:
                         help="how long the previous key keeps working: 3600, 90m, 12h, 30d (default 0: stops at once)")
 
 
+def _add_usage(commands) -> None:
+    usage = _action(commands, "usage", "a team's recorded usage per day, key and model (no server needed)")
+    usage.add_argument("--team", required=True, help="the team's id")
+    usage.add_argument("--since", help="the first day, YYYY-MM-DD (UTC; default: --until)")
+    usage.add_argument("--until", help="the last day, YYYY-MM-DD (UTC, inclusive; default: today)")
+    usage.add_argument("--by", choices=USAGE_GROUPS, help="sum the rows by one dimension (default: none)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="gateway", description="An Anthropic Messages API gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _add_teams(commands)
     _add_keys(commands)
+    _add_usage(commands)
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         from gateway.fake_upstream import main as fake_main
 
         fake_main(["--host", args.host, "--port", str(args.port)] + (["--no-record"] if args.no_record else []))
-    elif args.command in ("teams", "keys"):
+    elif args.command in ("teams", "keys", "usage"):
         sys.exit(ca.main(_load_or_exit(args.config), args))
 
 

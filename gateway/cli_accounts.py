@@ -1,6 +1,8 @@
-"""`gateway teams ...` and `gateway keys ...`: the operator's commands, run against the
-configured store directly (no server needed), through the same `accounts` operations
-and request models as the admin API, so both accept and refuse the same things.
+"""`gateway teams ...`, `gateway keys ...` and `gateway usage`: the operator's commands, run
+against the configured store directly (no server needed), through the same `accounts`
+operations and request models as the admin API, so both accept and refuse the same things.
+`usage` reads the limiter's records through a limiter of its own, opened from the same
+configuration as a server's.
 
 `cli.py` parses the arguments; this module turns them into admin API bodies, runs the
 operation and prints with `cli_output`. The memory store is refused: it lives inside one
@@ -23,6 +25,7 @@ from gateway.admin.models import KeyCreate, KeyRotate, KeyUpdate, TeamCreate, Te
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.identity import Limits
+from gateway.limiter import open_limiter
 from gateway.store import Store, open_store
 
 MEMORY_REFUSAL = (
@@ -193,17 +196,28 @@ async def _keys(store: Store, args: argparse.Namespace) -> Outcome:
     raise AssertionError(action)
 
 
+async def _usage(store: Store, config: Config, args: argparse.Namespace) -> Outcome:
+    limiter = open_limiter(config.store, config.limits)
+    try:
+        report = await accounts.usage_report(limiter, args.team, args.since, args.until, args.by, store=store)
+    finally:
+        await limiter.close()
+    return Outcome(report, cli_output.usage_table(report))
+
+
 async def _run(config: Config, args: argparse.Namespace) -> Outcome:
     store = open_store(config.store)
     try:
+        if args.command == "usage":
+            return await _usage(store, config, args)
         return await (_teams if args.command == "teams" else _keys)(store, args)
     finally:
         await store.close()
 
 
 def main(config: Config, args: argparse.Namespace) -> int:
-    """Run one `teams`/`keys` command; the exit status."""
-    where = f"gateway {args.command} {args.action}"
+    """Run one `teams`/`keys`/`usage` command; the exit status."""
+    where = " ".join(["gateway", args.command, *([args.action] if hasattr(args, "action") else [])])
     if config.store.type == "memory":
         print(f"{where}: {MEMORY_REFUSAL}", file=sys.stderr)
         return 1

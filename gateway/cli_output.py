@@ -1,7 +1,8 @@
-"""How the `teams` and `keys` commands print: aligned tables for people, JSON for scripts.
+"""How the `teams`, `keys` and `usage` commands print: aligned tables for people, JSON for scripts.
 
-Pure functions from the admin API's views (`accounts.team_view`, `accounts.key_view`) to
-text, so what a script reads with `--json` is exactly what the admin API answers.
+Pure functions from the admin API's views (`accounts.team_view`, `accounts.key_view`,
+`accounts.usage_report`) to text, so what a script reads with `--json` is exactly what
+the admin API answers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ LIMIT_LABELS = {
     "tokens_per_month": "tokens-per-month",
     "cost_per_month_usd": "cost-per-month",
 }
+
+# A usage report's numbers: field → column header.
+USAGE_COLUMNS = {
+    "requests": "REQUESTS",
+    "input": "INPUT",
+    "output": "OUTPUT",
+    "cache_read": "CACHE-READ",
+    "cache_creation": "CACHE-CREATION",
+    "cost": "COST-USD",
+}
+USAGE_DIMENSIONS = ("day", "key", "model")
 
 NEW_KEY_WARNING = "Store this key now: it will not be shown again (only its prefix is kept)."
 
@@ -132,3 +144,23 @@ def new_key(view: dict, raw: str, *, rotated_until: float | None = None) -> str:
         lines.append(f"The previous key keeps working until {when(rotated_until)}.")
     lines.append(NEW_KEY_WARNING)
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- usage
+
+
+def _usage_numbers(row: dict) -> list[str]:
+    return [f"{row[field]:.6f}" if field == "cost" else str(row[field]) for field in USAGE_COLUMNS]
+
+
+def usage_table(report: dict) -> str:
+    """A title, then a row per day, key and model (or per `by`), then the totals."""
+    days = report["since"] if report["since"] == report["until"] else f"{report['since']} to {report['until']}"
+    title = f"usage of team {report['team']}, {days} (UTC)" + (f", by {report['by']}" if report["by"] else "")
+    if not report["rows"]:
+        return f"{title}\nno usage recorded"
+    dimensions = [report["by"]] if report["by"] else list(USAGE_DIMENSIONS)
+    header = [name.upper() for name in dimensions] + list(USAGE_COLUMNS.values())
+    rows = [[row[name] for name in dimensions] + _usage_numbers(row) for row in report["rows"]]
+    totals = ["TOTAL"] + [""] * (len(dimensions) - 1) + _usage_numbers(report["totals"])
+    return f"{title}\n{table(header, [*rows, totals])}"

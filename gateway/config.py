@@ -112,8 +112,15 @@ BACKEND_TYPES: dict[str, type[_BackendBase]] = {"openai": OpenAIBackend, "anthro
 
 
 class RouteConfig(_Strict):
+    """One deployment of a model: a backend and the model name it knows.
+
+    For a wildcard model (`openai/*`), `*` in `model` stands for the part of the asked
+    name the wildcard matched (the default, `*`, passes it on as it is)."""
+
     backend: str
-    model: str
+    model: str = "*"
+    # Share of the traffic among the model's healthy deployments.
+    weight: Annotated[float, Field(gt=0)] = 1.0
     # Clamp a client's `max_tokens` to what the upstream model accepts (Claude Code asks
     # for 128000 whatever the model).
     max_output_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -138,6 +145,38 @@ class ModelConfig(_Strict):
     default_max_tokens: Annotated[int, Field(ge=1)] = 4096
     pricing: Pricing | None = None
     routes: Annotated[list[RouteConfig], Field(min_length=1)]
+    # How a deployment is picked: by weight, or the one with the fewest requests in flight
+    # in this process (ties by weight).
+    strategy: Literal["weighted", "least_busy"] = "weighted"
+    # Other models to try, in order, when every deployment of this one failed.
+    fallbacks: list[str] = Field(default_factory=list)
+    # Other models to try when the upstream refused the request as too long for it.
+    context_fallbacks: list[str] = Field(default_factory=list)
+
+
+class CooldownConfig(_Strict):
+    """A circuit breaker per deployment, per process: `failures` retryable failures within
+    `window` seconds open it for `seconds`; then one probe request may go through
+    (half-open): success closes it, failure opens it again. `failures: 0` turns it off."""
+
+    failures: Annotated[int, Field(ge=0)] = 3
+    window: Annotated[float, Field(gt=0)] = 30.0
+    seconds: Annotated[float, Field(gt=0)] = 30.0
+
+
+class RoutingConfig(_Strict):
+    # Extra attempts after a retryable failure (connect error, timeout, 429, 5xx, 529),
+    # across the model's deployments, before its fallbacks are tried.
+    retries: Annotated[int, Field(ge=0)] = 2
+    # Exponential backoff with full jitter between attempts: base * 2^n, at most `backoff_max`;
+    # an upstream's `retry-after` is honoured when it fits in the deadline.
+    backoff_base: Annotated[float, Field(ge=0)] = 0.25
+    backoff_max: Annotated[float, Field(ge=0)] = 4.0
+    # Seconds from the request's arrival after which no new attempt starts.
+    deadline: Annotated[float, Field(gt=0)] = 60.0
+    cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+    # Where a model name nobody configured goes (absent: 404 not_found_error).
+    default_model: str | None = None
 
 
 class MemoryStoreConfig(_Strict):
@@ -222,6 +261,7 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     teams: list[TeamBootstrap] = Field(default_factory=list)
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(default_factory=list)
@@ -274,10 +314,30 @@ def _pydantic_problems(error: ValidationError, prefix: tuple = ()) -> list[str]:
     return problems
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping: PyYAML silently keeps the last,
+    so a second `teams:` or `limits:` would quietly drop the first."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
     """YAML text → a checked `Config`, or `ConfigError` listing every problem."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -319,6 +379,11 @@ def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc))
     problems.extend(check(raw.get("models"), backends_raw))
+    default_model = (raw.get("routing") or {}).get("default_model") if isinstance(raw.get("routing"), dict) else None
+    names = {m.get("name") for m in raw.get("models") or [] if isinstance(m, dict)}
+    names |= {a for m in raw.get("models") or [] if isinstance(m, dict) for a in (m.get("aliases") or [])}
+    if isinstance(default_model, str) and default_model not in names:
+        problems.append(f"routing.default_model: unknown model {default_model!r}")
     if config is not None:
         config = config.model_copy(update={"backends": backends})
         problems.extend(_check_secrets(config))
@@ -349,10 +414,24 @@ def check(models: Any, declared_backends: Mapping[str, Any]) -> list[str]:
             else:
                 seen[name] = where
         routes = model.get("routes") if isinstance(model.get("routes"), list) else []
+        wildcard = isinstance(model.get("name"), str) and model["name"].endswith("*")
         for k, route in enumerate(routes):
             backend = route.get("backend") if isinstance(route, dict) else None
             if isinstance(backend, str) and backend not in declared_backends:
                 problems.append(f"models[{i}].routes[{k}].backend: unknown backend {backend!r}")
+            upstream = route.get("model", "*") if isinstance(route, dict) else None
+            if not wildcard and isinstance(upstream, str) and "*" in upstream:
+                problems.append(f"models[{i}].routes[{k}].model: required (a `*` here needs a wildcard model name)")
+    for i, model in enumerate(models if isinstance(models, list) else []):
+        if not isinstance(model, dict):
+            continue
+        for field in ("fallbacks", "context_fallbacks"):
+            targets = model.get(field) if isinstance(model.get(field), list) else []
+            for j, target in enumerate(targets):
+                if isinstance(target, str) and target not in seen:
+                    problems.append(f"models[{i}].{field}[{j}]: unknown model {target!r}")
+                elif target == model.get("name"):
+                    problems.append(f"models[{i}].{field}[{j}]: a model cannot fall back to itself")
     return problems
 
 

@@ -31,6 +31,12 @@ class GatewayError(Exception):
     # Clients (Claude Code, the SDKs) retry anything not marked otherwise; errors that
     # a retry cannot fix say so with `x-should-retry: false`.
     retryable: bool | None = None
+    # Set on errors that came from an upstream, for routing to decide on retries and
+    # fallbacks: the upstream's HTTP status, or the kind of transport failure
+    # ("connect", "timeout"), and the seconds it asked to wait.
+    upstream_status: int | None = None
+    upstream_failure: str | None = None
+    upstream_retry_after: float | None = None
 
     def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)

@@ -24,6 +24,7 @@ class Exchange:
     team_id: str | None = None
     key_id: str | None = None  # the key's id, never the key
     model: str | None = None  # as the client asked
+    served_model: str | None = None  # the configured model that answered (after aliases, fallbacks)
     backend: str | None = None
     upstream_model: str | None = None
     stream: bool = False
@@ -35,6 +36,14 @@ class Exchange:
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     upstream_seconds: float = 0.0
     first_token_seconds: float | None = None
+    # Routing: upstream attempts beyond the first, and the models fallen back to.
+    retries: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+    # Upstream failures met on the way, as (backend, kind) — kind: connect, timeout,
+    # status_429, status_5xx, protocol — whether or not a retry then succeeded.
+    upstream_errors: list[tuple[str, str]] = field(default_factory=list)
+    # The limit that refused the request (a `Limits` field), when one did.
+    rejected_limit: str | None = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

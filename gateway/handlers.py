@@ -7,15 +7,17 @@ import logging
 import orjson
 from aiohttp import web
 
-from gateway import streaming
+from gateway import dispatch, streaming
 from gateway.admission import demand_for, usage_of
-from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS
+from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS, Deployment
 from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.exchange import Exchange
 from gateway.identity import Principal
 from gateway.keys import EXCHANGE, RUNTIME
-from gateway.limiter import rate_limit_headers
+from gateway.limiter import LimitExceeded, rate_limit_headers
 from gateway.protocols.messages import unknown_fields, validate_request
 from gateway.routing import Plan, Router
+from gateway.streaming import BACKEND_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +69,55 @@ async def messages(request: web.Request) -> web.StreamResponse:
         extra = unknown_fields(body)
         if extra:
             log.debug("request %s has undocumented fields %s; kept for native backends", exchange.request_id, extra)
-    plan = runtime.router.resolve(body["model"])
+    # This request's routes and routing settings: a reload meanwhile does not change them.
+    router, config = runtime.router, runtime.config
+    plan = router.resolve(body["model"])
     authorize(principal, plan, body["model"])
-    deployment = plan.primary
-    exchange.backend = deployment.backend_name
-    exchange.upstream_model = deployment.upstream_model
-    ticket = await runtime.admission.admit(demand_for(principal, plan, deployment, body))
+    exchange.served_model = plan.model.name
+    try:
+        ticket = await runtime.admission.admit(demand_for(principal, plan, plan.primary, body))
+    except LimitExceeded as refused:
+        exchange.rejected_limit = refused.limit
+        raise
     exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
     headers = client_headers(request)
+
+    def allowed(name: str) -> bool:  # fallbacks the team may not use are skipped
+        return principal.may_use(name, router.resolve(name).model.name)
+
     try:
         if exchange.stream:
-            return await streaming.respond(request, body, deployment, headers, exchange)
-        answer = await deployment.backend.send(body, deployment, headers, exchange)
+            (upstream, relay), deployment = await dispatch.run(
+                router, config.routing, plan,
+                lambda d: d.backend.open_stream(body, d, headers, exchange), exchange, allowed=allowed,
+            )
+            served_by(exchange, deployment)
+            try:
+                return await streaming.respond(request, exchange, deployment, upstream, relay)
+            finally:
+                router.finished(deployment)
+        answer, deployment = await dispatch.run(
+            router, config.routing, plan, lambda d: d.backend.send(body, d, headers, exchange), exchange, allowed=allowed
+        )
+        router.finished(deployment)
+        served_by(exchange, deployment)
         exchange.usage = answer.get("usage")
         response = json_response(answer)
         response.headers.update(exchange.ratelimit_headers)
+        response.headers[BACKEND_HEADER] = deployment.backend_name
         return response
     finally:
         # Exactly once, whatever happened: an upstream error settles what was used (nothing),
         # a client that left settles what it was sent.
-        runtime.admission.settle(ticket, usage_of(exchange.usage, plan.model.pricing))
+        pricing = router.resolve(exchange.served_model).model.pricing
+        runtime.admission.settle(ticket, usage_of(exchange.usage, pricing))
+
+
+def served_by(exchange: Exchange, deployment: Deployment) -> None:
+    exchange.backend = deployment.backend_name
+    exchange.upstream_model = deployment.upstream_model
+    if exchange.fallbacks:
+        exchange.served_model = exchange.fallbacks[-1]
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -1,22 +1,29 @@
-"""Model name → the deployments that serve it.
+"""Model name → the deployments that serve it, and in which order to try them.
 
-Built once per configuration (a reload builds a new `Router` and swaps it whole, so a
-request keeps the routes it started with).
+Built once per configuration: a reload builds a new `Router` and swaps it whole, so a
+request keeps the routes it started with. Names resolve in this order: a configured name
+or alias; the longest wildcard prefix (`openai/*` takes `openai/gpt-4o`, and its routes'
+`*` becomes `gpt-4o`); the configured default model; else 404.
+
+Each deployment has a circuit breaker and an in-flight count, both of this process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.backends import Backend, Deployment
-from gateway.config import Config, ModelConfig
+from gateway.breaker import Breaker, State
+from gateway.config import Config, CooldownConfig, ModelConfig
 from gateway.errors import NotFound
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to try for one request, in order."""
+    """What to try for one request: the model, its deployments, where to fall back."""
 
     model: ModelConfig
     deployments: tuple[Deployment, ...]
@@ -27,28 +34,130 @@ class Plan:
 
 
 class Router:
-    def __init__(self, config: Config, backends: Mapping[str, Backend]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backends: Mapping[str, Backend],
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backends = backends
+        self._cooldown: CooldownConfig = config.routing.cooldown
+        self._clock = clock
+        self._rng = rng or random.Random()
         self._plans: dict[str, Plan] = {}
+        self._wildcards: list[tuple[str, ModelConfig]] = []
+        self._breakers: dict[tuple[str, str], Breaker] = {}
+        self._in_flight: dict[tuple[str, str], int] = {}
+        self._names: list[str] = []
         for model in config.models:
-            deployments = tuple(
-                Deployment(
-                    backend=backends[route.backend],
-                    upstream_model=route.model,
-                    route=route,
-                    default_max_tokens=model.default_max_tokens,
-                )
-                for route in model.routes
-            )
-            plan = Plan(model=model, deployments=deployments)
+            if model.name.endswith("*"):
+                self._wildcards.append((model.name[:-1], model))
+                continue
+            plan = Plan(model=model, deployments=self._deployments(model))
             for name in (model.name, *model.aliases):
                 self._plans[name] = plan
+                self._names.append(name)
+        self._wildcards.sort(key=lambda item: len(item[0]), reverse=True)
+        self._default = config.routing.default_model
+
+    def _deployments(self, model: ModelConfig, rest: str | None = None) -> tuple[Deployment, ...]:
+        """`rest`: what a wildcard matched, standing in for `*` in the routes' models."""
+        return tuple(
+            Deployment(
+                backend=self._backends[route.backend],
+                upstream_model=route.model if rest is None else route.model.replace("*", rest),
+                route=route,
+                default_max_tokens=model.default_max_tokens,
+            )
+            for route in model.routes
+        )
 
     def resolve(self, name: str) -> Plan:
         plan = self._plans.get(name)
-        if plan is None:
-            raise NotFound(f"model: {name}")
-        return plan
+        if plan is not None:
+            return plan
+        for prefix, model in self._wildcards:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                return Plan(model=model, deployments=self._deployments(model, name[len(prefix) :]))
+        if self._default is not None and name != self._default:
+            return self.resolve(self._default)
+        raise NotFound(f"model: {name}")
 
     def names(self) -> list[str]:
-        """Every name a client may ask for: models first, each followed by its aliases."""
-        return list(self._plans)
+        """Every name a client may ask for (wildcards excepted): models, each followed by its aliases."""
+        return list(self._names)
+
+    # ------------------------------------------------------------------ choosing
+
+    def order(self, plan: Plan) -> list[Deployment]:
+        """The plan's deployments in the order to try them: those whose breaker lets a
+        request through, by the model's strategy; cooling ones are left out."""
+        open_ = [d for d in plan.deployments if self.breaker(d).usable()]
+        if plan.model.strategy == "least_busy":
+            self._rng.shuffle(open_)  # ties broken at random, then weight
+            open_.sort(key=lambda d: (self._in_flight.get(_id(d), 0), -d.route.weight))
+            return open_
+        return self._weighted(open_)
+
+    def _weighted(self, deployments: list[Deployment]) -> list[Deployment]:
+        """A weighted random order (each next pick in proportion to the weights left)."""
+        left = list(deployments)
+        ordered = []
+        while left:
+            total = sum(d.route.weight for d in left)
+            point = self._rng.random() * total
+            for i, deployment in enumerate(left):
+                point -= deployment.route.weight
+                if point <= 0 or i == len(left) - 1:
+                    ordered.append(left.pop(i))
+                    break
+        return ordered
+
+    def breaker(self, deployment: Deployment) -> Breaker:
+        key = _id(deployment)
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            breaker = self._breakers[key] = Breaker(
+                failures=self._cooldown.failures, window=self._cooldown.window, seconds=self._cooldown.seconds,
+                clock=self._clock,
+            )
+        return breaker
+
+    def cooling_for(self, plan: Plan) -> float:
+        """Seconds until the first of the plan's deployments may be tried again."""
+        waits = [self.breaker(d).retry_in() for d in plan.deployments]
+        return min(waits) if waits else 0.0
+
+    def started(self, deployment: Deployment) -> None:
+        key = _id(deployment)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def finished(self, deployment: Deployment) -> None:
+        key = _id(deployment)
+        self._in_flight[key] = self._in_flight.get(key, 1) - 1
+
+    def health(self) -> list[dict]:
+        """Every deployment's state in this process (for /admin/health and metrics)."""
+        seen: dict[tuple[str, str], dict] = {}
+        for plan in self._plans.values():
+            for deployment in plan.deployments:
+                key = _id(deployment)
+                if key in seen:
+                    continue
+                breaker = self.breaker(deployment)
+                seen[key] = {
+                    "model": plan.model.name,
+                    "backend": deployment.backend_name,
+                    "upstream_model": deployment.upstream_model,
+                    "weight": deployment.route.weight,
+                    "state": breaker.state.value,
+                    "retry_in": round(breaker.retry_in(), 3) if breaker.state is State.OPEN else 0.0,
+                    "in_flight": self._in_flight.get(key, 0),
+                }
+        return list(seen.values())
+
+
+def _id(deployment: Deployment) -> tuple[str, str]:
+    return deployment.backend_name, deployment.upstream_model

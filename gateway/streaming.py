@@ -31,6 +31,8 @@ SSE_HEADERS = {
     "x-accel-buffering": "no",
 }
 PING = encode_json({"type": "ping"})
+# Which backend served the answer (its name in the config; never its URL or key).
+BACKEND_HEADER = "x-gateway-backend"
 # After `[DONE]` some servers still send usage (llama.cpp); wait this long for it.
 AFTER_DONE_GRACE = 0.5
 
@@ -64,14 +66,19 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
 
 
 async def respond(
-    request: web.Request, body: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    request: web.Request, exchange: Exchange, deployment: Deployment, upstream: aiohttp.ClientResponse, relay: Relay
 ) -> web.StreamResponse:
+    """Relay an opened upstream stream (status 200, body unread: `Backend.open_stream`)."""
     started = time.perf_counter()
-    # Fails with a normal HTTP error (and nothing written yet) if the upstream refuses.
-    upstream, relay = await deployment.backend.open_stream(body, deployment, headers, exchange)
     try:
         response = web.StreamResponse(
-            status=200, headers={**SSE_HEADERS, **exchange.ratelimit_headers, "request-id": exchange.request_id}
+            status=200,
+            headers={
+                **SSE_HEADERS,
+                **exchange.ratelimit_headers,
+                BACKEND_HEADER: deployment.backend_name,
+                "request-id": exchange.request_id,
+            },
         )
         await response.prepare(request)
         exchange.status = 200

@@ -17,6 +17,7 @@ from gateway.admin.models import KeyCreate, KeyRotate, KeyUpdate, TeamCreate, Te
 from gateway.admin.openapi import Route, document
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.keys import RUNTIME
+from gateway.limiter import Limiter
 from gateway.store.base import Store
 
 # The admin app's route table (`admin/routes.py`), and the OpenAPI document drawn from it,
@@ -33,6 +34,13 @@ def store(request: web.Request) -> Store:
     if found is None:
         raise GatewayError("the store is not open yet")
     return found
+
+
+def limiter(request: web.Request) -> Limiter:
+    admission = request.config_dict[RUNTIME].admission
+    if admission is None:
+        raise GatewayError("the limiter is not open yet")
+    return admission.limiter
 
 
 async def body(request: web.Request, model: type[Body]) -> Body:
@@ -110,6 +118,22 @@ async def rotate_key(request: web.Request) -> web.Response:
     return answer(
         {**accounts.key_view(record), "key": raw, "previous_key_expires_at": rotated_at + spec.grace_seconds}
     )
+
+
+# ---------------------------------------------------------------------------- usage
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    query = request.query
+    report = await accounts.usage_report(
+        limiter(request),
+        query.get("team", ""),
+        query.get("since") or None,
+        query.get("until") or None,
+        query.get("by") or None,
+        store=store(request),
+    )
+    return answer(report)
 
 
 # ---------------------------------------------------------------------------- document

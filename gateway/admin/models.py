@@ -72,8 +72,9 @@ Timestamp = Annotated[
 
 
 def _unset(description: str) -> Any:
-    """A PATCH field: optional, but `null` is not a value (the type says what is), and the
-    default is never applied (only the fields sent are), so the schema shows none."""
+    """A PATCH field, or a usage row's dimension: optional, but `null` is not a value (the
+    type says what is), and the default is never applied (only the fields sent are, only
+    the dimensions kept are shown), so the schema shows none."""
     return Field(default=None, description=description, json_schema_extra=lambda schema: schema.pop("default", None))
 
 
@@ -202,6 +203,38 @@ class KeyList(BaseModel):
 class Deleted(BaseModel):
     id: str
     deleted: Literal[True] = True
+
+
+# What a usage report's rows can be summed by (`accounts.usage_report`).
+UsageGroup = Literal["day", "key", "model"]
+
+
+class UsageTotals(BaseModel):
+    requests: int
+    input: int = Field(description="uncached input tokens")
+    output: int = Field(description="output tokens")
+    cache_read: int = Field(description="input tokens read from the prompt cache")
+    cache_creation: int = Field(description="input tokens written to the prompt cache")
+    cost: float = Field(description="USD, from the models' pricing (0 without), to a billionth")
+
+
+class _UsageDimensions(BaseModel):
+    day: str = _unset("YYYY-MM-DD, UTC")
+    key: str = _unset("the key's id")
+    model: str = _unset("the model's canonical name")
+
+
+class UsageRow(UsageTotals, _UsageDimensions):  # (fields in reverse order of bases: dimensions first)
+    """One day, key and model; with `by`, only that dimension, summed over the others."""
+
+
+class UsageReport(BaseModel):
+    team: str
+    since: str = Field(description="the first day, YYYY-MM-DD (UTC)")
+    until: str = Field(description="the last day, YYYY-MM-DD (UTC), inclusive")
+    by: UsageGroup | None = Field(description="the dimension rows are summed by; null: none")
+    rows: list[UsageRow]
+    totals: UsageTotals
 
 
 class ErrorDetail(BaseModel):

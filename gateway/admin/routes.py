@@ -17,6 +17,7 @@ from gateway.admin.models import (
     TeamList,
     TeamUpdate,
     TeamView,
+    UsageReport,
 )
 from gateway.admin.openapi import Route
 
@@ -39,5 +40,12 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/keys/{key_id}/rotate", h.rotate_key, "rotateKey",
           "a new key for the same record; the previous one works for `grace_seconds` more",
           KeyRotate, body_required=False, answer=RotatedKey),
+    Route("GET", "/usage", h.get_usage, "getUsage",
+          "a team's recorded usage per day, key (by id) and model, or summed by one of them, with totals",
+          answer=UsageReport, errors=(404,),
+          query={"team": "the team's id (required; an unknown team is a 404)",
+                 "since": "the first day, YYYY-MM-DD (UTC); default: `until`",
+                 "until": "the last day, YYYY-MM-DD (UTC), inclusive; default: today; at most 400 days after `since`",
+                 "by": "sum the rows by one dimension: day, key or model; default: per day, key and model"}),
     Route("GET", "/openapi.json", h.openapi_json, "openapi", "this document"),
 )

@@ -108,13 +108,19 @@ async def read_error(response: aiohttp.ClientResponse) -> bytes:
 
 def transport_error(exc: BaseException, backend: str) -> GatewayError:
     """A failure to talk to the upstream at all, as the client should see it."""
+    error: GatewayError
     if isinstance(exc, asyncio.TimeoutError):
-        return UpstreamTimeout(f"backend '{backend}' did not answer in time")
+        error = UpstreamTimeout(f"backend '{backend}' did not answer in time")
+        error.upstream_failure = "timeout"
+        return error
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return Overloaded(f"backend '{backend}' is unreachable")
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return GatewayError(f"backend '{backend}' closed the connection mid-answer")
-    return Overloaded(f"backend '{backend}' failed: {type(exc).__name__}")
+        error = Overloaded(f"backend '{backend}' is unreachable")
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        error = GatewayError(f"backend '{backend}' closed the connection mid-answer")
+    else:
+        error = Overloaded(f"backend '{backend}' failed: {type(exc).__name__}")
+    error.upstream_failure = "connect"
+    return error
 
 
 def parse_json(body: bytes, backend: str) -> Any:

@@ -134,6 +134,18 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
 
 
 def error_from_upstream(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> GatewayError:
+    error = _by_status(status, body, headers)
+    error.upstream_status = status
+    retry_after = _header(headers, "retry-after")
+    if retry_after:
+        try:
+            error.upstream_retry_after = max(float(retry_after), 0.0)
+        except ValueError:
+            pass  # an HTTP date; the backoff decides instead
+    return error
+
+
+def _by_status(status: int, body: bytes, headers: Mapping[str, str] | None) -> GatewayError:
     message = upstream_message(body)
     if status in (400, 422):
         overflow = context_length_message(message)

@@ -50,7 +50,12 @@ DEFAULT_TEAMS = """
 """
 
 
-def gateway_config(upstream_url: str, extra: str = "", *, teams: str = DEFAULT_TEAMS) -> str:
+# Most tests script one upstream reply per request: no retries, no cooldowns, unless a
+# test is about them.
+NO_RETRIES = "{retries: 0, cooldown: {failures: 0}}"
+
+
+def gateway_config(upstream_url: str, extra: str = "", *, teams: str = DEFAULT_TEAMS, routing: str = NO_RETRIES) -> str:
     """A config routing one model per backend kind and preset to the fake upstream.
 
     Keys of the default `teams`: `client-key` (team-a, every model) is what most tests
@@ -58,6 +63,7 @@ def gateway_config(upstream_url: str, extra: str = "", *, teams: str = DEFAULT_T
     `two-teams-key` belongs to team-a and team-b (which may use only `native-*`)."""
     return f"""
 server: {{ping_interval: 0.2}}
+routing: {routing}
 teams:{teams}
 backends:
   chat:

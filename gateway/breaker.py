@@ -1,0 +1,83 @@
+"""A circuit breaker per deployment, per process: cooldown for a deployment that keeps failing.
+
+    closed ──(`failures` retryable failures within `window` s)──▶ open
+    open ──(after `seconds`)──▶ half_open: one probe request may go through
+    half_open ──probe succeeds──▶ closed        half_open ──probe fails──▶ open
+
+Only failures a retry could fix count (connect errors, timeouts, 429, 5xx): a client's
+bad request says nothing about the deployment's health. The clock is passed in, so the
+breaker is tested without waiting.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from enum import StrEnum
+
+
+class State(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Breaker:
+    __slots__ = ("_clock", "_failures", "_probing", "_recent", "_seconds", "_window", "opened_at")
+
+    def __init__(self, *, failures: int, window: float, seconds: float, clock: Callable[[], float]) -> None:
+        self._failures = failures
+        self._window = window
+        self._seconds = seconds
+        self._clock = clock
+        self._recent: deque[float] = deque()
+        self._probing = False
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> State:
+        if self.opened_at is None:
+            return State.CLOSED
+        if self._clock() - self.opened_at < self._seconds:
+            return State.OPEN
+        return State.HALF_OPEN
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when it would now)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(self.opened_at + self._seconds - self._clock(), 0.0)
+
+    def usable(self) -> bool:
+        """May a request go to this deployment now? (Only looks; `claim` takes the probe.)"""
+        state = self.state
+        return state is State.CLOSED or (state is State.HALF_OPEN and not self._probing)
+
+    def claim(self) -> None:
+        """A request is going to this deployment: if half-open, it is the one probe."""
+        if self.state is State.HALF_OPEN:
+            self._probing = True
+
+    def success(self) -> None:
+        self.opened_at = None
+        self._probing = False
+        self._recent.clear()
+
+    def failure(self) -> None:
+        if self._failures == 0:
+            return
+        now = self._clock()
+        if self.opened_at is not None:  # the half-open probe failed, or a straggler did
+            self.opened_at = now
+            self._probing = False
+            return
+        self._recent.append(now)
+        while self._recent and now - self._recent[0] > self._window:
+            self._recent.popleft()
+        if len(self._recent) >= self._failures:
+            self.opened_at = now
+            self._recent.clear()
+
+    def release_probe(self) -> None:
+        """The probe ended without saying anything about health (the client's own error)."""
+        self._probing = False
