@@ -23,7 +23,8 @@ from gateway.backends import Backend, build_backend
 from gateway.config import Config
 from gateway.keys import RUNTIME
 from gateway.limiter import open_limiter
-from gateway.middleware import edge
+from gateway.metrics import METRICS, Metrics
+from gateway.middleware import edge, on_response_prepare
 from gateway.routes import add_routes
 from gateway.routing import Router
 from gateway.store import ALL, Store, open_store
@@ -34,6 +35,8 @@ log = logging.getLogger("gateway")
 @dataclass(slots=True)
 class Runtime:
     config: Config
+    # The file the config came from, for reloads (None: built in code, not reloadable).
+    config_path: str | None = None
     router: Router | None = None
     session: aiohttp.ClientSession | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
@@ -114,6 +117,21 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
         await limiter.close()
 
 
+async def _observe(app: web.Application) -> AsyncIterator[None]:
+    """Metrics: the Redis store and the limiter report their round trips and outages to
+    the app's `Metrics` (whose registry, made with the app, `/metrics` reads)."""
+    runtime, metrics = app[RUNTIME], app[METRICS]
+    observed = [runtime.store, runtime.admission.limiter if runtime.admission else None]
+    observed = [part for part in observed if part is not None and hasattr(part, "observer")]
+    for part in observed:
+        part.observer = metrics.redis
+    try:
+        yield
+    finally:
+        for part in observed:
+            part.observer = None
+
+
 async def _follow_invalidations(store: Store, auth: Authenticator) -> None:
     delay = 0.1
     while True:
@@ -140,11 +158,14 @@ async def _flush_last_used(auth: Authenticator, interval: float) -> None:
             log.warning("could not record keys' last-used times (%s)", type(exc).__name__)
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, config_path: str | None = None) -> web.Application:
     app = web.Application(middlewares=[edge], client_max_size=config.server.max_body_bytes)
-    app[RUNTIME] = Runtime(config=config)
+    app[RUNTIME] = Runtime(config=config, config_path=config_path)
     app.cleanup_ctx.append(_identity)
     app.cleanup_ctx.append(_limits)
     app.cleanup_ctx.append(_upstream_session)
+    app[METRICS] = Metrics(app[RUNTIME])
+    app.cleanup_ctx.append(_observe)
+    app.on_response_prepare.append(on_response_prepare)
     add_routes(app)
     return app

@@ -48,6 +48,11 @@ class Breaker:
             return 0.0
         return max(self.opened_at + self._seconds - self._clock(), 0.0)
 
+    @property
+    def pristine(self) -> bool:
+        """Closed with no failure to remember: forgetting it loses nothing."""
+        return self.opened_at is None and not self._recent and not self._probing
+
     def usable(self) -> bool:
         """May a request go to this deployment now? (Only looks; `claim` takes the probe.)"""
         state = self.state

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         from gateway.server import setup_logging
 
         setup_logging(args.log_level)
-        run(_load_or_exit(args.config), host=args.host, port=args.port)
+        run(_load_or_exit(args.config), host=args.host, port=args.port, config_path=args.config)
     elif args.command == "check-config":
         config = _load_or_exit(args.file)
         print(f"{args.file}: ok ({len(config.backends)} backends, {len(config.models)} models)")

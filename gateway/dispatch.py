@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from gateway.backends.base import Deployment
 from gateway.config import RoutingConfig
-from gateway.errors import GatewayError, InvalidRequest, Overloaded
+from gateway.errors import GatewayError, InvalidRequest, Overloaded, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.routing import Plan, Router
 
@@ -66,8 +66,6 @@ async def run(
     attempts = 0
     while plans:
         current = plans.pop(0)
-        if current is not plan:
-            exchange.fallbacks.append(current.model.name)
         tried: set[tuple[str, str]] = set()
         for n in range(config.retries + 1):
             candidates = router.order(current)
@@ -81,15 +79,23 @@ async def run(
                 break
             fresh = [d for d in candidates if (d.backend_name, d.upstream_model) not in tried]
             deployment = (fresh or candidates)[0]
-            if attempts:
-                exchange.retries += 1
-                if not fresh:  # the same deployment again: give it a moment
-                    delay = _delay(config, n, last, rng)
-                    if time.perf_counter() + delay > deadline:
+            if attempts and not fresh:  # the same deployment again: give it a moment
+                delay = _delay(config, n, last, rng)
+                if time.perf_counter() + delay > deadline:
+                    break
+                await asyncio.sleep(delay)
+                if not router.breaker(deployment).usable():
+                    # Meanwhile other requests cooled it down or took its one probe.
+                    candidates = router.order(current)
+                    if not candidates:
                         break
-                    await asyncio.sleep(delay)
+                    deployment = candidates[0]
             if time.perf_counter() > deadline:
                 break
+            if attempts:
+                exchange.retries += 1  # only attempts that start count
+            if current is not plan and not tried:  # a fallback model that is actually tried
+                exchange.fallbacks.append(current.model.name)
             attempts += 1
             tried.add((deployment.backend_name, deployment.upstream_model))
             breaker = router.breaker(deployment)
@@ -120,7 +126,8 @@ async def run(
             return result, deployment
         if not context_switched and current is plan:
             plans = _fallbacks(router, plan.model.fallbacks, allowed)
-    assert last is not None
+    if last is None:  # the deadline passed before any attempt could start
+        raise UpstreamTimeout(f"no attempt could start within routing.deadline ({config.deadline:g} s)")
     raise last
 
 

@@ -1,8 +1,10 @@
-"""The HTTP edge: request id, every failure as a Messages error body, one access-log line.
+"""The HTTP edge: request id, every failure as a Messages error body, and, once per
+request at its end, the metrics and one JSON access-log line, both read from the Exchange.
 
 This is the only place (with the stream pump, for errors after the first byte) that
 turns a `GatewayError` into bytes. An unexpected exception is logged once with its
-traceback and answered as a plain `api_error`, never with the traceback.
+traceback and answered as a plain `api_error`, never with the traceback. Every response
+carries `x-gateway-overhead-ms` (`on_response_prepare`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ from aiohttp import web
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, RequestTooLarge
 from gateway.exchange import Exchange
 from gateway.keys import EXCHANGE, RUNTIME
+from gateway.metrics import METRICS
 
 log = logging.getLogger("gateway")
 access_log = logging.getLogger("gateway.access")
+
+# Milliseconds the gateway itself spent on the request (as LiteLLM's
+# `x-litellm-overhead-duration-ms`); see `on_response_prepare`.
+OVERHEAD_HEADER = "x-gateway-overhead-ms"
+# Set on a request whose stream was opened (the open-streams gauge counts it until its end).
+STREAM_OPENED: web.RequestKey[bool] = web.RequestKey("stream_opened", bool)
 
 
 def error_response(error: GatewayError, exchange: Exchange) -> web.Response:
@@ -48,29 +57,56 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
 async def edge(request: web.Request, handler) -> web.StreamResponse:
     exchange = Exchange(method=request.method, path=request.path)
     request[EXCHANGE] = exchange
+    metrics = request.app[METRICS]
+    operation = metrics.request_started(exchange.path)
     try:
-        response = await handler(request)
-    except GatewayError as error:
-        response = error_response(error, exchange)
-    except web.HTTPException as exc:
-        response = error_response(_from_http_exception(exc, request), exchange)
-    except asyncio.CancelledError:
-        exchange.status = 499  # the client went away; nobody reads an answer
-        exchange.error_type = "client_disconnected"
-        write_access_log(exchange)
-        raise
-    except Exception:
-        log.exception("unexpected error handling %s %s (request %s)", request.method, request.path, exchange.request_id)
-        response = error_response(GatewayError("internal error in the gateway"), exchange)
-    if not response.prepared:
-        response.headers["request-id"] = exchange.request_id
-    if not exchange.status:
-        exchange.status = response.status
-    write_access_log(exchange)
-    return response
+        try:
+            response = await handler(request)
+        except GatewayError as error:
+            response = error_response(error, exchange)
+        except web.HTTPException as exc:
+            response = error_response(_from_http_exception(exc, request), exchange)
+        except asyncio.CancelledError:
+            exchange.status = 499  # the client went away; nobody reads an answer
+            exchange.error_type = "client_disconnected"
+            raise
+        except Exception:
+            log.exception("unexpected error handling %s %s (request %s)", request.method, request.path, exchange.request_id)
+            response = error_response(GatewayError("internal error in the gateway"), exchange)
+        if not response.prepared:
+            response.headers["request-id"] = exchange.request_id
+        if not exchange.status:
+            exchange.status = response.status
+        return response
+    finally:
+        # Once per request, from what the request path recorded in the Exchange.
+        elapsed = exchange.elapsed()
+        try:
+            metrics.request_finished(exchange, operation, elapsed, streamed=request.get(STREAM_OPENED, False))
+        except Exception:  # a bug in the metrics must not cost the client its answer
+            log.exception("could not record the metrics of request %s", exchange.request_id)
+        write_access_log(exchange, elapsed)
 
 
-def write_access_log(exchange: Exchange) -> None:
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Just before any response's headers go out: what the gateway itself cost so far.
+
+    A complete answer is prepared after its handler returned: its elapsed time minus the
+    time spent waiting on the upstream. A stream is prepared by its handler, before the
+    body: the header says what was known then (the time so far minus the upstream time
+    recorded so far), and the full figure is in the metrics and the access log."""
+    exchange = request.get(EXCHANGE)
+    if exchange is None:  # refused before the edge (a malformed HTTP request)
+        return
+    overhead = exchange.elapsed() - exchange.upstream_seconds
+    response.headers[OVERHEAD_HEADER] = f"{max(overhead, 0.0) * 1000:.2f}"
+    if not exchange.status and not request.get(STREAM_OPENED, False):  # prepared by its handler: a stream
+        request[STREAM_OPENED] = True
+        request.config_dict[METRICS].stream_opened()
+
+
+def write_access_log(exchange: Exchange, elapsed: float) -> None:
+    """One JSON object per request. Never a key (only its id), a prompt or an answer."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     line = {
@@ -81,12 +117,14 @@ def write_access_log(exchange: Exchange) -> None:
         "team": exchange.team_id,
         "key_id": exchange.key_id,
         "model": exchange.model,
+        "served_model": exchange.served_model,
         "backend": exchange.backend,
         "upstream_model": exchange.upstream_model,
         "stream": exchange.stream,
         "error_type": exchange.error_type,
-        "duration_ms": round(exchange.elapsed() * 1000, 2),
+        "duration_ms": round(elapsed * 1000, 2),
         "upstream_ms": round(exchange.upstream_seconds * 1000, 2),
+        "overhead_ms": round(max(elapsed - exchange.upstream_seconds, 0.0) * 1000, 2),
     }
     if exchange.first_token_seconds is not None:
         line["ttft_ms"] = round(exchange.first_token_seconds * 1000, 2)
@@ -94,5 +132,14 @@ def write_access_log(exchange: Exchange) -> None:
         line["input_tokens"] = exchange.usage.get("input_tokens")
         line["output_tokens"] = exchange.usage.get("output_tokens")
         line["cache_read_input_tokens"] = exchange.usage.get("cache_read_input_tokens")
+        line["cache_creation_input_tokens"] = exchange.usage.get("cache_creation_input_tokens")
         line["usage_estimated"] = exchange.usage_estimated
+    if exchange.retries:
+        line["retries"] = exchange.retries
+    if exchange.fallbacks:
+        line["fallbacks"] = exchange.fallbacks
+    if exchange.upstream_errors:
+        line["upstream_errors"] = [f"{backend}:{kind}" for backend, kind in exchange.upstream_errors]
+    if exchange.rejected_limit is not None:
+        line["rejected_limit"] = exchange.rejected_limit
     access_log.info(orjson.dumps(line).decode())

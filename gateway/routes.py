@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import handlers
+from gateway import handlers, probes
 from gateway.admin.app import build_admin_app
 
 
@@ -16,3 +16,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model_id}", handlers.get_model)
     app.router.add_get("/health", handlers.health)
+    # For machines, without a client key: Prometheus and Kubernetes probes (gateway/probes.py).
+    app.router.add_get("/metrics", probes.metrics)
+    app.router.add_get("/healthz", probes.healthz)
+    app.router.add_get("/readyz", probes.readyz)

@@ -20,6 +20,10 @@ from gateway.breaker import Breaker, State
 from gateway.config import Config, CooldownConfig, ModelConfig
 from gateway.errors import NotFound
 
+# Breakers are made on first use; a wildcard lets clients name any number of upstream
+# models, so past this many the ones with nothing to remember are forgotten.
+PRUNE_AT = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Plan:
@@ -50,6 +54,7 @@ class Router:
         self._wildcards: list[tuple[str, ModelConfig]] = []
         self._breakers: dict[tuple[str, str], Breaker] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
+        self._prune_at = PRUNE_AT
         self._names: list[str] = []
         for model in config.models:
             if model.name.endswith("*"):
@@ -119,11 +124,20 @@ class Router:
         key = _id(deployment)
         breaker = self._breakers.get(key)
         if breaker is None:
+            if len(self._breakers) >= self._prune_at:
+                self._prune()
             breaker = self._breakers[key] = Breaker(
                 failures=self._cooldown.failures, window=self._cooldown.window, seconds=self._cooldown.seconds,
                 clock=self._clock,
             )
         return breaker
+
+    def _prune(self) -> None:
+        """Forget breakers that are closed, with no recent failure and nothing in flight (a
+        caller holds a breaker only while its deployment is in flight)."""
+        for key in [k for k, b in self._breakers.items() if b.pristine and not self._in_flight.get(k)]:
+            del self._breakers[key]
+        self._prune_at = max(PRUNE_AT, 2 * len(self._breakers))
 
     def cooling_for(self, plan: Plan) -> float:
         """Seconds until the first of the plan's deployments may be tried again."""
@@ -136,7 +150,11 @@ class Router:
 
     def finished(self, deployment: Deployment) -> None:
         key = _id(deployment)
-        self._in_flight[key] = self._in_flight.get(key, 1) - 1
+        left = self._in_flight.get(key, 1) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
 
     def health(self) -> list[dict]:
         """Every deployment's state in this process (for /admin/health and metrics)."""

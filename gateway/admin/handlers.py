@@ -15,9 +15,11 @@ from pydantic import BaseModel, ValidationError
 from gateway import accounts
 from gateway.admin.models import KeyCreate, KeyRotate, KeyUpdate, TeamCreate, TeamUpdate, describe
 from gateway.admin.openapi import Route, document
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.config import ConfigError
+from gateway.errors import Conflict, GatewayError, InvalidRequest
 from gateway.keys import RUNTIME
 from gateway.limiter import Limiter
+from gateway.reload import reload
 from gateway.store.base import Store
 
 # The admin app's route table (`admin/routes.py`), and the OpenAPI document drawn from it,
@@ -134,6 +136,24 @@ async def get_usage(request: web.Request) -> web.Response:
         store=store(request),
     )
     return answer(report)
+
+
+# ---------------------------------------------------------------------------- operations
+
+
+async def get_health(request: web.Request) -> web.Response:
+    return answer({"deployments": request.config_dict[RUNTIME].router.health()})
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    runtime = request.config_dict[RUNTIME]
+    if runtime.config_path is None:
+        raise Conflict("this gateway was not started from a configuration file; there is nothing to reload")
+    try:
+        config = await reload(runtime, runtime.config_path)
+    except ConfigError as exc:
+        raise InvalidRequest("the new configuration was refused; still serving the previous one: " + "; ".join(exc.problems)) from None
+    return answer({"reloaded": True, "models": len(config.models), "backends": len(config.backends)})
 
 
 # ---------------------------------------------------------------------------- document

@@ -205,6 +205,28 @@ class Deleted(BaseModel):
     deleted: Literal[True] = True
 
 
+class Reloaded(BaseModel):
+    reloaded: Literal[True] = True
+    models: int
+    backends: int
+
+
+class DeploymentHealth(BaseModel):
+    """One deployment as this process sees it (breakers are per process)."""
+
+    model: str
+    backend: str
+    upstream_model: str
+    weight: float
+    state: Literal["closed", "open", "half_open"]
+    retry_in: float = Field(description="seconds until an open breaker lets a probe through")
+    in_flight: int
+
+
+class Health(BaseModel):
+    deployments: list[DeploymentHealth]
+
+
 # What a usage report's rows can be summed by (`accounts.usage_report`).
 UsageGroup = Literal["day", "key", "model"]
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from gateway.admin import handlers as h
 from gateway.admin.models import (
     Deleted,
+    Health,
     KeyCreate,
     KeyList,
     KeyRotate,
     KeyUpdate,
     KeyView,
     NewKey,
+    Reloaded,
     RotatedKey,
     TeamCreate,
     TeamList,
@@ -47,5 +49,9 @@ ROUTES: tuple[Route, ...] = (
                  "since": "the first day, YYYY-MM-DD (UTC); default: `until`",
                  "until": "the last day, YYYY-MM-DD (UTC), inclusive; default: today; at most 400 days after `since`",
                  "by": "sum the rows by one dimension: day, key or model; default: per day, key and model"}),
+    Route("GET", "/health", h.get_health, "getHealth", "every deployment's breaker state in this process", answer=Health),
+    Route("POST", "/reload", h.reload_config, "reloadConfig",
+          "reload the configuration file; a bad one is refused and the running one stays", body_required=False,
+          answer=Reloaded, errors=(409,)),
     Route("GET", "/openapi.json", h.openapi_json, "openapi", "this document"),
 )

@@ -65,6 +65,9 @@ class GuardedLimiter:
         self.fallback_admissions = 0
         self.refused_admissions = 0
         self.lost_settlements = 0
+        # Told of each call to the store (`round_trip`) and of the events above
+        # (`limiter_event`); set by the app to its metrics (`metrics.RedisObserver`).
+        self.observer = None
         self._shares: dict[Limits, Limits] = {}
         # Usage not yet in Redis: (team, day) → `<key>|<model>|<field>` → total.
         self._pending: dict[tuple[str, str], dict[str, float]] = {}
@@ -76,7 +79,7 @@ class GuardedLimiter:
         if self.degraded and time.monotonic() < self._retry_at:
             return await self._without_store(demand)
         try:
-            ticket = await self.primary.admit(demand)
+            ticket = await self._call("admit", self.primary.admit, demand)
         except STORE_ERRORS as exc:
             self._lost(exc)
             return await self._without_store(demand)
@@ -94,11 +97,12 @@ class GuardedLimiter:
             self.fallback.record_usage(ticket.demand, usage)
             return
         try:
-            await self.primary.settle(ticket, usage)
+            await self._call("settle", self.primary.settle, ticket, usage)
         except STORE_ERRORS as exc:
             self._lost(exc)
             if isinstance(exc, RedisTimeoutError | asyncio.TimeoutError):
                 self.lost_settlements += 1
+                self._event("lost_settlement")
                 log.warning("limiter: a settlement of team '%s' timed out; its usage may be missing",
                             ticket.demand.team.id)
             else:
@@ -113,7 +117,7 @@ class GuardedLimiter:
         if not shared:
             return
         try:
-            await self.primary.renew(shared)
+            await self._call("renew", self.primary.renew, shared)
         except STORE_ERRORS as exc:
             self._lost(exc)
             return
@@ -121,7 +125,7 @@ class GuardedLimiter:
 
     async def usage(self, team: str, since_day: str, until_day: str) -> list[dict]:
         try:
-            return await self.primary.usage(team, since_day, until_day)
+            return await self._call("usage", self.primary.usage, team, since_day, until_day)
         except STORE_ERRORS as exc:
             self._lost(exc)
             raise Overloaded("usage records are unavailable: the limiter's store cannot be reached") from None
@@ -137,7 +141,7 @@ class GuardedLimiter:
         for team in teams:
             days = {day: fields for (t, day), fields in self._pending.items() if t == team}
             try:
-                await self.primary.add_usage(team, days)
+                await self._call("add_usage", self.primary.add_usage, team, days)
             except STORE_ERRORS as exc:
                 self._lost(exc)
                 return
@@ -157,8 +161,10 @@ class GuardedLimiter:
     async def _without_store(self, demand: Demand) -> Ticket:
         if self.on_store_error != "fail_open":
             self.refused_admissions += 1
+            self._event("refused_admission")
             raise Overloaded("the rate limiter's store cannot be reached; try again shortly")
         self.fallback_admissions += 1
+        self._event("fallback_admission")
         share = Demand(
             team=demand.team.model_copy(update={"limits": self._share(demand.team.limits)}),
             key=demand.key.model_copy(update={"limits": self._share(demand.key.limits)}),
@@ -172,6 +178,24 @@ class GuardedLimiter:
         ticket.fallback = True
         ticket.demand = demand
         return ticket
+
+    async def _call(self, operation: str, call, *args):
+        """`call(*args)` on the store, timed for the observer when there is one."""
+        observer = self.observer
+        if observer is None:
+            return await call(*args)
+        started = time.perf_counter()
+        try:
+            result = await call(*args)
+        except Exception as exc:  # a refusal (LimitExceeded) is an answer: a round trip like any
+            observer.round_trip("limiter", operation, time.perf_counter() - started, exc)
+            raise
+        observer.round_trip("limiter", operation, time.perf_counter() - started)
+        return result
+
+    def _event(self, name: str) -> None:
+        if self.observer is not None:
+            self.observer.limiter_event(name)
 
     def _share(self, limits: Limits) -> Limits:
         found = self._shares.get(limits)
@@ -187,6 +211,7 @@ class GuardedLimiter:
             return
         self.degraded = True
         self.outages += 1
+        self._event("outage")
         if self.on_store_error == "fail_open":
             log.warning(
                 "limiter: the store is unreachable (%s); serving with per-process limits (each divided by %d) "
@@ -201,6 +226,7 @@ class GuardedLimiter:
     def _back(self) -> None:
         if self.degraded:
             self.degraded = False
+            self._event("recovered")
             log.warning("limiter: the store is reachable again; shared limits are enforced")
             if self._flushing is None or self._flushing.done():
                 self._flushing = asyncio.get_running_loop().create_task(self.flush())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -75,18 +76,30 @@ return out
 
 def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
     """Every public operation raises `StoreUnavailable` (529) when Redis cannot be reached,
-    instead of letting a client library's connection error surface as a 500."""
+    instead of letting a client library's connection error surface as a 500. Each is also
+    timed for the store's `observer`, when it has one (the app's metrics)."""
     for name, method in list(vars(cls).items()):
         if name.startswith("_") or name in ("invalidations", "close", "from_config") or not inspect.iscoroutinefunction(method):
             continue
 
-        def wrap(method: Callable[..., Awaitable[Any]] = method) -> Callable[..., Awaitable[Any]]:
+        def wrap(method: Callable[..., Awaitable[Any]] = method, name: str = name) -> Callable[..., Awaitable[Any]]:
             @functools.wraps(method)
-            async def guarded(*args: Any, **kwargs: Any) -> Any:
+            async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+                observer = getattr(self, "observer", None)
+                started = time.perf_counter()
                 try:
-                    return await method(*args, **kwargs)
+                    result = await method(self, *args, **kwargs)
                 except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    if observer is not None:
+                        observer.round_trip("store", name, time.perf_counter() - started, exc)
                     raise StoreUnavailable(f"the key store cannot be reached ({type(exc).__name__})") from exc
+                except Exception as exc:
+                    if observer is not None:
+                        observer.round_trip("store", name, time.perf_counter() - started, exc)
+                    raise
+                if observer is not None:
+                    observer.round_trip("store", name, time.perf_counter() - started)
+                return result
 
             return guarded
 
@@ -124,6 +137,9 @@ class RedisStore:
         self._feed_client: Redis | None = None
         self._pubsubs: set[PubSub] = set()
         self._closed = False
+        # Told of each operation's time and failure (`round_trip`); set by the app to its
+        # metrics (`metrics.RedisObserver`).
+        self.observer = None
 
     @classmethod
     def from_config(cls, config: RedisStoreConfig) -> RedisStore:
@@ -376,6 +392,10 @@ class RedisStore:
             return None
         raw, used, *teams = found
         return self._parse_key(raw, used), [Team.model_validate_json(team) for team in teams]
+
+    async def ping(self) -> None:
+        """One PING (readiness: `/readyz`)."""
+        await self._redis.ping()
 
     async def record_last_used(self, used: Mapping[str, float]) -> None:
         if used:

@@ -34,8 +34,11 @@ class GatewayProcess:
             await self.process.wait()
 
 
-async def start_gateway_process(config_text: str, directory: Path, name: str = "gateway") -> GatewayProcess:
-    """Write `config_text` (its `server.port` is replaced by a free one) and serve it."""
+async def start_gateway_process(
+    config_text: str, directory: Path, name: str = "gateway", env: dict[str, str] | None = None
+) -> GatewayProcess:
+    """Write `config_text` (its `server.port` is replaced by a free one) and serve it;
+    `env`: variables added to this process's environment for it."""
     port = free_port()
     config = directory / f"{name}.yaml"
     config.write_text(config_text)
@@ -43,7 +46,7 @@ async def start_gateway_process(config_text: str, directory: Path, name: str = "
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
-            cwd=ROOT, stdout=out, stderr=out, env={**os.environ},
+            cwd=ROOT, stdout=out, stderr=out, env={**os.environ, **(env or {})},
         )
     for _ in range(200):
         if "gateway listening on" in log.read_text():

@@ -101,8 +101,9 @@ models:
 """
 
 
-async def start_gateway(config_text: str) -> Running:
-    app = build_app(parse(config_text, env={}))
+async def start_gateway(config_text: str, config_path: str | None = None) -> Running:
+    """`config_path`: the file the config is (re)loaded from, for reload tests."""
+    app = build_app(parse(config_text, env={}), config_path)
     runner, url = await serve_app(app)
     return Running(url=url, runner=runner, app=app)
 

@@ -1,0 +1,63 @@
+"""Endpoints for machines, none of which needs a client key: `/metrics` for Prometheus,
+`/healthz` and `/readyz` for Kubernetes probes.
+
+- `/healthz`: the process is serving (always 200 while it answers at all).
+- `/readyz`: it should get traffic: startup finished (configuration loaded, store,
+  limiter and routes in place) and the store answers a PING within `READY_TIMEOUT`
+  seconds. Otherwise 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError
+from gateway.keys import RUNTIME
+from gateway.metrics import METRICS
+
+# Seconds a readiness PING may take before the store counts as unreachable.
+READY_TIMEOUT = 1.0
+
+
+def _json(payload: dict, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json",
+                        headers={"cache-control": "no-store"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].exposition(request.headers.get("accept", ""))
+    return web.Response(body=body, headers={"content-type": content_type, "cache-control": "no-store"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reason = await not_ready(request.app)
+    if reason is not None:
+        return _json({"status": "unavailable", "reason": reason}, status=503)
+    return _json({"status": "ready"})
+
+
+async def not_ready(app: web.Application) -> str | None:
+    """Why the gateway should not get traffic now, or None."""
+    runtime = app[RUNTIME]
+    if runtime.router is None or runtime.store is None or runtime.auth is None or runtime.admission is None:
+        return "starting: the configuration is not in place yet"
+    ping = getattr(runtime.store, "ping", None)
+    if ping is None:  # the memory store is this process
+        return None
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await ping()
+    except TimeoutError:
+        return f"the store did not answer a PING within {READY_TIMEOUT:g}s"
+    except GatewayError as exc:  # the store's own words, which never include its URL
+        return exc.message
+    except Exception as exc:  # never the exception's text: it may hold the URL and its password
+        return f"the store cannot be reached ({type(exc).__name__})"
+    return None

@@ -1,0 +1,463 @@
+"""Routing through the real app over real HTTP, in front of two scripted upstreams on two ports
+(two "providers") and a port where nothing listens: retries, fallbacks, cooldowns, weights and
+timeouts, streaming and not, and which deployment served (`x-gateway-backend`).
+
+Each upstream records when every request arrived. Waits are checked as lower bounds between
+arrivals (the gateway cannot be early; a slow machine only makes it later), never as upper
+bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+import pytest
+from multidict import CIMultiDict
+
+from gateway.fake_upstream import FakeUpstream
+from gateway.keys import RUNTIME
+from gateway.protocols.sse import SseDecoder
+from tests.support.grammar import check_stream
+from tests.support.replies import chat_chunks, chat_message, error
+from tests.support.servers import Running, serve_app, start_gateway
+
+BACKEND = "x-gateway-backend"
+ASK = {"max_tokens": 50, "messages": [{"role": "user", "content": "hello"}]}
+FULL = {"x-api-key": "full-key-0001"}
+NARROW = {"x-api-key": "narrow-key-0001"}
+# asyncio may run a timer this much before its time (the clock's resolution, rounded up).
+EARLY = 0.001
+CONTEXT = "This model's maximum context length is 4096 tokens. However, your request has 5000 input tokens."
+
+
+@dataclass
+class TimedUpstream(FakeUpstream):
+    """The fake upstream, also noting when each request arrived (monotonic seconds)."""
+
+    arrivals: list[float] = field(default_factory=list)
+
+    async def _record(self, request):
+        self.arrivals.append(time.monotonic())
+        return await super()._record(request)
+
+    @property
+    def models(self) -> list[str]:
+        return [r.body["model"] for r in self.requests]
+
+
+@dataclass
+class Providers:
+    one: TimedUpstream
+    two: TimedUpstream
+    closed_port: int
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed): connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def providers():
+    runners = []
+    fakes = []
+    for _ in range(2):
+        fake = TimedUpstream()
+        runner, fake.url = await serve_app(fake.app())
+        runners.append(runner)
+        fakes.append(fake)
+    yield Providers(one=fakes[0], two=fakes[1], closed_port=free_port())
+    for runner in runners:
+        await runner.cleanup()
+
+
+ROUTING = "{retries: 2, backoff_base: 0.01, backoff_max: 0.05, deadline: 20, cooldown: {failures: 0}}"
+TIMEOUTS = "{connect: 1, first_byte: 0.5, idle: 0.5, total: 10}"
+
+
+def config(p: Providers, routing: str = ROUTING) -> str:
+    return f"""
+server: {{ping_interval: 0.2}}
+routing: {routing}
+teams:
+  - id: full
+    keys: [{{name: full, key: full-key-0001}}]
+  - id: narrow
+    models: [solo-a, guarded]
+    keys: [{{name: narrow, key: narrow-key-0001}}]
+backends:
+  one:
+    type: openai
+    base_url: {p.one.url}/v1
+    timeouts: {TIMEOUTS}
+  two:
+    type: openai
+    base_url: {p.two.url}/v1
+    timeouts: {TIMEOUTS}
+  dead:
+    type: openai
+    base_url: http://127.0.0.1:{p.closed_port}/v1
+    timeouts: {TIMEOUTS}
+models:
+  # least_busy with nothing in flight takes the heavier first: `one`, then `two`.
+  - name: pair
+    strategy: least_busy
+    routes: [{{backend: one, model: a-pair, weight: 2}}, {{backend: two, model: b-pair, weight: 1}}]
+  - name: dead-first
+    strategy: least_busy
+    routes: [{{backend: dead, model: d-model, weight: 2}}, {{backend: two, model: b-dead-first, weight: 1}}]
+  - name: dead-solo
+    routes: [{{backend: dead, model: d-solo}}]
+    fallbacks: [solo-b]
+  - name: solo-a
+    routes: [{{backend: one, model: a-solo}}]
+    fallbacks: [solo-b]
+    context_fallbacks: [long-b]
+  - name: solo-b
+    routes: [{{backend: two, model: b-solo}}]
+  - name: long-b
+    routes: [{{backend: two, model: b-long}}]
+  - name: weighted
+    routes: [{{backend: one, model: a-weighted, weight: 3}}, {{backend: two, model: b-weighted, weight: 1}}]
+"""
+
+
+@pytest.fixture
+async def start(providers):
+    started: list[Running] = []
+
+    async def start_with(routing: str = ROUTING) -> Running:
+        running = await start_gateway(config(providers, routing))
+        started.append(running)
+        return running
+
+    yield start_with
+    for running in started:
+        await running.runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(start) -> Running:
+    return await start()
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
+async def post(http: aiohttp.ClientSession, gateway: Running, model: str, headers: dict = FULL, **extra):
+    async with http.post(f"{gateway.url}/v1/messages", json={"model": model, **ASK, **extra}, headers=headers) as response:
+        return response.status, CIMultiDict(response.headers), orjson.loads(await response.read())
+
+
+async def stream(http: aiohttp.ClientSession, gateway: Running, model: str, headers: dict = FULL):
+    async with http.post(
+        f"{gateway.url}/v1/messages", json={"model": model, **ASK, "stream": True}, headers=headers
+    ) as response:
+        raw = await response.read()
+    if response.status != 200:
+        return response.status, CIMultiDict(response.headers), orjson.loads(raw)
+    decoder = SseDecoder()
+    return response.status, CIMultiDict(response.headers), [orjson.loads(e.data) for e in decoder.feed(raw) + decoder.flush()]
+
+
+def text_of(events: list[dict]) -> str:
+    return "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+
+
+def states(gateway: Running) -> dict[str, str]:
+    return {h["upstream_model"]: h["state"] for h in gateway.app[RUNTIME].router.health()}
+
+
+# ============================================================ retries (not streaming)
+
+
+async def test_a_refused_connection_is_retried_on_the_next_deployment(gateway, http, providers):
+    status, headers, body = await post(http, gateway, "dead-first")
+    assert status == 200 and headers[BACKEND] == "two"
+    assert providers.two.models == ["b-dead-first"]
+    assert body["content"][0]["text"].startswith("Hello from the demo upstream")
+
+
+async def test_a_refused_connection_on_the_only_deployment_falls_back(gateway, http, providers):
+    status, headers, _ = await post(http, gateway, "dead-solo")
+    assert status == 200 and headers[BACKEND] == "two"  # the backend's name, not its URL
+    assert providers.two.models == ["b-solo"]
+
+
+async def test_429_with_retry_after_is_waited_for_then_the_same_deployment_serves(gateway, http, providers):
+    providers.one.script(error(429, "slow down", headers={"retry-after": "0.6"}), chat_message("second time lucky"))
+    status, headers, body = await post(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "one"
+    assert body["content"][0]["text"] == "second time lucky"
+    assert providers.one.models == ["a-solo", "a-solo"] and providers.two.requests == []
+    # The backoff here is at most 0.05 s: only the upstream's retry-after explains this wait.
+    assert providers.one.arrivals[1] - providers.one.arrivals[0] >= 0.6 - EARLY
+
+
+async def test_429_with_retry_after_beyond_the_deadline_goes_to_the_fallback_at_once(start, http, providers):
+    gateway = await start("{retries: 2, backoff_base: 0.01, deadline: 5, cooldown: {failures: 0}}")
+    providers.one.script(error(429, "come back in an hour", headers={"retry-after": "3600"}))
+    status, headers, _ = await post(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "two"
+    assert providers.one.models == ["a-solo"] and providers.two.models == ["b-solo"]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 529])
+async def test_a_5xx_is_retried_on_the_same_deployment(gateway, http, providers, status):
+    providers.one.script(error(status, "upstream trouble"), chat_message("recovered"))
+    answer, headers, body = await post(http, gateway, "solo-a")
+    assert answer == 200 and headers[BACKEND] == "one"
+    assert body["content"][0]["text"] == "recovered"
+    assert providers.one.models == ["a-solo", "a-solo"] and providers.two.requests == []
+
+
+@pytest.mark.parametrize("status", [500, 529])
+async def test_a_5xx_moves_to_the_other_provider(gateway, http, providers, status):
+    providers.one.script(error(status, "upstream trouble"))
+    providers.two.script(chat_message("from two"))
+    answer, headers, body = await post(http, gateway, "pair")
+    assert answer == 200 and headers[BACKEND] == "two"
+    assert body["content"][0]["text"] == "from two"
+    assert providers.one.models == ["a-pair"] and providers.two.models == ["b-pair"]
+
+
+async def test_a_hang_before_headers_times_out_and_the_other_provider_serves(gateway, http, providers):
+    providers.one.script({**chat_message("too late"), "delay": 5})
+    providers.two.script(chat_message("on time"))
+    began = time.monotonic()
+    status, headers, body = await post(http, gateway, "pair")
+    assert status == 200 and headers[BACKEND] == "two"
+    assert body["content"][0]["text"] == "on time"
+    assert providers.one.models == ["a-pair"]
+    # `first_byte: 0.5` gave up on one (its clock starts after `began`): two was asked after.
+    assert providers.two.arrivals[0] - began >= 0.5
+
+
+async def test_every_deployment_failing_falls_back_to_the_next_model(gateway, http, providers):
+    providers.one.script(*[error(500, "down")] * 3)
+    status, headers, _ = await post(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "two"
+    assert providers.one.models == ["a-solo"] * 3  # 1 + retries: 2
+    assert providers.two.models == ["b-solo"]
+
+
+async def test_when_the_fallback_fails_too_the_last_error_is_answered(gateway, http, providers):
+    providers.one.script(*[error(503, "down")] * 3)
+    providers.two.script(*[error(500, "down too")] * 3)
+    status, headers, body = await post(http, gateway, "solo-a")
+    assert status == 500 and body["error"]["type"] == "api_error"
+    assert BACKEND not in headers
+    assert len(providers.one.requests) == 3 and providers.two.models == ["b-solo"] * 3
+
+
+async def test_a_context_length_refusal_goes_to_the_context_fallback(gateway, http, providers):
+    providers.one.script(error(400, CONTEXT))
+    providers.two.script(chat_message("I have room"))
+    status, headers, body = await post(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "two"
+    assert body["content"][0]["text"] == "I have room"
+    assert providers.one.models == ["a-solo"]
+    assert providers.two.models == ["b-long"]  # the context fallback, not the ordinary one
+
+
+@pytest.mark.parametrize(
+    ("upstream_status", "answered", "error_type"),
+    [
+        (400, 400, "invalid_request_error"),
+        (401, 500, "api_error"),  # the gateway's own credential was refused, not the client's
+        (403, 500, "api_error"),
+        (404, 404, "not_found_error"),
+        (413, 413, "request_too_large"),
+    ],
+)
+async def test_non_retryable_errors_are_answered_at_once(gateway, http, providers, upstream_status, answered, error_type):
+    providers.one.script(error(upstream_status, "no"))
+    status, headers, body = await post(http, gateway, "solo-a")
+    assert (status, body["error"]["type"]) == (answered, error_type)
+    assert len(providers.one.requests) == 1  # not retried
+    assert providers.two.requests == []  # not fallen back
+    assert states(gateway)["a-solo"] == "closed"
+
+
+# ============================================================ cooldown
+
+
+async def test_a_failing_deployment_is_cooled_down_and_probed_back(start, http, providers):
+    gateway = await start("{retries: 0, cooldown: {failures: 2, window: 30, seconds: 2}}")
+    providers.one.script(error(500, "down"), error(500, "down"))
+    for _ in range(2):
+        status, headers, _ = await post(http, gateway, "solo-a")
+        assert (status, headers[BACKEND]) == (200, "two")  # served by the fallback
+    assert states(gateway)["a-solo"] == "open"
+    for _ in range(3):
+        status, headers, _ = await post(http, gateway, "solo-a")
+        assert (status, headers[BACKEND]) == (200, "two")
+    assert len(providers.one.requests) == 2  # no hit while open
+    assert len(providers.two.requests) == 5
+
+    # After `seconds`, one probe: it fails, so the breaker opens again.
+    await until(lambda: states(gateway)["a-solo"] == "half_open")
+    providers.one.script(error(503, "still down"))
+    status, headers, _ = await post(http, gateway, "solo-a")
+    assert (status, headers[BACKEND]) == (200, "two") and len(providers.one.requests) == 3
+    assert states(gateway)["a-solo"] == "open"
+    status, headers, _ = await post(http, gateway, "solo-a")
+    assert headers[BACKEND] == "two" and len(providers.one.requests) == 3
+
+    # The next probe succeeds: back in rotation for good.
+    await until(lambda: states(gateway)["a-solo"] == "half_open")
+    for _ in range(3):
+        status, headers, _ = await post(http, gateway, "solo-a")
+        assert (status, headers[BACKEND]) == (200, "one")
+    assert states(gateway)["a-solo"] == "closed" and len(providers.one.requests) == 6
+
+
+async def test_a_cooling_deployment_of_a_model_leaves_the_other_to_serve(start, http, providers):
+    gateway = await start("{retries: 1, backoff_base: 0.01, cooldown: {failures: 1, window: 30, seconds: 30}}")
+    providers.one.script(error(529, "overloaded"))
+    status, headers, _ = await post(http, gateway, "pair")
+    assert (status, headers[BACKEND]) == (200, "two")
+    assert states(gateway)["a-pair"] == "open"
+    results = await asyncio.gather(*(post(http, gateway, "pair") for _ in range(10)))
+    assert {headers[BACKEND] for _, headers, _ in results} == {"two"}
+    assert len(providers.one.requests) == 1
+
+
+async def test_every_deployment_cooling_without_fallback_is_a_529(start, http, providers):
+    gateway = await start("{retries: 0, cooldown: {failures: 1, window: 30, seconds: 30}}")
+    providers.one.script(error(500, "down"))
+    providers.two.script(error(500, "down"), error(500, "down"))
+    await post(http, gateway, "pair")  # one fails, and with retries: 0 that is it
+    await post(http, gateway, "pair")  # two fails (one is cooling)
+    status, headers, body = await post(http, gateway, "pair")
+    assert status == 529 and body["error"]["type"] == "overloaded_error"
+    assert 1 <= int(headers["retry-after"]) <= 30
+    assert len(providers.one.requests) + len(providers.two.requests) == 2
+
+
+# ============================================================ weights
+
+
+async def test_weights_hold_over_many_requests(gateway, http, providers):
+    n = 200
+    results = []
+    for _ in range(4):
+        results += await asyncio.gather(*(post(http, gateway, "weighted") for _ in range(n // 4)))
+    assert all(status == 200 for status, _, _ in results)
+    served = [headers[BACKEND] for _, headers, _ in results]
+    # 3:1 → 150 of 200 expected on one; ±27 is 4.4 standard deviations.
+    assert 123 <= served.count("one") <= 177, served.count("one")
+    assert served.count("one") == len(providers.one.requests)
+    assert served.count("two") == len(providers.two.requests)
+
+
+# ============================================================ streaming
+
+
+async def test_a_stream_retries_before_the_first_byte(gateway, http, providers):
+    providers.one.script(error(500, "down"))
+    providers.two.script({"sse": chat_chunks({"content": "streamed "}, {"content": "from two"})})
+    status, headers, events = await stream(http, gateway, "pair")
+    assert status == 200 and headers[BACKEND] == "two"
+    check_stream(events)
+    assert text_of(events) == "streamed from two"
+    assert providers.one.models == ["a-pair"] and providers.two.models == ["b-pair"]
+
+
+async def test_a_stream_falls_back_after_429s_and_a_hang(gateway, http, providers):
+    providers.one.script(
+        error(429, "slow down", headers={"retry-after": "0.1"}),
+        {"sse": chat_chunks({"content": "too late"}), "delay": 5},  # hangs before its headers
+        error(529, "overloaded"),
+    )
+    providers.two.script({"sse": chat_chunks({"content": "fallback stream"})})
+    status, headers, events = await stream(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "two"
+    check_stream(events)
+    assert text_of(events) == "fallback stream"
+    assert providers.one.models == ["a-solo"] * 3 and providers.two.models == ["b-solo"]
+    assert providers.one.arrivals[1] - providers.one.arrivals[0] >= 0.1 - EARLY  # retry-after honoured
+    # The second attempt started after that wait, and its `first_byte: 0.5` was waited out.
+    assert providers.one.arrivals[2] - providers.one.arrivals[0] >= 0.6 - EARLY
+
+
+async def test_a_stream_refused_connection_moves_on(gateway, http, providers):
+    providers.two.script({"sse": chat_chunks({"content": "two streams"})})
+    status, headers, events = await stream(http, gateway, "dead-first")
+    assert status == 200 and headers[BACKEND] == "two" and text_of(events) == "two streams"
+
+
+async def test_a_stream_context_refusal_goes_to_the_context_fallback(gateway, http, providers):
+    providers.one.script(error(400, CONTEXT))
+    providers.two.script({"sse": chat_chunks({"content": "long enough"})})
+    status, headers, events = await stream(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "two" and text_of(events) == "long enough"
+    assert providers.two.models == ["b-long"]
+
+
+async def test_a_stream_non_retryable_error_is_answered_at_once(gateway, http, providers):
+    providers.one.script(error(404, "no such model"))
+    status, headers, body = await stream(http, gateway, "solo-a")
+    assert status == 404 and body["error"]["type"] == "not_found_error"
+    assert len(providers.one.requests) == 1 and providers.two.requests == []
+
+
+async def test_a_stall_mid_stream_is_an_error_event_not_a_retry(gateway, http, providers):
+    providers.one.script({"sse": chat_chunks({"content": "partial "}, {"content": "never"}), "stall_after": 2})
+    status, headers, events = await stream(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "one"
+    check_stream(events)
+    assert events[-1]["type"] == "error" and events[-1]["error"]["type"] == "timeout_error"
+    assert text_of(events) == "partial "
+    assert len(providers.one.requests) == 1 and providers.two.requests == []  # the 200 was sent: no retry
+
+
+# ============================================================ teams and fallbacks
+
+
+async def test_a_team_never_reaches_a_fallback_it_may_not_use(gateway, http, providers):
+    # `narrow` may use solo-a, but neither its fallback solo-b nor its context fallback long-b.
+    providers.one.script(*[error(500, "down")] * 3)
+    status, _, body = await post(http, gateway, "solo-a", headers=NARROW)
+    assert status == 500 and body["error"]["type"] == "api_error"
+    assert len(providers.one.requests) == 3
+
+    providers.one.script(error(400, CONTEXT))
+    status, _, body = await post(http, gateway, "solo-a", headers=NARROW)
+    assert status == 400 and body["error"]["message"].startswith("prompt is too long")
+
+    providers.one.script(*[error(529, "down")] * 3)
+    status, _, _ = await stream(http, gateway, "solo-a", headers=NARROW)
+    assert status == 529
+    assert providers.two.requests == []
+
+    # The same failures for a team that may: the fallback serves.
+    providers.one.script(*[error(500, "down")] * 3)
+    status, headers, _ = await post(http, gateway, "solo-a")
+    assert (status, headers[BACKEND]) == (200, "two")
+
+
+async def test_in_flight_counts_return_to_zero(gateway, http, providers):
+    providers.one.script(error(500, "down"), {"sse": chat_chunks({"content": "x"}), "stall_after": 1})
+    await post(http, gateway, "pair")
+    await stream(http, gateway, "solo-a")
+    await asyncio.gather(*(post(http, gateway, "weighted") for _ in range(10)))
+    assert all(h["in_flight"] == 0 for h in gateway.app[RUNTIME].router.health())
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    """Wait for `condition()` (polling); the timeout only stops a broken test from hanging."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
