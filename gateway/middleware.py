@@ -85,7 +85,13 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
             metrics.request_finished(exchange, operation, elapsed, streamed=request.get(STREAM_OPENED, False))
         except Exception:  # a bug in the metrics must not cost the client its answer
             log.exception("could not record the metrics of request %s", exchange.request_id)
-        write_access_log(exchange, elapsed)
+        if exchange.path not in QUIET_PATHS or exchange.status >= 400:
+            write_access_log(exchange, elapsed)
+
+
+# Probes and scrapes arrive every few seconds from every prober: a line each would bury
+# the requests that matter. They still count in the metrics, and failures are logged.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:

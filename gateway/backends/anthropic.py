@@ -94,7 +94,7 @@ class AnthropicMessagesBackend:
         upstream_headers = self.upstream_headers(headers)
         upstream_headers["accept"] = "text/event-stream"
         response = await open_upstream_stream(
-            self.session, self.messages_url, orjson.dumps(body), upstream_headers, self.config.timeouts, self.name
+            self.session, self.messages_url, orjson.dumps(body), upstream_headers, self.config.timeouts, self.name, exchange
         )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)

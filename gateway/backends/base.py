@@ -8,6 +8,7 @@ only adds URLs, credentials, timeouts and error mapping.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -86,14 +87,18 @@ def stream_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
 
 async def open_upstream_stream(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
-    params: dict[str, str] | None = None,
+    exchange: Exchange, params: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST and wait for the response headers (bounded by `first_byte`); the caller owns the response."""
+    """POST and wait for the response headers (bounded by `first_byte`); the caller owns the
+    response. The wait counts as upstream time, so the gateway's own overhead leaves it out."""
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(timeouts.first_byte):
             return await session.post(url, data=body, headers=headers, params=params, timeout=stream_timeout(timeouts))
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise transport_error(exc, backend) from None
+    finally:
+        exchange.upstream_seconds += time.perf_counter() - started
 
 
 async def read_error(response: aiohttp.ClientResponse) -> bytes:

@@ -75,7 +75,7 @@ class OpenAIChatBackend:
         if not self.stream_usage:
             body = {k: v for k, v in body.items() if k != "stream_options"}
         response = await open_upstream_stream(
-            self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, self.params
+            self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange, self.params
         )
         if response.status == 400 and "stream_options" in body:
             raw = await read_error(response)
@@ -84,7 +84,7 @@ class OpenAIChatBackend:
             self.stream_usage = False
             body = {k: v for k, v in body.items() if k != "stream_options"}
             response = await open_upstream_stream(
-                self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, self.params
+                self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange, self.params
             )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)

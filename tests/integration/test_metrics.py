@@ -168,11 +168,6 @@ async def test_every_response_says_what_the_gateway_cost(gateway, upstream):
     assert float(slow[1]["x-gateway-overhead-ms"]) < 250
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the wait for a stream's upstream headers is not yet added to Exchange.upstream_seconds since "
-    "dispatch.run opens streams (streaming.respond times only the body): it counts as overhead",
-)
 async def test_a_streams_header_leaves_out_the_wait_for_the_upstream(gateway, upstream):
     upstream.script({"sse": chat_chunks({"content": "late"}), "delay": 0.3})
     async with aiohttp.ClientSession() as http:
