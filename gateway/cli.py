@@ -23,6 +23,13 @@ def _load_or_exit(path: str):
         sys.exit(1)
 
 
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
+
+
 def _action(actions, name: str, help: str, *, with_id: str | None = None) -> argparse.ArgumentParser:
     parser = actions.add_parser(name, help=help)
     if with_id:
@@ -109,6 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--workers", type=_workers, default=None, metavar="N",
+        help="processes serving the port (SO_REUSEPORT) under a supervisor; default: one per CPU this "
+             "process may use (1 with the memory store, which cannot be shared)",
+    )
+    # Internal: set by the supervisor on the workers it starts (the pipe they report ready on).
+    serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file")
@@ -128,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         from gateway.server import setup_logging
 
         setup_logging(args.log_level)
-        run(_load_or_exit(args.config), host=args.host, port=args.port, config_path=args.config)
+        run(_load_or_exit(args.config), host=args.host, port=args.port, config_path=args.config,
+            workers=args.workers, ready_fd=args.ready_fd, log_level=args.log_level)
     elif args.command == "check-config":
         config = _load_or_exit(args.file)
         print(f"{args.file}: ok ({len(config.backends)} backends, {len(config.models)} models)")

@@ -43,6 +43,9 @@ class ServerConfig(_Strict):
     # Seconds of upstream silence in a stream after which the client gets a `ping` event
     # (keeps proxies and client idle timeouts from cutting a slow first token).
     ping_interval: Annotated[float, Field(gt=0)] = 10.0
+    # On SIGTERM: how long requests and streams in flight may run on after the listening
+    # socket closes; what is left then is cancelled (a stream ends with an `error` event).
+    drain_seconds: Annotated[float, Field(ge=0)] = 30.0
 
 
 class Timeouts(_Strict):

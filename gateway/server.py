@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import select
 import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import Config, ConfigError
 from gateway.keys import RUNTIME
-from gateway.metrics import setup_multiprocess, teardown_multiprocess
+from gateway.metrics import setup_multiprocess, teardown_multiprocess, worker_exited
 from gateway.reload import reload
 
 log = logging.getLogger("gateway")
@@ -51,35 +59,313 @@ async def _reload_on_sighup(app: web.Application) -> None:
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload_now()))
 
 
+def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A bound TCP socket; `reuse_port`: several processes bind the same host:port and the
+    kernel spreads new connections over those listening (SO_REUSEPORT)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may run on (its affinity, not the machine's cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def serve(
-    config: Config, host: str | None = None, port: int | None = None, config_path: str | None = None, workers: int = 1
+    config: Config,
+    host: str | None = None,
+    port: int | None = None,
+    config_path: str | None = None,
+    workers: int | None = None,
+    *,
+    ready_fd: int | None = None,
+    log_level: str = "info",
 ) -> None:
-    """`workers`: how many processes will serve (one today; with more, their metrics are
-    kept in files that every process's `/metrics` adds up, set up here before any fork)."""
+    """Serve until SIGTERM/SIGINT, then drain (`_run`).
+
+    `workers`: None is one per CPU (one with the memory store, which lives in one process);
+    1 serves in this process; more starts a supervisor (`_supervise`) that runs that many
+    `gateway serve` processes on the same port. `ready_fd`: this process is one of those
+    workers; it writes to that pipe once it is serving."""
     host = host or config.server.host
     port = config.server.port if port is None else port
+    memory = config.store.type == "memory"
+    if workers is None:
+        workers = 1 if memory else default_workers()
+    if workers > 1 and memory:
+        log.error(
+            "--workers %d with the memory store: each process would keep its own keys, revocations and "
+            "limits, and they would silently diverge. Run --workers 1, or configure "
+            "`store: {type: redis, url: ...}` to share them between workers.",
+            workers,
+        )
+        sys.exit(1)
+    if workers > 1:
+        if config_path is None:
+            raise ValueError("several workers need the config file's path (each worker loads it)")
+        _supervise(config, host, port, config_path, workers, log_level)
+        return
     _install_uvloop()
-    multiprocess = setup_multiprocess(workers)
-    if multiprocess.directory is not None:
+    multiprocess = setup_multiprocess(1)
+    if multiprocess.directory is not None and ready_fd is None:
         log.info("metrics: multiprocess mode, values kept in %s", multiprocess.directory)
     app = build_app(config, config_path)
     if config_path is not None:
         app.on_startup.append(_reload_on_sighup)
 
-    def listening(_: str) -> None:  # called by aiohttp once the socket is bound
+    def listening(sock: socket.socket) -> None:
+        if ready_fd is not None:  # a worker: the supervisor says when all of them listen
+            log.info("worker %d serving on http://%s:%d", os.getpid(), host, sock.getsockname()[1])
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, b"r")
+                os.close(ready_fd)
+            return
         log.info(
             "gateway listening on http://%s:%d (%d models, %d backends, store: %s)",
-            host, port, len(config.models), len(config.backends), config.store.type,
+            host, sock.getsockname()[1], len(config.models), len(config.backends), config.store.type,
         )
-        if config.store.type == "memory":
+        if memory:
             log.info(
                 "the memory store lives in this process only: run one process, or configure "
                 "`store: {type: redis, url: ...}` to share keys, revocations and limits"
             )
 
-    # handler_cancellation: a client that disconnects cancels its handler, and with it
-    # the upstream request, at once.
     try:
-        web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True, print=listening)
+        sock = _socket(host, port, reuse_port=ready_fd is not None)
+        asyncio.run(_run(app, sock, config.server.drain_seconds, listening))
     finally:
         teardown_multiprocess(multiprocess)
+
+
+async def _run(app: web.Application, sock: socket.socket, drain_seconds: float, listening) -> None:
+    """Serve `app` on `sock` until SIGTERM or SIGINT; then stop accepting (the listening
+    socket closes, so new connections are refused), let requests and streams in flight
+    finish for up to `drain_seconds`, cancel what is left (a stream then ends with an
+    `error` event, gateway/streaming.py) and clean up."""
+    loop = asyncio.get_running_loop()
+    in_flight: set[asyncio.Task] = set()
+
+    @web.middleware
+    async def track(request: web.Request, handler):
+        task = asyncio.current_task()
+        assert task is not None
+        in_flight.add(task)
+        try:
+            return await handler(request)
+        finally:
+            in_flight.discard(task)
+
+    app.middlewares.append(track)
+    # handler_cancellation: a client that disconnects cancels its handler, and with it
+    # the upstream request, at once. shutdown_timeout: what cleanup still waits for once
+    # the handlers are done (the last bytes of answers already returned).
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        listening(sock)
+        await stop.wait()
+        await site.stop()
+        busy = {task for task in in_flight if not task.done()}
+        log.info("stopping: no new connections; draining %d request(s) for up to %gs", len(busy), drain_seconds)
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=drain_seconds)
+            if pending:
+                log.warning("drain deadline reached: cancelling %d request(s)", len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=5.0)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+# ---------------------------------------------------------------------------- supervisor
+
+_RESTART_BACKOFF = 0.5  # seconds before a dead worker's replacement starts; doubles while they die young
+_RESTART_BACKOFF_MAX = 10.0
+_YOUNG = 5.0  # a worker that dies sooner than this after starting counts as dying young
+_READY_TIMEOUT = 60.0
+
+
+def _die_with_parent() -> None:  # in the child, before exec: SIGKILL when the supervisor dies
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class _Worker:
+    slot: int
+    process: subprocess.Popen
+    ready: int | None  # the pipe it reports readiness on, until it has
+    started: float
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"status {code}"
+
+
+def _supervise(config: Config, host: str, port: int, config_path: str, workers: int, log_level: str) -> None:
+    """Run `workers` worker processes (`gateway serve ... --workers 1`, each binding
+    host:port with SO_REUSEPORT and running its own event loop), replace one that dies,
+    forward SIGHUP (each reloads the file) and, on SIGTERM/SIGINT, SIGTERM (each drains)."""
+    # Held, never listening: it reserves the port (and resolves port 0) for the workers.
+    holder = _socket(host, port, reuse_port=True)
+    port = holder.getsockname()[1]
+    multiprocess = setup_multiprocess(workers)
+    if multiprocess.directory is not None:
+        log.info("metrics: multiprocess mode, values kept in %s", multiprocess.directory)
+    running: dict[int, _Worker] = {}
+    stopping = hup = False
+
+    def spawn(slot: int) -> _Worker:
+        read, write = os.pipe()
+        argv = [
+            sys.executable, "-m", "gateway", "serve", "--config", config_path, "--host", host, "--port", str(port),
+            "--workers", "1", "--log-level", log_level, "--ready-fd", str(write),
+        ]
+        try:
+            process = subprocess.Popen(argv, pass_fds=(write,), preexec_fn=_die_with_parent)
+        finally:
+            os.close(write)
+        worker = _Worker(slot, process, read, time.monotonic())
+        running[slot] = worker
+        return worker
+
+    def on_stop(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    def on_hup(_signum, _frame) -> None:
+        nonlocal hup
+        hup = True
+
+    def forward_hup() -> None:
+        nonlocal hup
+        if hup:
+            hup = False
+            log.info("SIGHUP: reloading the configuration in %d workers", len(running))
+            for worker in running.values():
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGHUP)
+
+    def check_ready(timeout: float) -> list[_Worker]:
+        """Workers that reported ready (or closed their pipe: died) within `timeout`."""
+        waiting = {w.ready: w for w in running.values() if w.ready is not None}
+        if not waiting:
+            time.sleep(timeout)
+            return []
+        readable, _, _ = select.select(list(waiting), [], [], timeout)
+        answered = []
+        for fd in readable:
+            worker = waiting[fd]
+            ok = os.read(fd, 1) == b"r"
+            os.close(fd)
+            worker.ready = None
+            if ok:
+                answered.append(worker)
+        return answered
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    failed = False
+    try:
+        for slot in range(workers):
+            spawn(slot)
+        deadline = time.monotonic() + _READY_TIMEOUT
+        ready = 0
+        while ready < workers and not stopping:
+            ready += len(check_ready(0.1))
+            forward_hup()
+            dead = [w for w in running.values() if w.process.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                for worker in dead:
+                    log.error("worker %d exited with %s while starting", worker.process.pid, _describe(worker.process.returncode))
+                if not dead:
+                    log.error("workers did not start within %gs", _READY_TIMEOUT)
+                failed = True
+                return
+        if not stopping:
+            log.info(
+                "gateway listening on http://%s:%d (%d workers, %d models, %d backends, store: %s)",
+                host, port, workers, len(config.models), len(config.backends), config.store.type,
+            )
+        backoff = {slot: _RESTART_BACKOFF for slot in range(workers)}
+        restart_at: dict[int, float] = {}
+        while not stopping:
+            for worker in check_ready(0.1):
+                log.info("worker %d (pid %d) serving", worker.slot, worker.process.pid)
+            forward_hup()
+            now = time.monotonic()
+            for slot, worker in list(running.items()):
+                code = worker.process.poll()
+                if code is None:
+                    continue
+                del running[slot]
+                if worker.ready is not None:
+                    os.close(worker.ready)
+                worker_exited(multiprocess, worker.process.pid)
+                young = now - worker.started < _YOUNG
+                backoff[slot] = min(backoff[slot] * 2, _RESTART_BACKOFF_MAX) if young else _RESTART_BACKOFF
+                restart_at[slot] = now + backoff[slot]
+                log.warning(
+                    "worker %d (pid %d) exited with %s; restarting it in %.1fs",
+                    slot, worker.process.pid, _describe(code), backoff[slot],
+                )
+            for slot, when in list(restart_at.items()):
+                if now >= when and not stopping:
+                    del restart_at[slot]
+                    replacement = spawn(slot)
+                    log.info("worker %d restarted: pid %d", slot, replacement.process.pid)
+    finally:
+        _stop_workers(running.values(), config.server.drain_seconds, multiprocess)
+        holder.close()
+        teardown_multiprocess(multiprocess)
+        if failed:
+            sys.exit(1)
+
+
+def _stop_workers(workers, drain_seconds: float, multiprocess) -> None:
+    workers = list(workers)
+    if workers:
+        log.info("stopping %d workers (draining for up to %gs)", len(workers), drain_seconds)
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + drain_seconds + 15.0
+    for worker in workers:
+        try:
+            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("worker pid %d did not stop in time; killing it", worker.process.pid)
+            worker.process.kill()
+            worker.process.wait()
+        if worker.ready is not None:
+            with contextlib.suppress(OSError):
+                os.close(worker.ready)
+        worker_exited(multiprocess, worker.process.pid)

@@ -10,6 +10,7 @@ leaves (the handler is cancelled; leaving the `async with` closes the upstream s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Protocol
@@ -18,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.backends.base import Deployment
-from gateway.errors import GatewayError, UpstreamTimeout
+from gateway.errors import GatewayError, Overloaded, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.keys import RUNTIME
 from gateway.protocols.sse import encode_json
@@ -149,6 +150,14 @@ async def _pump(
         exchange.error_type = "api_error"
         tail = relay.fail(GatewayError("the model's backend dropped the connection mid-stream"))
     except _ClientGone:
+        raise
+    except asyncio.CancelledError:
+        # The client left (the writes fail, and are ignored), or the gateway is shutting down
+        # and the drain deadline passed: the client gets a well-formed end, then the cancel
+        # goes on.
+        with contextlib.suppress(Exception):
+            await response.write(relay.fail(Overloaded("the gateway is shutting down; retry the request")))
+            await response.write_eof()
         raise
     except Exception:
         # A bug, not the upstream's fault; the 200 is committed, so the client still gets a
