@@ -21,6 +21,8 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway import metrics as m
+from tests.integration.test_metrics import scrape, value
 from tests.support.processes import ROOT, free_port
 from tests.support.replies import chat_chunks
 from tests.support.servers import CLIENT_HEADERS, gateway_config
@@ -280,5 +282,22 @@ async def test_sighup_reloads_every_worker(upstream, redis_url, tmp_path):
         await until(lambda: served.text().count("configuration reloaded from") == 2, 10)
         statuses = await asyncio.gather(*(ask(served.url, {**ASK, "model": "added-model"}) for _ in range(30)))
         assert statuses == [200] * 30
+    finally:
+        assert await served.stop() == 0
+
+
+async def test_metrics_from_any_worker_count_every_worker(upstream, redis_url, tmp_path):
+    """Prometheus scrapes whichever worker the kernel hands the connection to: each must
+    report the totals of all of them (prometheus-client multiprocess mode, set up by
+    `gateway serve` itself)."""
+    served = await serve(redis_config(upstream.url, redis_url), tmp_path, "--workers", "2")
+    try:
+        assert "(2 workers" in served.text()
+        statuses = [await ask(served.url) for _ in range(20)]  # fresh connections: both workers serve
+        assert statuses == [200] * 20
+        for _ in range(6):
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+                samples, _ = await scrape(http, served.url)
+            assert value(samples, m.REQUESTS, status_class="2xx") == 20
     finally:
         assert await served.stop() == 0
