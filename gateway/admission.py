@@ -16,7 +16,6 @@ from gateway.config import Pricing
 from gateway.identity import Principal
 from gateway.limiter import Demand, Limiter, Ticket, Usage
 from gateway.routing import Plan
-from gateway.tokens import estimate_input_tokens
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +34,9 @@ def cost(pricing: Pricing | None, *, input: int, output: int, cache_read: int = 
     return (input * pricing.input_per_mtok + output * pricing.output_per_mtok + cache_read * read + cache_write * write) / 1e6
 
 
-def demand_for(principal: Principal, plan: Plan, deployment: Deployment, body: dict) -> Demand:
+def demand_for(principal: Principal, plan: Plan, deployment: Deployment, body: dict, input_tokens: int) -> Demand:
+    """`input_tokens`: the request's estimate (`tokens.estimate_input_tokens`), made once by the caller."""
     pricing = plan.model.pricing
-    input_tokens = estimate_input_tokens(body)
     output_tokens = output_reservation(body, plan, deployment)
     input_cost = cost(pricing, input=input_tokens, output=0)
     return Demand(

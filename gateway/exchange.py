@@ -31,6 +31,9 @@ class Exchange:
     status: int = 0
     error_type: str | None = None
     usage: dict | None = None
+    # The local estimate of the request's input tokens, made once (admission needs it, and
+    # a translated backend reports it when the upstream gives no usage).
+    input_estimate: int | None = None
     usage_estimated: bool = False  # the upstream reported none; the gateway estimated it
     # The team's anthropic-ratelimit-* headers, for every answer once it was admitted.
     ratelimit_headers: dict[str, str] = field(default_factory=dict)

@@ -18,6 +18,7 @@ from gateway.limiter import LimitExceeded, rate_limit_headers
 from gateway.protocols.messages import unknown_fields, validate_request
 from gateway.routing import Plan, Router
 from gateway.streaming import BACKEND_HEADER
+from gateway.tokens import estimate_input_tokens
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     authorize(principal, plan, body["model"])
     exchange.served_model = plan.model.name
     try:
-        ticket = await runtime.admission.admit(demand_for(principal, plan, plan.primary, body))
+        exchange.input_estimate = estimate_input_tokens(body)
+        demand = demand_for(principal, plan, plan.primary, body, exchange.input_estimate)
+        ticket = await runtime.admission.admit(demand)
     except LimitExceeded as refused:
         exchange.rejected_limit = refused.limit
         raise

@@ -65,7 +65,7 @@ class OpenAIChatBackend:
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
         exchange.usage_estimated = isinstance(answer, dict) and usage_from_chat(find_usage(answer)) is None
-        return from_chat_response(answer, call, input_tokens=estimate_input_tokens(request))
+        return from_chat_response(answer, call, input_tokens=_input_estimate(request, exchange))
 
     async def open_stream(
         self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
@@ -88,7 +88,7 @@ class OpenAIChatBackend:
             )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)
-        return response, ChatRelay(call, input_tokens=estimate_input_tokens(request))
+        return response, ChatRelay(call, input_tokens=_input_estimate(request, exchange))
 
     async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
         if not self.config.tokenize_url:
@@ -103,3 +103,10 @@ class OpenAIChatBackend:
             raise UpstreamProtocolError(f"backend '{self.name}' tokenizer answered without a count")
         return {"input_tokens": count}
 
+
+
+def _input_estimate(request: dict, exchange: Exchange) -> int:
+    """The estimate the request path already made, or one now (a caller that made none)."""
+    if exchange.input_estimate is None:
+        exchange.input_estimate = estimate_input_tokens(request)
+    return exchange.input_estimate
