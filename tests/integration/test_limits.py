@@ -262,3 +262,27 @@ async def test_redis_dies_under_load_and_comes_back(upstream, own_redis, policy)
             assert statuses == [200] * 5
     finally:
         await running.runner.cleanup()
+
+
+async def test_a_limit_changed_through_the_admin_api_applies_to_the_next_request(upstream, redis_url):
+    """No restart: the team update reaches the auth cache through the store's change feed,
+    and admission reads the limits of the team it is handed."""
+    running = await start_gateway("admin: {token: admin-token-0001}\n" + config(upstream.url, redis_url))
+    admin = {"authorization": "Bearer admin-token-0001"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            status, headers, _ = await post(http, running.url, "small-key-0001")
+            assert status == 200 and headers["anthropic-ratelimit-requests-limit"] == "5"
+            async with http.patch(
+                f"{running.url}/admin/teams/small", json={"limits": {"requests_per_minute": 1}}, headers=admin
+            ) as response:
+                assert response.status == 200
+            for _ in range(50):  # the change feed is asynchronous: milliseconds
+                status, headers, body = await post(http, running.url, "small-key-0001")
+                if headers.get("anthropic-ratelimit-requests-limit") == "1":
+                    break
+                await asyncio.sleep(0.02)
+            assert headers["anthropic-ratelimit-requests-limit"] == "1"
+            assert status == 429 and b"requests_per_minute" in body  # the first request already spent the new minute
+    finally:
+        await running.runner.cleanup()
