@@ -12,11 +12,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import aiohttp
 from aiohttp import web
 
 from gateway import accounts
+from gateway.access_log import AccessLog
 from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.backends import Backend, build_backend
@@ -43,6 +45,7 @@ class Runtime:
     store: Store | None = None
     auth: Authenticator | None = None
     admission: Admission | None = None
+    access_log: AccessLog = field(default_factory=AccessLog)
 
     def build_router(self, config: Config) -> Router:
         assert self.session is not None
@@ -158,9 +161,12 @@ async def _flush_last_used(auth: Authenticator, interval: float) -> None:
             log.warning("could not record keys' last-used times (%s)", type(exc).__name__)
 
 
-def build_app(config: Config, config_path: str | None = None) -> web.Application:
+def build_app(config: Config, config_path: str | None = None, access_stream: BinaryIO | None = None) -> web.Application:
+    """`access_stream`: where access-log lines are written as bytes (`gateway serve`:
+    stderr); None sends them to the `gateway.access` logger."""
     app = web.Application(middlewares=[edge], client_max_size=config.server.max_body_bytes)
-    app[RUNTIME] = Runtime(config=config, config_path=config_path)
+    app[RUNTIME] = runtime = Runtime(config=config, config_path=config_path, access_log=AccessLog(access_stream))
+    app.on_cleanup.append(lambda _: _flush(runtime.access_log))
     app.cleanup_ctx.append(_identity)
     app.cleanup_ctx.append(_limits)
     app.cleanup_ctx.append(_upstream_session)
@@ -169,3 +175,7 @@ def build_app(config: Config, config_path: str | None = None) -> web.Application
     app.on_response_prepare.append(on_response_prepare)
     add_routes(app)
     return app
+
+
+async def _flush(access_log: AccessLog) -> None:
+    access_log.flush()

@@ -55,12 +55,14 @@ class Breaker:
 
     def usable(self) -> bool:
         """May a request go to this deployment now? (Only looks; `claim` takes the probe.)"""
+        if self.opened_at is None:  # the common case, on every request: no clock read
+            return True
         state = self.state
         return state is State.CLOSED or (state is State.HALF_OPEN and not self._probing)
 
     def claim(self) -> None:
         """A request is going to this deployment: if half-open, it is the one probe."""
-        if self.state is State.HALF_OPEN:
+        if self.opened_at is not None and self.state is State.HALF_OPEN:
             self._probing = True
 
     def success(self) -> None:

@@ -58,7 +58,7 @@ async def run(
 ) -> tuple[T, Deployment]:
     """The first successful `attempt` and the deployment that gave it. The caller must call
     `router.finished(deployment)` when it is done with the answer (a stream: at its end)."""
-    rng = rng or random.Random()
+    rng = rng or router.rng
     deadline = exchange.started + config.deadline
     last: GatewayError | None = None
     plans = [plan]

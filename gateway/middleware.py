@@ -21,7 +21,6 @@ from gateway.keys import EXCHANGE, RUNTIME
 from gateway.metrics import METRICS
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
 
 # Milliseconds the gateway itself spent on the request (as LiteLLM's
 # `x-litellm-overhead-duration-ms`); see `on_response_prepare`.
@@ -86,7 +85,9 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
         except Exception:  # a bug in the metrics must not cost the client its answer
             log.exception("could not record the metrics of request %s", exchange.request_id)
         if exchange.path not in QUIET_PATHS or exchange.status >= 400:
-            write_access_log(exchange, elapsed)
+            access_log = request.app[RUNTIME].access_log
+            if access_log.enabled():
+                access_log.write(access_line(exchange, elapsed))
 
 
 # Probes and scrapes arrive every few seconds from every prober: a line each would bury
@@ -111,10 +112,8 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
         request.config_dict[METRICS].stream_opened()
 
 
-def write_access_log(exchange: Exchange, elapsed: float) -> None:
-    """One JSON object per request. Never a key (only its id), a prompt or an answer."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
+def access_line(exchange: Exchange, elapsed: float) -> dict:
+    """The access log's object for a request. Never a key (only its id), a prompt or an answer."""
     line = {
         "request_id": exchange.request_id,
         "method": exchange.method,
@@ -148,4 +147,4 @@ def write_access_log(exchange: Exchange, elapsed: float) -> None:
         line["upstream_errors"] = [f"{backend}:{kind}" for backend, kind in exchange.upstream_errors]
     if exchange.rejected_limit is not None:
         line["rejected_limit"] = exchange.rejected_limit
-    access_log.info(orjson.dumps(line).decode())
+    return line

@@ -49,7 +49,7 @@ class Router:
         self._backends = backends
         self._cooldown: CooldownConfig = config.routing.cooldown
         self._clock = clock
-        self._rng = rng or random.Random()
+        self.rng = rng or random.Random()
         self._plans: dict[str, Plan] = {}
         self._wildcards: list[tuple[str, ModelConfig]] = []
         self._breakers: dict[tuple[str, str], Breaker] = {}
@@ -101,18 +101,20 @@ class Router:
         request through, by the model's strategy; cooling ones are left out."""
         open_ = [d for d in plan.deployments if self.breaker(d).usable()]
         if plan.model.strategy == "least_busy":
-            self._rng.shuffle(open_)  # ties broken at random, then weight
+            self.rng.shuffle(open_)  # ties broken at random, then weight
             open_.sort(key=lambda d: (self._in_flight.get(_id(d), 0), -d.route.weight))
             return open_
         return self._weighted(open_)
 
     def _weighted(self, deployments: list[Deployment]) -> list[Deployment]:
         """A weighted random order (each next pick in proportion to the weights left)."""
+        if len(deployments) < 2:
+            return list(deployments)
         left = list(deployments)
         ordered = []
         while left:
             total = sum(d.route.weight for d in left)
-            point = self._rng.random() * total
+            point = self.rng.random() * total
             for i, deployment in enumerate(left):
                 point -= deployment.route.weight
                 if point <= 0 or i == len(left) - 1:

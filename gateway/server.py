@@ -124,7 +124,7 @@ def serve(
     multiprocess = setup_multiprocess(1)
     if multiprocess.directory is not None and ready_fd is None:
         log.info("metrics: multiprocess mode, values kept in %s", multiprocess.directory)
-    app = build_app(config, config_path)
+    app = build_app(config, config_path, access_stream=sys.stderr.buffer)
     if config_path is not None:
         app.on_startup.append(_reload_on_sighup)
 

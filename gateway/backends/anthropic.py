@@ -13,6 +13,7 @@ import time
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.backends.base import (
     FORWARDED_ANTHROPIC_HEADERS,
@@ -38,8 +39,9 @@ class AnthropicMessagesBackend:
         self.config = config
         self.session = session
         self.timeout = client_timeout(config.timeouts)
-        self.messages_url = f"{config.base_url}/v1/messages"
-        self.count_url = f"{config.base_url}/v1/messages/count_tokens"
+        # Parsed once: aiohttp parses a string URL on every request.
+        self.messages_url = URL(f"{config.base_url}/v1/messages")
+        self.count_url = URL(f"{config.base_url}/v1/messages/count_tokens")
         key = config.api_key.get_secret_value() if config.api_key else ""
         self.base_headers = {"content-type": "application/json", "accept": "application/json"}
         if key:

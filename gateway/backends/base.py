@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.config import RouteConfig, Timeouts
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout
@@ -64,12 +65,12 @@ def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
 
 
 async def post_json(
-    session: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str], timeout: aiohttp.ClientTimeout,
-    backend: str, params: dict[str, str] | None = None,
+    session: aiohttp.ClientSession, url: URL | str, body: Any, headers: dict[str, str], timeout: aiohttp.ClientTimeout,
+    backend: str,
 ) -> Any:
     """POST a JSON body and return the parsed JSON answer; any failure as a `GatewayError`."""
     try:
-        async with session.post(url, data=orjson.dumps(body), headers=headers, params=params, timeout=timeout) as response:
+        async with session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout) as response:
             raw = await response.read()
             status = response.status
             upstream_headers = response.headers
@@ -86,15 +87,15 @@ def stream_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
 
 
 async def open_upstream_stream(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
-    exchange: Exchange, params: dict[str, str] | None = None,
+    session: aiohttp.ClientSession, url: URL, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
+    exchange: Exchange,
 ) -> aiohttp.ClientResponse:
     """POST and wait for the response headers (bounded by `first_byte`); the caller owns the
     response. The wait counts as upstream time, so the gateway's own overhead leaves it out."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeouts.first_byte):
-            return await session.post(url, data=body, headers=headers, params=params, timeout=stream_timeout(timeouts))
+            return await session.post(url, data=body, headers=headers, timeout=stream_timeout(timeouts))
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise transport_error(exc, backend) from None
     finally:

@@ -6,6 +6,7 @@ import time
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.backends.base import (
     Deployment,
@@ -35,8 +36,10 @@ class OpenAIChatBackend:
         self.session = session
         self.dialect = dialect_for(config.preset, config.options)
         self.timeout = client_timeout(config.timeouts)
-        self.url = f"{config.base_url}/chat/completions"
-        self.params = {"api-version": config.api_version} if config.api_version else None
+        # Parsed once: aiohttp parses a string URL on every request.
+        self.url = URL(f"{config.base_url}/chat/completions")
+        if config.api_version:
+            self.url = self.url.update_query({"api-version": config.api_version})
         self.headers = self._headers()
         # Some servers refuse `stream_options` (older Ollama, LM Studio, TGI); learned on
         # the first refusal, then not sent again by this process.
@@ -61,7 +64,7 @@ class OpenAIChatBackend:
         call = self.prepare(request, deployment)
         started = time.perf_counter()
         try:
-            answer = await post_json(self.session, self.url, call.body, self.headers, self.timeout, self.name, self.params)
+            answer = await post_json(self.session, self.url, call.body, self.headers, self.timeout, self.name)
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
         exchange.usage_estimated = isinstance(answer, dict) and usage_from_chat(find_usage(answer)) is None
@@ -75,7 +78,7 @@ class OpenAIChatBackend:
         if not self.stream_usage:
             body = {k: v for k, v in body.items() if k != "stream_options"}
         response = await open_upstream_stream(
-            self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange, self.params
+            self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
         )
         if response.status == 400 and "stream_options" in body:
             raw = await read_error(response)
@@ -84,7 +87,7 @@ class OpenAIChatBackend:
             self.stream_usage = False
             body = {k: v for k, v in body.items() if k != "stream_options"}
             response = await open_upstream_stream(
-                self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange, self.params
+                self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
             )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)

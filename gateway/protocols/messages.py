@@ -11,7 +11,7 @@ The served API is slightly wider than Anthropic's (see docs: protocol mapping §
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from typing import Any
 
@@ -50,7 +50,8 @@ IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
 def new_message_id() -> str:
-    return "msg_" + os.urandom(12).hex()
+    # Unique, not secret (as request ids): no system call per message.
+    return f"msg_{random.getrandbits(96):024x}"
 
 
 def _fail(path: str, problem: str) -> InvalidRequest:

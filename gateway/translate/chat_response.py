@@ -7,6 +7,7 @@ public functions here, so a streamed answer and the same answer unstreamed canno
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -110,9 +111,12 @@ def reasoning_text(message: dict) -> str | None:
     return None
 
 
+_UNSAFE_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
 def message_id(upstream_id: Any) -> str:
     if isinstance(upstream_id, str) and upstream_id:
-        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in upstream_id)
+        safe = _UNSAFE_ID.sub("_", upstream_id)
         return safe if safe.startswith("msg_") else "msg_" + safe
     return new_message_id()
 

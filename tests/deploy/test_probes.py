@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 
 from tests.deploy.files import DEPLOY, ROOT, load_yaml, manifest
@@ -34,3 +36,16 @@ async def test_every_probe_and_scrape_path_answers_200(tmp_path):
                         assert response.content_type.startswith(("text/plain", "application/openmetrics-text"))
     finally:
         await gateway.stop()
+
+
+async def test_gateway_serve_writes_one_json_access_line_per_request_to_stderr(tmp_path):
+    gateway = await start_gateway_process((ROOT / "config.example.yaml").read_text(), tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.get(gateway.url + "/v1/models") as response:  # no key: 401
+                    assert response.status == 401
+    finally:
+        await gateway.stop()
+    lines = [json.loads(line) for line in gateway.log.read_text().splitlines() if line.startswith("{")]
+    assert [(line["path"], line["status"]) for line in lines] == [("/v1/models", 401)] * 3
