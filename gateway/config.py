@@ -17,9 +17,20 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.identity import TEAM_ID, Limits
 
@@ -188,13 +199,115 @@ class MemoryStoreConfig(_Strict):
     type: Literal["memory"] = "memory"
 
 
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})$")
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """`host:port` (`[v6 address]:port`) → (host, port); ValueError if it is not one."""
+    match = _HOST_PORT.match(value)
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ValueError("must be host:port (redis-0.internal:6379; [::1]:6379 for IPv6)")
+    return match["v6"] or match["host"], int(match["port"])
+
+
+def _checked_host_port(value: str) -> str:
+    host_port(value)
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_checked_host_port)]
+
+# Fields that belong to one mode only: given with another, they are an error rather
+# than silently unused.
+_MODE_ONLY = {
+    "nodes": "cluster",
+    "sentinels": "sentinel",
+    "service": "sentinel",
+    "sentinel_username": "sentinel",
+    "sentinel_password": "sentinel",
+    "sentinel_tls": "sentinel",
+    "db": "sentinel",
+}
+
+
 class RedisStoreConfig(_Strict):
+    """Redis in one of three shapes (`mode`):
+
+    - `standalone` (the default): one server, `url`.
+    - `sentinel`: the master the `sentinels` know as `service`, followed through failovers.
+    - `cluster`: Redis Cluster, found from `url` (any one node) or `nodes` (several).
+
+    `username`, `password` and `tls` are the Redis servers' (with a `url` they may
+    supply what it does not say; never both); `sentinel_*` are the sentinels' own."""
+
     type: Literal["redis"]
+    mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
     # redis://[user:password@]host:port/db, or rediss:// for TLS; may hold a password.
-    url: SecretStr
+    url: SecretStr | None = None
+    nodes: Annotated[list[HostPort], Field(min_length=1)] | None = None
+    sentinels: Annotated[list[HostPort], Field(min_length=1)] | None = None
+    # The master's name in the sentinels' configuration (`sentinel monitor <service> ...`).
+    service: Annotated[str, Field(min_length=1)] | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    # A CA bundle (PEM) to verify the servers' certificates by, instead of the system's.
+    tls_ca_file: str | None = None
+    db: Annotated[int, Field(ge=0)] = 0
+    sentinel_username: str | None = None
+    sentinel_password: SecretStr | None = None
+    sentinel_tls: bool | None = None  # default: as `tls`
     # Every key the gateway writes starts with this (identity data under one hash tag:
     # `{gw}:...`); two gateways may share one Redis with different prefixes.
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")] = "gw"
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> RedisStoreConfig:
+        problems = {name: f"only with mode: {mode}" for name, mode in _MODE_ONLY.items()
+                    if name in self.model_fields_set and self.mode != mode}
+        url = self.url.get_secret_value() if self.url is not None else None
+        if self.mode == "sentinel":
+            if url is not None:
+                problems["url"] = "not with mode: sentinel (the sentinels name the master: give `sentinels` and `service`)"
+            if not self.sentinels:
+                problems["sentinels"] = "required with mode: sentinel (host:port of each sentinel)"
+            if not self.service:
+                problems["service"] = "required with mode: sentinel (the master's name in the sentinels' configuration)"
+        elif self.mode == "cluster" and (url is None) == (self.nodes is None):
+            problems["url"] = ("give `url` (any node) or `nodes`, not both" if url is not None
+                               else "required with mode: cluster, or `nodes`")
+        elif self.mode == "standalone" and url is None:
+            problems["url"] = "required"
+        if url is not None:
+            problems = {**_url_problems(url, self), **problems}
+        if problems:
+            raise ValidationError.from_exception_data("store", [
+                InitErrorDetails(type=PydanticCustomError("store", message), loc=(name,), input=None)
+                for name, message in problems.items()
+            ])
+        return self
+
+
+def _url_problems(url: str, config: RedisStoreConfig) -> dict[str, str]:
+    """What is wrong with a store URL, by field. Never quotes the URL: it may hold a password."""
+    schemes = ("redis", "rediss", "unix") if config.mode == "standalone" else ("redis", "rediss")
+    try:
+        parts = urlsplit(url)
+        password, username = parts.password, parts.username
+    except ValueError:
+        return {"url": "not a valid URL"}
+    if parts.scheme not in schemes:
+        return {"url": "must start with " + " or ".join(f"{scheme}://" for scheme in schemes)}
+    problems = {}
+    if password and config.password is not None:
+        problems["password"] = "the url has a password already: give it in one place"
+    if username and config.username is not None:
+        problems["username"] = "the url has a username already: give it in one place"
+    if "tls" in config.model_fields_set:
+        problems["tls"] = "with a url, its scheme chooses TLS (rediss://)"
+    if config.mode == "cluster" and parts.path.strip("/") not in ("", "0"):
+        problems["url"] = "Redis Cluster has only database 0"
+    return problems
 
 
 StoreConfig = Annotated[MemoryStoreConfig | RedisStoreConfig, Field(discriminator="type")]

@@ -18,19 +18,24 @@ so one team's script touches one Redis Cluster slot):
 Budget counters are written only for budgets that are set, and outlive their period by
 a few days so late settlements still correct them. Time is Redis's (`TIME` inside the
 scripts), never this process's clock.
+
+On Redis Cluster each team's scripts run on the master owning its slot (the cluster
+client routes them by KEYS[1]); `add_usage`'s transaction runs on a plain client to that
+master (`redis_connect.SlotClients`), and `renew` sends one script call per team at
+once instead of one pipeline (redis-py's cluster pipelines refuse EVALSHA).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import LimitsConfig, RedisStoreConfig
 from gateway.limiter.base import Demand, Ticket, Usage, rejection
@@ -48,12 +53,14 @@ from gateway.limiter.rules import (
     usage_rows,
     usage_values,
 )
+from gateway.redis_connect import Client, Profile, SlotClients, connect, unreachable
 
 # Seconds to wait for Redis before calling it unreachable (a hung server must not hang
 # admissions; the policy in `limiter/guard.py` then decides).
 SOCKET_TIMEOUT = 2.0
-# Connections to Redis per process. More admissions at once wait for one (each holds it
-# for one short script) rather than fail, as redis-py's default pool would past 100.
+# Connections to Redis per process (per node on a cluster). More admissions at once wait
+# for one (each holds it for one short script) rather than fail, as redis-py's pools do
+# when they are full: the limiter lets at most this many calls use Redis at a time.
 MAX_CONNECTIONS = 64
 POOL_WAIT = 5.0
 
@@ -71,45 +78,61 @@ def _number(value: float | int) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
+def profile(socket_timeout: float = SOCKET_TIMEOUT) -> Profile:
+    """A pooled connection the server closed (a restart) fails its next command; one retry
+    on a fresh connection hides that. Only connection errors are retried: a timeout may
+    mean the script ran, and running an admission twice charges twice."""
+    return Profile(retries=1, retry_timeouts=False, max_connections=MAX_CONNECTIONS, socket_timeout=socket_timeout)
+
+
 class RedisLimiter:
     kind = "redis"
 
-    def __init__(self, client: Redis, *, prefix: str = "gw", lease_seconds: float = 60.0) -> None:
-        """`client` becomes the limiter's (closed by `close()`)."""
+    def __init__(self, client: Client, *, prefix: str = "gw", lease_seconds: float = 60.0) -> None:
+        """`client` (a server's, Sentinel's master's or a cluster's) becomes the limiter's
+        (closed by `close()`)."""
         self._redis = client
         self._prefix = prefix
         self.lease_seconds = lease_seconds
         self._admit = client.register_script(_lua("admit"))
         self._settle = client.register_script(_lua("settle"))
         self._renew = client.register_script(_lua("renew"))
+        self._slot = SlotClients(client)
+        self._room = asyncio.Semaphore(MAX_CONNECTIONS)
 
     @classmethod
     def from_config(
         cls, store: RedisStoreConfig, limits: LimitsConfig, *, socket_timeout: float = SOCKET_TIMEOUT
     ) -> RedisLimiter:
-        return cls.from_url(
-            store.url.get_secret_value(),
-            prefix=store.prefix,
-            lease_seconds=limits.lease_seconds,
-            socket_timeout=socket_timeout,
-        )
+        client = connect(store, profile(socket_timeout))
+        return cls(client, prefix=store.prefix, lease_seconds=limits.lease_seconds)
 
     @classmethod
     def from_url(
         cls, url: str, *, prefix: str = "gw", lease_seconds: float = 60.0, socket_timeout: float = SOCKET_TIMEOUT
     ) -> RedisLimiter:
-        # A pooled connection the server closed (a restart) fails its next command; one
-        # retry on a fresh connection hides that. Only connection errors are retried: a
-        # timeout may mean the script ran, and running an admission twice charges twice.
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=POOL_WAIT,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-        )
-        return cls(Redis.from_pool(pool), prefix=prefix, lease_seconds=lease_seconds)
+        """On one server (`redis://`, `rediss://`)."""
+        client = connect(RedisStoreConfig(type="redis", url=url, prefix=prefix), profile(socket_timeout))
+        return cls(client, prefix=prefix, lease_seconds=lease_seconds)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """At most MAX_CONNECTIONS calls use Redis at once; the others wait up to POOL_WAIT.
+        A cluster that cannot be reached at all raises `RedisClusterException`, which is
+        no `RedisError`: it becomes a connection error, as the guard expects an outage."""
+        try:
+            async with asyncio.timeout(POOL_WAIT):
+                await self._room.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(f"no free connection to Redis within {POOL_WAIT:g}s") from None
+        try:
+            yield
+        except Exception as exc:
+            if unreachable(exc) and not isinstance(exc, RedisError | OSError):
+                raise RedisConnectionError(f"Redis cannot be reached ({type(exc).__name__})") from exc
+            raise
+        finally:
+            self._room.release()
 
     def base(self, team: str) -> str:
         """The start of every name of a team: its hash tag and ':'."""
@@ -124,7 +147,8 @@ class RedisLimiter:
         args: list[str] = [base, lease, _number(self.lease_seconds), str(DAY_COUNTER_GRACE), str(MONTH_COUNTER_GRACE)]
         for check in checks:
             args += [check.kind, check.name, _number(check.limit), _number(check.cost), _number(check.need)]
-        reply = await self._admit(keys=[base + "rpm"], args=args)
+        async with self._turn():
+            reply = await self._admit(keys=[base + "rpm"], args=args)
         admitted, now, day, month, failed, wait = (_text(part) for part in reply[:6])
         now_f = float(now)
         tats = {check.name: float(_text(tat)) for check, tat in zip(checks, reply[6:], strict=True) if check.kind == "rate"}
@@ -156,7 +180,8 @@ class RedisLimiter:
         args.append(ticket.lease or "")
         for op, name, value in corrections(ticket.charged, usage):
             args += [op, name, _number(value)]
-        await self._settle(keys=[base + "rpm"], args=args)
+        async with self._turn():
+            await self._settle(keys=[base + "rpm"], args=args)
 
     async def renew(self, tickets: Iterable[Ticket]) -> None:
         """One pipeline: one script call per team (each in its team's slot)."""
@@ -169,6 +194,13 @@ class RedisLimiter:
                     by_team[ticket.demand.team.id] += [name, ticket.lease]
         if not by_team:
             return
+        async with self._turn():
+            if isinstance(self._redis, RedisCluster):
+                await self._renew_each(by_team)
+            else:
+                await self._renew_pipelined(by_team)
+
+    async def _renew_pipelined(self, by_team: dict[str, list[str]]) -> None:
         for attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for team, pairs in by_team.items():
@@ -182,10 +214,19 @@ class RedisLimiter:
             if isinstance(reply, Exception):
                 raise reply
 
+    async def _renew_each(self, by_team: dict[str, list[str]]) -> None:
+        # Teams live on different masters: one call each, all at once (each reloads the
+        # script itself after a restart).
+        lease_seconds = _number(self.lease_seconds)
+        await asyncio.gather(*(
+            self._renew(keys=[self.base(team) + "rpm"], args=[self.base(team), lease_seconds, *pairs])
+            for team, pairs in by_team.items()
+        ))
+
     async def usage(self, team: str, since_day: str, until_day: str) -> list[dict]:
         days = usage_days(since_day, until_day)
         base = self.base(team)
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._turn(), self._redis.pipeline(transaction=False) as pipe:
             for day in days:
                 pipe.hgetall(base + "usage:" + day)
             found = await pipe.execute()
@@ -198,17 +239,24 @@ class RedisLimiter:
     async def add_usage(self, team: str, days: dict[str, dict[str, float]]) -> None:
         """Add usage counted elsewhere (day → `<key>|<model>|<field>` → total) to a team's
         usage hashes, in one transaction: the records land whole or not at all."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for day, fields in days.items():
-                name = self.base(team) + "usage:" + day
-                for field, value in fields.items():
-                    if field.endswith("|cost"):
-                        pipe.hincrbyfloat(name, field, float(value))
-                    else:
-                        pipe.hincrby(name, field, int(value))
-                pipe.expire(name, USAGE_TTL)
-            await pipe.execute()
+
+        async def add(client: Redis) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                for day, fields in days.items():
+                    name = self.base(team) + "usage:" + day
+                    for field, value in fields.items():
+                        if field.endswith("|cost"):
+                            pipe.hincrbyfloat(name, field, float(value))
+                        else:
+                            pipe.hincrby(name, field, int(value))
+                    pipe.expire(name, USAGE_TTL)
+                await pipe.execute()
+
+        async with self._turn():
+            await self._slot.run(self.base(team) + "rpm", add)
 
     async def close(self) -> None:
+        await self._slot.aclose()
         await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        if isinstance(self._redis, Redis):  # also a pool it was handed rather than made
+            await self._redis.connection_pool.disconnect()

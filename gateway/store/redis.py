@@ -18,6 +18,11 @@ never committed without its message.
 Writes are optimistic transactions (WATCH, read, MULTI/EXEC; retried if a watched key
 changed): the checks and the new record are computed in Python with the same rules as
 the memory store (`store/base.py`), and a crash can never leave half a key behind.
+
+On Redis Cluster the one hash tag puts everything on one master. Single commands and
+scripts go through the cluster client (it follows the slot); transactions and pipelines
+run on a plain client to that master (`redis_connect.SlotClients`: redis-py's cluster
+pipelines refuse PUBLISH and MGET), and the change feed subscribes there too.
 """
 
 from __future__ import annotations
@@ -29,17 +34,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline, PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import RedisStoreConfig
 from gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound, StoreUnavailable
 from gateway.identity import ApiKey, Team
+from gateway.redis_connect import Client, Profile, SlotClients, connect, feed_client, unreachable
 from gateway.store.base import (
     ALL,
     changed_key,
@@ -55,6 +58,11 @@ T = TypeVar("T")
 
 # Admin writes are rare; this many lost WATCH races in a row means something is wrong.
 MAX_ATTEMPTS = 50
+
+# A pooled connection the server closed (a restart, an idle timeout) fails its next
+# command; one retry on a fresh connection hides that. Safe here: every command the store
+# sends may run twice (SETs, a transaction that starts over, a read script).
+PROFILE = Profile(retries=1, retry_timeouts=True)
 
 # The hot path's one round trip: the hash index, the key record, its last-used time and
 # each of its teams. KEYS[1] is the hash index entry; the other names are built from
@@ -89,13 +97,11 @@ def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
                 started = time.perf_counter()
                 try:
                     result = await method(self, *args, **kwargs)
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    if observer is not None:
-                        observer.round_trip("store", name, time.perf_counter() - started, exc)
-                    raise StoreUnavailable(f"the key store cannot be reached ({type(exc).__name__})") from exc
                 except Exception as exc:
                     if observer is not None:
                         observer.round_trip("store", name, time.perf_counter() - started, exc)
+                    if unreachable(exc):
+                        raise StoreUnavailable(f"the key store cannot be reached ({type(exc).__name__})") from exc
                     raise
                 if observer is not None:
                     observer.round_trip("store", name, time.perf_counter() - started)
@@ -124,18 +130,20 @@ def _key_json(key: ApiKey) -> str:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, client: Redis, *, prefix: str = "gw", keepalive: float = 15.0) -> None:
-        """`client` becomes the store's (closed by `close()`). `keepalive`: seconds of
-        silence on the change feed after which the store pings Redis, and the longest it
-        then waits for the answer before calling the connection lost."""
+    def __init__(self, client: Client, *, prefix: str = "gw", keepalive: float = 15.0) -> None:
+        """`client` (a server's, Sentinel's master's or a cluster's) becomes the store's
+        (closed by `close()`). `keepalive`: seconds of silence on the change feed after
+        which the store pings Redis, and the longest it then waits for the answer before
+        calling the connection lost."""
         self._redis = client
         self._prefix = prefix
         self._base = "{" + prefix + "}:"
         self._channel = f"{prefix}:invalidate"
         self._keepalive = keepalive
         self._find = client.register_script(FIND_KEY)
-        self._feed_client: Redis | None = None
-        self._pubsubs: set[PubSub] = set()
+        self._slot = SlotClients(client)
+        # Each live subscription's pubsub and the client it came from.
+        self._feeds: dict[PubSub, Redis] = {}
         self._closed = False
         # Told of each operation's time and failure (`round_trip`); set by the app to its
         # metrics (`metrics.RedisObserver`).
@@ -143,23 +151,14 @@ class RedisStore:
 
     @classmethod
     def from_config(cls, config: RedisStoreConfig) -> RedisStore:
-        # A pooled connection the server closed (a restart, an idle timeout) fails its next
-        # command; one retry on a fresh connection hides that. Safe here: every command the
-        # store sends may run twice (SETs, a transaction that starts over, a read script).
-        client = Redis.from_url(
-            config.url.get_secret_value(),
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        return cls(client, prefix=config.prefix)
+        return cls(connect(config, PROFILE), prefix=config.prefix)
 
     async def close(self) -> None:
         self._closed = True
-        for pubsub in list(self._pubsubs):
+        for pubsub, feed in list(self._feeds.items()):
             await pubsub.aclose()
-        if self._feed_client is not None:
-            await self._feed_client.aclose()
-            await self._feed_client.connection_pool.disconnect()
+            await feed.aclose()
+        await self._slot.aclose()
         await self._redis.aclose()
 
     # ---------------------------------------------------------------- names
@@ -202,11 +201,14 @@ class RedisStore:
         return await self._transact([name], step)
 
     async def put_team(self, team: Team) -> Team:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._team(team.id), team.model_dump_json())
-            pipe.sadd(self._teams, team.id)
-            pipe.publish(self._channel, f"team:{team.id}")
-            await pipe.execute()
+        async def write(client: Redis) -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(self._team(team.id), team.model_dump_json())
+                pipe.sadd(self._teams, team.id)
+                pipe.publish(self._channel, f"team:{team.id}")
+                await pipe.execute()
+
+        await self._slot.run(self._base, write)
         return team
 
     async def get_team(self, team_id: str) -> Team | None:
@@ -305,10 +307,13 @@ class RedisStore:
         return await self._transact([name], step)
 
     async def get_key(self, key_id: str) -> ApiKey | None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(self._key(key_id))
-            pipe.hget(self._used, key_id)
-            raw, used = await pipe.execute()
+        async def read(client: Redis) -> list:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.get(self._key(key_id))
+                pipe.hget(self._used, key_id)
+                return await pipe.execute()
+
+        raw, used = await self._slot.run(self._base, read)
         return self._parse_key(raw, used) if raw is not None else None
 
     async def list_keys(self, team: str | None = None) -> list[ApiKey]:
@@ -318,10 +323,14 @@ class RedisStore:
             ids = [_text(key_id) for key_id in await self._redis.smembers(self._team_keys(team))]
         if not ids:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.mget([self._key(key_id) for key_id in ids])
-            pipe.hmget(self._used, ids)
-            raws, used = await pipe.execute()
+
+        async def read(client: Redis) -> list:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.mget([self._key(key_id) for key_id in ids])
+                pipe.hmget(self._used, ids)
+                return await pipe.execute()
+
+        raws, used = await self._slot.run(self._base, read)
         keys = [self._parse_key(raw, at) for raw, at in zip(raws, used, strict=True) if raw is not None]
         keys.sort(key=lambda key: (key.created_at, key.id))
         return keys
@@ -394,8 +403,12 @@ class RedisStore:
         return self._parse_key(raw, used), [Team.model_validate_json(team) for team in teams]
 
     async def ping(self) -> None:
-        """One PING (readiness: `/readyz`)."""
-        await self._redis.ping()
+        """One PING (readiness: `/readyz`); on a cluster, one to each master: the
+        limiter's teams live on all of them."""
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self._redis.ping()
 
     async def record_last_used(self, used: Mapping[str, float]) -> None:
         if used:
@@ -403,11 +416,12 @@ class RedisStore:
 
     # ---------------------------------------------------------------- change feed
     async def invalidations(self) -> AsyncIterator[str]:
-        """Subscribes on a connection of its own (from a pool without retries: a silent
-        reconnect would hide lost messages). Failing to subscribe raises; losing the
-        connection afterwards ends the iterator."""
-        pubsub = self._feed().pubsub()
-        self._pubsubs.add(pubsub)
+        """Subscribes on a connection of its own (`redis_connect.feed_client`: no retries,
+        a silent reconnect would hide lost messages). Failing to subscribe raises; losing
+        the connection afterwards ends the iterator."""
+        feed = await feed_client(self._redis, self._base)
+        pubsub = feed.pubsub()
+        self._feeds[pubsub] = feed
         try:
             await pubsub.subscribe(self._channel)
             confirmed = await pubsub.get_message(timeout=self._keepalive)
@@ -417,8 +431,9 @@ class RedisStore:
             async for message in self._listen(pubsub):
                 yield message
         finally:
-            self._pubsubs.discard(pubsub)
+            self._feeds.pop(pubsub, None)
             await pubsub.aclose()
+            await feed.aclose()
 
     async def _listen(self, pubsub: PubSub) -> AsyncIterator[str]:
         # A server that dies closes the socket and the read fails at once; one that hangs
@@ -442,31 +457,29 @@ class RedisStore:
             if message["type"] == "message":
                 yield _text(message["data"])
 
-    def _feed(self) -> Redis:
-        """A client for the change feed: the main client's settings, but no retries."""
-        if self._feed_client is None:
-            pool = self._redis.connection_pool
-            settings = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
-            feed_pool = ConnectionPool(connection_class=pool.connection_class, **settings)
-            self._feed_client = Redis(connection_pool=feed_pool)
-        return self._feed_client
-
     # ---------------------------------------------------------------- helpers
     async def _transact(self, watch: list[str], step: Callable[[Pipeline], Awaitable[T]]) -> T:
         """WATCH `watch`, run `step` (reads, then `pipe.multi()` and the writes, or no
         writes at all), EXEC; again from the start if a watched key changed meanwhile."""
         for _ in range(MAX_ATTEMPTS):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                await pipe.watch(*watch)
-                result = await step(pipe)
-                if not pipe.explicit_transaction:
-                    return result
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
+            done, result = await self._slot.run(self._base, lambda client: self._attempt(client, watch, step))
+            if done:
                 return result
         raise GatewayError(f"the store is too busy: gave up after {MAX_ATTEMPTS} conflicting writes")
+
+    @staticmethod
+    async def _attempt(client: Redis, watch: list[str], step: Callable[[Pipeline], Awaitable[T]]) -> tuple[bool, T]:
+        """One try of `_transact`: (False, _) when a watched key changed."""
+        async with client.pipeline(transaction=True) as pipe:
+            await pipe.watch(*watch)
+            result = await step(pipe)
+            if not pipe.explicit_transaction:
+                return True, result
+            try:
+                await pipe.execute()
+            except WatchError:
+                return False, result
+            return True, result
 
     async def _read_for_update(self, pipe: Pipeline, key_id: str) -> tuple[ApiKey | None, float | None]:
         raw = await pipe.get(self._key(key_id))

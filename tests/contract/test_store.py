@@ -1,8 +1,9 @@
 """The store contract (`gateway/store/base.py`), run against every implementation.
 
-Each test takes `store`, parametrized over the memory store and a Redis store on the
-tests' own redis-server, so the two cannot drift. Tests that only make sense for Redis
-(round trips, key names, prefixes, a server that dies) are at the end.
+Each test takes `store`, parametrized over the memory store, a Redis store on the
+tests' own redis-server and one on their own 3-master Redis Cluster, so none can drift.
+Tests that only make sense for Redis (round trips, key names, prefixes, a server that
+dies) are at the end, then those for the cluster.
 """
 
 from __future__ import annotations
@@ -17,24 +18,30 @@ from pydantic import ValidationError
 from redis.asyncio import Connection, ConnectionPool, Redis
 
 from gateway.config import RedisStoreConfig
-from gateway.errors import Conflict, InvalidRequest, NotFound
+from gateway.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
 from gateway.identity import ApiKey, Limits, Team, hash_key
 from gateway.store import open_store
 from gateway.store.base import ALL, Store
 from gateway.store.memory import SUBSCRIBER_BACKLOG, MemoryStore
 from gateway.store.redis import RedisStore
-from tests.support.redis_server import RedisServer
+from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, redis_cluster_fixture  # noqa: F401
+from tests.support.redis_server import RedisServer, free_port
 
 # How long a test waits for a message it expects before failing (never hangs).
 WAIT = 2.0
 GRACE = 0.5
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request: pytest.FixtureRequest) -> Callable[..., Store]:
     """A factory: `make_store(prefix=...)` (the prefix matters only to Redis)."""
     if request.param == "memory":
         return lambda prefix="test": MemoryStore()
+    if request.param == "cluster":
+        url = request.getfixturevalue("cluster_url")
+        return lambda prefix="test": RedisStore.from_config(
+            RedisStoreConfig(type="redis", mode="cluster", url=url, prefix=prefix)
+        )
     url = request.getfixturevalue("redis_url")
     return lambda prefix="test": RedisStore.from_config(RedisStoreConfig(type="redis", url=url, prefix=prefix))
 
@@ -622,3 +629,84 @@ async def test_redis_feed_ends_when_the_server_hangs() -> None:
                 server.resume()
         finally:
             await store.close()
+
+
+# ---------------------------------------------------------------- Redis Cluster only
+
+
+def cluster_store(url: str, prefix: str = "test") -> RedisStore:
+    return RedisStore.from_config(RedisStoreConfig(type="redis", mode="cluster", url=url, prefix=prefix))
+
+
+async def test_cluster_every_key_is_in_the_slot_of_the_prefix(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+    """Transactions and FIND_KEY touch any of these names together: one slot, one master.
+    The URL names the first node; `{tag}` lives on another, so every write was routed."""
+    home = redis_cluster.node_of("{tag}:")
+    assert home != 0
+    store = cluster_store(cluster_url, prefix="tag")
+    try:
+        await with_teams(store, "a", "b")
+        await store.put_team(team("c"))
+        await store.create_key(key("k1", teams=("a", "b")))
+        await store.put_key(key("k2", teams=("c",)))
+        await store.rotate_key("k1", hash_key("gk-new"), "gk-new", grace_seconds=60, at=1.0)
+        await store.update_key("k2", {"teams": ["a"], "default_team": "a"})
+        await store.record_last_used({"k1": 1.0})
+        await store.revoke_key("k2", at=2.0)
+        await store.delete_team("c")
+        assert [k.id for k in await store.list_keys()] == ["k1", "k2"]
+        assert (await store.find_key(hash_key("gk-new")))[0].id == "k1"
+    finally:
+        await store.close()
+    names = redis_cluster.keys(home)
+    assert {"{tag}:teams", "{tag}:keys", "{tag}:key-used", "{tag}:key:k1", "{tag}:team:a"} <= set(names)
+    assert {redis_cluster.keyslot(name) for name in names} == {redis_cluster.keyslot("{tag}:")}
+    assert all(redis_cluster.keys(node) == [] for node in range(3) if node != home)
+
+
+async def test_cluster_feed_hears_changes_from_another_process(cluster_url: str) -> None:
+    """Two stores (two gateway processes), each with its own cluster client."""
+    one, two = cluster_store(cluster_url), cluster_store(cluster_url)
+    try:
+        async with contextlib.aclosing(await subscribed(two)) as feed:
+            await with_teams(one, "a")
+            await one.create_key(key("k1"))
+            await one.revoke_key("k1", at=1.0)
+            assert await next_message(feed) == "key:k1"
+            assert (await two.find_key(hash_key("gk-k1")))[0].revoked_at == 1.0
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_cluster_ping_asks_every_master(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+    store = cluster_store(cluster_url)
+    try:
+        before = [redis_cluster.command(node, "INFO", "commandstats") for node in range(3)]
+        await store.ping()
+        after = [redis_cluster.command(node, "INFO", "commandstats") for node in range(3)]
+    finally:
+        await store.close()
+    assert all(_calls(a, "ping") > _calls(b, "ping") for a, b in zip(after, before, strict=True))
+
+
+def _calls(commandstats: str, command: str) -> int:
+    for line in commandstats.splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_cluster_that_cannot_be_reached_is_unavailable() -> None:
+    """redis-py raises RedisClusterException (no RedisError) when no node answers: still a
+    529 `StoreUnavailable`, never a 500."""
+    store = cluster_store(f"redis://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.get_team("a")
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(Exception):  # noqa: B017 - the feed's own loop retries whatever it is
+            await anext(store.invalidations())
+    finally:
+        await store.close()
