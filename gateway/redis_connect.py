@@ -16,6 +16,12 @@ What redis-py's async RedisCluster does not do, and how the callers get it anywa
   re-read if the slot moved meanwhile.
 - It keeps no `connection_pool`; a subscriber needs one plain connection of its own:
   `feed_client()`. Classic PUBLISH reaches subscribers on every node of a cluster.
+- A command issued before the client has read the slot map goes to a random node; each
+  MOVED answer counts, and every fifth (`reinitialize_steps`) closes every connection
+  of the client, in use or not: a burst of admissions on a fresh client failed with
+  "Connection closed by server" and worse, and a closed connection whose script had
+  run would be retried. `_Cluster` reads the map before its first command, and MOVED
+  only corrects the slot (`reinitialize_steps=0`); connection errors still re-read it.
 - Its retry loop (`ERRORS_ALLOW_RETRY`) includes timeouts; the limiter's cluster client
   is a subclass without them.
 - When no node can be reached it raises `RedisClusterException`, not a `RedisError`:
@@ -74,7 +80,13 @@ class Profile:
         return Retry(NoBackoff(), self.retries, supported_errors=errors)
 
 
-class _ClusterWithoutTimeoutRetries(RedisCluster):
+class _Cluster(RedisCluster):
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.initialize()  # a no-op once the slot map is read (see the module's notes)
+        return await super().execute_command(*args, **kwargs)
+
+
+class _ClusterWithoutTimeoutRetries(_Cluster):
     """RedisCluster retries commands after a timeout, whatever its `retry` says."""
 
     ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
@@ -117,8 +129,8 @@ def _settings(config: RedisStoreConfig, profile: Profile, *, tls: bool) -> dict[
 
 
 def _cluster(config: RedisStoreConfig, profile: Profile) -> RedisCluster:
-    kind = RedisCluster if profile.retry_timeouts else _ClusterWithoutTimeoutRetries
-    settings = _settings(config, profile, tls=config.url is None and config.tls)
+    kind = _Cluster if profile.retry_timeouts else _ClusterWithoutTimeoutRetries
+    settings = {**_settings(config, profile, tls=config.url is None and config.tls), "reinitialize_steps": 0}
     if config.url is not None:
         return kind.from_url(config.url.get_secret_value(), **settings)
     nodes = [ClusterNode(*host_port(node)) for node in config.nodes or ()]

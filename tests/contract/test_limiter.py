@@ -1,11 +1,12 @@
 """The limiter contract (`gateway/limiter/base.py`), run against every implementation.
 
-Each test takes `make_limiter`, parametrized over the in-process `MemoryLimiter` and a
-`RedisLimiter` on the tests' own redis-server, so the two give the same answers. The
+Each test takes `make_limiter`, parametrized over the in-process `MemoryLimiter`, a
+`RedisLimiter` on the tests' own redis-server and one on their own 3-master Redis
+Cluster, so all give the same answers. The
 peers' known failures (docs/peers.md §4d) each have a test here: charges for rejected
 requests (LiteLLM #39309), leaked concurrency slots, fixed windows, client clocks.
 Tests that only make sense for Redis (key names, round trips, TIME, a server that dies)
-are at the end.
+are at the end, then those for the cluster.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
-from redis.asyncio import Connection, ConnectionPool, Redis
+from redis.asyncio import Connection, ConnectionPool, Redis, RedisCluster
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import LimitsConfig, MemoryStoreConfig, RedisStoreConfig
 from gateway.errors import InvalidRequest, Overloaded, RateLimited
@@ -26,14 +28,16 @@ from gateway.identity import ApiKey, Limits, Team
 from gateway.limiter import MemoryLimiter, open_limiter
 from gateway.limiter.base import Demand, Limiter, LimitExceeded, Ticket, Usage, rfc3339
 from gateway.limiter.guard import GuardedLimiter
-from gateway.limiter.redis import RedisLimiter, _lua
+from gateway.limiter.redis import RedisLimiter, _lua, profile
 from gateway.limiter.rules import calendar
-from tests.support.redis_server import RedisServer
+from gateway.redis_connect import connect
+from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, redis_cluster_fixture  # noqa: F401
+from tests.support.redis_server import RedisServer, free_port
 
 PREFIX = "test"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Limiter]]:
     """A factory: `make_limiter(lease_seconds=...)`; every limiter it makes is closed after the test."""
     made: list[Limiter] = []
@@ -41,6 +45,12 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[Callable
 
         def make(lease_seconds: float = 60.0) -> Limiter:
             made.append(MemoryLimiter(lease_seconds=lease_seconds))
+            return made[-1]
+    elif request.param == "cluster":
+        url = request.getfixturevalue("cluster_url")
+
+        def make(lease_seconds: float = 60.0) -> Limiter:
+            made.append(cluster_limiter(url, lease_seconds=lease_seconds))
             return made[-1]
     else:
         url = request.getfixturevalue("redis_url")
@@ -688,3 +698,111 @@ async def test_redis_killed_and_restarted_under_load(policy: str) -> None:
             assert len([await limiter.admit(demand(t)) for _ in range(4)]) == 4
         finally:
             await limiter.close()
+
+
+# ---------------------------------------------------------------- Redis Cluster only
+
+
+def cluster_limiter(url: str, *, lease_seconds: float = 60.0, socket_timeout: float = 2.0) -> RedisLimiter:
+    config = RedisStoreConfig(type="redis", mode="cluster", url=url, prefix=PREFIX)
+    return RedisLimiter(connect(config, profile(socket_timeout)), prefix=PREFIX, lease_seconds=lease_seconds)
+
+
+def team_per_master(cluster: LocalRedisCluster) -> dict[int, str]:
+    """A team id whose keys live on each master (by index)."""
+    found: dict[int, str] = {}
+    for i in range(100):
+        found.setdefault(cluster.node_of(f"{{{PREFIX}:t:t{i}}}:"), f"t{i}")
+        if len(found) == 3:
+            return found
+    raise AssertionError("the cluster's slots are not spread over three masters")
+
+
+EVERYTHING = dict(requests_per_minute=100, input_tokens_per_minute=10_000, output_tokens_per_minute=10_000,
+                  concurrent_requests=10, tokens_per_day=100_000, tokens_per_month=1_000_000, cost_per_month_usd=100.0)
+
+
+async def test_cluster_every_key_of_a_team_is_in_its_slot(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+    """Each script builds its names from ARGV[1], the team's tag: on a cluster every name
+    must be in the slot KEYS[1] routed the call to, or Redis refuses the script."""
+    homes = team_per_master(redis_cluster)
+    guarded = open_limiter(RedisStoreConfig(type="redis", mode="cluster", url=cluster_url, prefix=PREFIX),
+                           LimitsConfig())
+    assert isinstance(guarded.primary._redis, RedisCluster)
+    limiter = guarded.primary
+    try:
+        for team_id in homes.values():
+            t, k = team(team_id, **EVERYTHING), key("key_1", team_id=team_id, **EVERYTHING)
+            ticket = await limiter.admit(demand(t, k, cost_usd=0.1))
+            held = await limiter.admit(demand(t, k))
+            await limiter.renew([held])
+            await limiter.settle(ticket, Usage(input_tokens=20, output_tokens=5, cost_usd=0.2))
+            await limiter.add_usage(team_id, {today(): {"key_1|m|requests": 1}})
+            rows = await limiter.usage(team_id, today(), today())
+            assert [(r["requests"], r["input"]) for r in rows] == [(2, 20)]
+    finally:
+        await guarded.close()
+    for node, team_id in homes.items():
+        names = redis_cluster.keys(node)
+        tag = f"{{{PREFIX}:t:{team_id}}}:"
+        assert {tag + s for s in ("rpm", "itpm", "otpm", "conc", f"tpd:{today()}", f"usage:{today()}",
+                                  "k:key_1:rpm", "k:key_1:conc")} <= set(names)
+        assert all(name.startswith(tag) for name in names), names
+        assert {redis_cluster.keyslot(name) for name in names} == {redis_cluster.keyslot(tag)}
+
+
+async def test_cluster_scripts_are_loaded_again_after_a_flush(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+    """A restarted or failed-over master has no scripts: EVALSHA's NOSCRIPT loads them again."""
+    homes = team_per_master(redis_cluster)
+    limiter = cluster_limiter(cluster_url)
+    teams = [team(team_id, requests_per_minute=10, concurrent_requests=5) for team_id in homes.values()]
+    try:
+        for round_ in range(2):
+            if round_:
+                for node in range(3):
+                    redis_cluster.command(node, "SCRIPT", "FLUSH")
+            held = [await limiter.admit(demand(t)) for t in teams]
+            assert {ticket.windows["requests"].remaining for ticket in held} == {9 - round_}
+            await limiter.renew(held)  # one call per team, on three masters at once
+            for ticket in held:
+                await limiter.settle(ticket, Usage(input_tokens=1))
+    finally:
+        await limiter.close()
+
+
+async def test_cluster_admission_is_not_retried_after_a_timeout(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+    """redis-py's cluster client retries a command after a timeout, whatever its `retry`
+    says; an admission that timed out may still have run, and running it again would
+    charge the team twice."""
+    node, team_id = next((node, team_id) for node, team_id in team_per_master(redis_cluster).items() if node)
+    limiter = cluster_limiter(cluster_url, socket_timeout=0.3)
+    t = team(team_id, requests_per_minute=10)
+    try:
+        await limiter.admit(demand(t))  # the scripts are loaded and the slot map read
+        redis_cluster.nodes[node].pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):
+                await limiter.admit(demand(t))
+            assert time.monotonic() - started < 0.55  # one socket timeout, not two
+        finally:
+            redis_cluster.nodes[node].resume()
+        await asyncio.sleep(0.1)  # the master runs what reached it before it hung
+        ticket = await limiter.admit(demand(t))
+        # The warm-up, at most one run of the timed-out admission, this one.
+        assert ticket.windows["requests"].remaining >= 7
+    finally:
+        await limiter.close()
+
+
+async def test_cluster_that_cannot_be_reached_is_an_outage() -> None:
+    """No node answers: redis-py raises RedisClusterException, which is no RedisError; the
+    guard must still see an outage (529 under fail_closed), never a 500."""
+    primary = cluster_limiter(f"redis://127.0.0.1:{free_port()}", socket_timeout=0.3)
+    limiter = GuardedLimiter(primary, on_store_error="fail_closed", probe_interval=0.2)
+    try:
+        with pytest.raises(Overloaded):
+            await limiter.admit(demand(team(requests_per_minute=5)))
+        assert limiter.degraded
+    finally:
+        await limiter.close()
