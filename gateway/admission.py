@@ -14,7 +14,7 @@ import logging
 from gateway.backends.base import Deployment
 from gateway.config import Pricing
 from gateway.identity import Principal
-from gateway.limiter import Demand, Limiter, Ticket, Usage
+from gateway.limiter import Demand, Limiter, MemoryLimiter, Ticket, Usage
 from gateway.routing import Plan
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,12 @@ class Admission:
     def settle(self, ticket: Ticket, usage: Usage) -> None:
         """Settle in the background, once: the response (or the cancellation) goes on."""
         if self._live.pop(id(ticket), None) is None:
+            return
+        if isinstance(self.limiter, MemoryLimiter):  # in this process: no task needed
+            try:
+                self.limiter.settle_now(ticket, usage)
+            except Exception:
+                log.exception("could not settle team %s's request", ticket.demand.team.id)
             return
         task = asyncio.get_running_loop().create_task(self._settle(ticket, usage))
         self._settling.add(task)

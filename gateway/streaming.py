@@ -120,22 +120,27 @@ async def _pump(
     last_data = loop.time()
     try:
         while not relay.finished:
-            wait = AFTER_DONE_GRACE if relay.done else min(ping_interval, idle)
-            deadline = asyncio.timeout(wait)
-            try:
-                async with deadline:
-                    data = await content.readany()
-            except TimeoutError:
-                if not deadline.expired():  # the upstream session's own total timeout
-                    raise UpstreamTimeout("the model's backend took longer than its total timeout") from None
-                if relay.done:
-                    break
-                if loop.time() - last_data >= idle:
-                    raise UpstreamTimeout("the model's backend went silent mid-stream") from None
-                await _write(response, PING)
-                continue
+            # What has already arrived needs no timer (reads in a burst of chunks).
+            data = content.read_nowait()
             if not data:
-                break
+                if content.at_eof():
+                    break
+                wait = AFTER_DONE_GRACE if relay.done else min(ping_interval, idle)
+                deadline = asyncio.timeout(wait)
+                try:
+                    async with deadline:
+                        data = await content.readany()
+                except TimeoutError:
+                    if not deadline.expired():  # the upstream session's own total timeout
+                        raise UpstreamTimeout("the model's backend took longer than its total timeout") from None
+                    if relay.done:
+                        break
+                    if loop.time() - last_data >= idle:
+                        raise UpstreamTimeout("the model's backend went silent mid-stream") from None
+                    await _write(response, PING)
+                    continue
+                if not data:
+                    break
             last_data = loop.time()
             out = relay.feed(data)
             if out:

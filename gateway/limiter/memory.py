@@ -119,6 +119,10 @@ class MemoryLimiter:
         return Ticket(lease=lease, demand=demand, charged=charged_for(checks, cal), windows=team_windows(checks, after, now))
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
+        self.settle_now(ticket, usage)
+
+    def settle_now(self, ticket: Ticket, usage: Usage) -> None:
+        """`settle`, for callers that need not await it: nothing here waits."""
         if ticket.settled:
             return
         ticket.settled = True

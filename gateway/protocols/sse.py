@@ -55,6 +55,8 @@ class SseDecoder:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
+        if not self._pending and not self._data and self._event is None and data.endswith(b"\n\n") and b"\r" not in data:
+            return self._whole_events(data)
         if b"\n" not in data and b"\r" not in data:
             # No line ends here: keep the piece (joining once, later, keeps long lines linear).
             if data:
@@ -75,6 +77,22 @@ class SseDecoder:
         events: list[SseEvent] = []
         for line in lines:
             self._line(line, events)
+        return events
+
+    def _whole_events(self, data: bytes) -> list[SseEvent]:
+        """The usual read: whole events, each often one `data: ` line (Chat Completions
+        streams are nothing else). Those are taken without the line-by-line walk; any
+        other event goes through it, with the same result."""
+        events: list[SseEvent] = []
+        for block in data.split(b"\n\n"):
+            if not block:
+                continue
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SseEvent(None, block[6:].decode("utf-8", "replace"), self._last_id))
+                continue
+            for line in block.split(b"\n"):
+                self._line(line, events)
+            self._line(b"", events)
         return events
 
     def flush(self) -> list[SseEvent]:

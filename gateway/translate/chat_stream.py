@@ -275,6 +275,11 @@ class ChatStreamTranslator:
     # ------------------------------------------------------------------ one delta
 
     def _delta(self, delta: dict, out: list[dict]) -> None:
+        if delta.keys() <= _TEXT_ONLY:  # most chunks: text and nothing else to look for
+            text = _text(delta.get("content"))
+            if text:
+                self._append(BlockKind.TEXT, "text_delta", "text", text, out)
+            return
         thinking = reasoning_text(delta)
         extra_text, signature = _reasoning_extras(delta)
         if thinking is None:
@@ -499,6 +504,10 @@ class ChatStreamTranslator:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+# Delta fields that carry nothing but text (`role` is always "assistant").
+_TEXT_ONLY = frozenset({"content", "role"})
 
 
 def _first_choice(choices: list) -> dict | None:
