@@ -3,7 +3,8 @@ free themselves, usage that adds up, one team unable to starve another, and Redi
 under load.
 
 "Two gateway processes" are two `gateway serve` processes on two ports sharing one Redis,
-as two machines would be.
+as two machines would be. The exactness test runs on one server and on a 3-master Redis
+Cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from multidict import CIMultiDict
 from gateway.keys import RUNTIME
 from gateway.tokens import estimate_input_tokens, estimate_output_tokens
 from tests.support.processes import start_gateway_process
+from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, redis_cluster_fixture  # noqa: F401
 from tests.support.redis_server import RedisServer, redis_server_path
 from tests.support.replies import chat_chunks, chat_message, error
 from tests.support.servers import gateway_config, start_gateway
@@ -44,9 +46,9 @@ TEAMS = """
 """
 
 
-def config(upstream_url: str, redis_url: str, policy: str = "fail_closed", lease: float = 60) -> str:
+def config(upstream_url: str, redis_url: str, policy: str = "fail_closed", lease: float = 60, mode: str = "standalone") -> str:
     extra = (
-        f"store: {{type: redis, url: '{redis_url}'}}\n"
+        f"store: {{type: redis, mode: {mode}, url: '{redis_url}'}}\n"
         f"limits: {{on_store_error: {policy}, lease_seconds: {lease}}}\n"
     )
     return extra + gateway_config(upstream_url, teams=TEAMS)
@@ -64,8 +66,23 @@ async def gateway_on_redis(upstream, redis_url):
     await running.runner.cleanup()
 
 
-async def test_rpm_is_exact_across_two_processes(upstream, redis_url, tmp_path):
-    text = config(upstream.url, redis_url)
+@pytest.fixture(params=["standalone", "cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(mode, url) of an emptied Redis: the tests' own server, or their 3-master cluster."""
+    if request.param == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        url = request.getfixturevalue("cluster_url")
+        # The URL names the first node; the team's limiter keys are on the third, the
+        # keys and teams on the second (slots are assigned in order by --cluster create):
+        # both processes' clients must route every script, and one master decides.
+        assert cluster.node_of("{gw:t:rpm}:") == 2 and cluster.node_of("{gw}:") == 1
+        return "cluster", url
+    return "standalone", request.getfixturevalue("redis_url")
+
+
+async def test_rpm_is_exact_across_two_processes(upstream, shared_redis, tmp_path):
+    mode, url = shared_redis
+    text = config(upstream.url, url, mode=mode)
     first = await start_gateway_process(text, tmp_path, "one")
     second = await start_gateway_process(text, tmp_path, "two")
     try:
