@@ -96,8 +96,10 @@ def unreachable(exc: BaseException) -> bool:
     """Redis (any node of it) cannot be reached now: a connection error, a timeout, a
     cluster failing over, or a cluster client that found no node to talk to (a bare
     `RedisClusterException`, which is no `RedisError`)."""
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | ClusterDownError | SlotNotCoveredError) \
+    return (
+        isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | ClusterDownError | SlotNotCoveredError)
         or type(exc) is RedisClusterException
+    )
 
 
 def connect(config: RedisStoreConfig, profile: Profile) -> Client:
@@ -170,8 +172,11 @@ async def feed_client(client: Client, key: str) -> Redis:
     if isinstance(pool, SentinelConnectionPool):
         # Its connections ask their pool for the master's address: a pool of its own.
         settings.pop("connection_pool", None)
-        return Redis.from_pool(SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
-                                                      connection_class=pool.connection_class, **settings))
+        return Redis.from_pool(
+            SentinelConnectionPool(
+                pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **settings
+            )
+        )
     return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **settings))
 
 

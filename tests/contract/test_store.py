@@ -638,7 +638,9 @@ def cluster_store(url: str, prefix: str = "test") -> RedisStore:
     return RedisStore.from_config(RedisStoreConfig(type="redis", mode="cluster", url=url, prefix=prefix))
 
 
-async def test_cluster_every_key_is_in_the_slot_of_the_prefix(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+async def test_cluster_every_key_is_in_the_slot_of_the_prefix(
+    cluster_url: str, redis_cluster: LocalRedisCluster
+) -> None:
     """Transactions and FIND_KEY touch any of these names together: one slot, one master.
     The URL names the first node; `{tag}` lives on another, so every write was routed."""
     home = redis_cluster.node_of("{tag}:")
@@ -655,6 +657,8 @@ async def test_cluster_every_key_is_in_the_slot_of_the_prefix(cluster_url: str, 
         await store.revoke_key("k2", at=2.0)
         await store.delete_team("c")
         assert [k.id for k in await store.list_keys()] == ["k1", "k2"]
+        for node in range(3):  # a master that restarted or took over has no scripts
+            redis_cluster.command(node, "SCRIPT", "FLUSH")
         assert (await store.find_key(hash_key("gk-new")))[0].id == "k1"
     finally:
         await store.close()
@@ -677,6 +681,32 @@ async def test_cluster_feed_hears_changes_from_another_process(cluster_url: str)
     finally:
         await one.close()
         await two.close()
+
+
+async def test_cluster_store_follows_its_slot_to_another_master(
+    cluster_url: str, redis_cluster: LocalRedisCluster
+) -> None:
+    """A resharding moves the store's slot after its clients read the slot map: a
+    transaction then meets MOVED on the old master and runs again on the new one; reads,
+    scripts and the change feed carry on."""
+    slot = redis_cluster.keyslot("{moving}:")
+    home = redis_cluster.node_of("{moving}:")
+    store = cluster_store(cluster_url, prefix="moving")
+    try:
+        await with_teams(store, "a")
+        await store.create_key(key("k1"))
+        async with contextlib.aclosing(await subscribed(store)) as feed:
+            redis_cluster.move_slot(slot, (home + 1) % 3)
+            assert (await store.update_key("k1", {"name": "moved"})).name == "moved"
+            assert await next_message(feed) == "key:k1"
+            assert (await store.get_key("k1")).name == "moved"
+            assert (await store.find_key(hash_key("gk-k1")))[0].name == "moved"
+            await store.create_team(team("b"))
+            assert [t.id for t in await store.list_teams()] == ["a", "b"]
+        assert redis_cluster.keys(home) == []
+    finally:
+        await store.close()
+        redis_cluster.move_slot(slot, home)
 
 
 async def test_cluster_ping_asks_every_master(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:

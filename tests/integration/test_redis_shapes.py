@@ -30,7 +30,9 @@ ADMIN = {"authorization": "Bearer admin-token-0001"}
 
 
 def served_config(upstream_url: str, store: str) -> str:
-    return store + "admin: {token: admin-token-0001}\nauth: {cache_ttl: 30}\n" + gateway_config(upstream_url, teams=" []")
+    return (
+        store + "admin: {token: admin-token-0001}\nauth: {cache_ttl: 30}\n" + gateway_config(upstream_url, teams=" []")
+    )
 
 
 @pytest.fixture

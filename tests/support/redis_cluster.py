@@ -90,8 +90,10 @@ class LocalRedisCluster:
                 node.start()
             self._create()
             for node in self.nodes:
-                wait_until(lambda node=node: "cluster_state:ok" in node.command("CLUSTER", "INFO"),
-                           f"cluster_state:ok on {node.name}")
+                wait_until(
+                    lambda node=node: "cluster_state:ok" in node.command("CLUSTER", "INFO"),
+                    f"cluster_state:ok on {node.name}",
+                )
         except BaseException:
             self.close()
             raise
@@ -103,8 +105,14 @@ class LocalRedisCluster:
             raise RuntimeError("redis-cli is not installed")
         argv = [binary, "--cluster", "create", *self.addresses, "--cluster-replicas", "0", "--cluster-yes"]
         # REDISCLI_AUTH rather than -a: the password stays off the command line.
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
-                                env={**os.environ, "REDISCLI_AUTH": self.password})
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "REDISCLI_AUTH": self.password},
+        )
         if result.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
@@ -121,6 +129,42 @@ class LocalRedisCluster:
             if first <= slot <= last:
                 return self.ports.index(port)
         raise RuntimeError(f"slot {slot} is not served")
+
+    def move_slot(self, slot: int, target: int) -> None:
+        """Reshard one slot to the master `target`, keys and all, as `redis-cli --cluster
+        reshard` does: IMPORTING/MIGRATING, MIGRATE the keys, then every node is told
+        the new owner. Clients that knew the old map get MOVED answers."""
+        source = next(i for i in range(len(self.nodes)) if self._owns(i, slot))
+        if source == target:
+            return
+        ids = [self.command(i, "CLUSTER", "MYID") for i in range(len(self.nodes))]
+        self.command(target, "CLUSTER", "SETSLOT", str(slot), "IMPORTING", ids[source])
+        self.command(source, "CLUSTER", "SETSLOT", str(slot), "MIGRATING", ids[target])
+        while keys := self.command(source, "CLUSTER", "GETKEYSINSLOT", str(slot), "100"):
+            self.command(
+                source,
+                "MIGRATE",
+                "127.0.0.1",
+                str(self.ports[target]),
+                "",
+                "0",
+                "5000",
+                "AUTH",
+                self.password,
+                "KEYS",
+                *keys,
+            )
+        for node in [target, source, *(i for i in range(len(self.nodes)) if i not in (source, target))]:
+            self.command(node, "CLUSTER", "SETSLOT", str(slot), "NODE", ids[target])
+        for node in range(len(self.nodes)):
+            wait_until(lambda node=node: self._owns(target, slot, asked=node), f"node {node} to see slot {slot} moved")
+
+    def _owns(self, node: int, slot: int, asked: int | None = None) -> bool:
+        """Whether `node` serves `slot`, in the slot map of `asked` (default: `node`'s own)."""
+        for first, last, (_, port, *_), *_ in self.command(node if asked is None else asked, "CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return port == self.ports[node]
+        return False
 
     def flushall(self) -> None:
         for index in range(len(self.nodes)):

@@ -31,16 +31,19 @@ class LocalSentinel:
         # No delay before a diskless sync (5 s by default): the replica is up at once.
         auth = {"requirepass": password, "masterauth": password, "repl-diskless-sync-delay": "0"}
         self.master = RedisProcess(self._dir, free_port(), auth, password=password)
-        self.replica = RedisProcess(self._dir, free_port(), {**auth, "replicaof": ["127.0.0.1", str(self.master.port)]},
-                                    password=password)
-        config = "\n".join([
-            f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 1",
-            f"sentinel auth-pass {SERVICE} {password}",
-            f"sentinel down-after-milliseconds {SERVICE} 1000",
-            f"sentinel failover-timeout {SERVICE} 10000",
-            f"requirepass {sentinel_password}",
-            "",
-        ])
+        self.replica = RedisProcess(
+            self._dir, free_port(), {**auth, "replicaof": ["127.0.0.1", str(self.master.port)]}, password=password
+        )
+        config = "\n".join(
+            [
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 1",
+                f"sentinel auth-pass {SERVICE} {password}",
+                f"sentinel down-after-milliseconds {SERVICE} 1000",
+                f"sentinel failover-timeout {SERVICE} 10000",
+                f"requirepass {sentinel_password}",
+                "",
+            ]
+        )
         self.sentinel = RedisProcess(self._dir, free_port(), config=config, sentinel=True, password=sentinel_password)
 
     @property
@@ -56,8 +59,10 @@ class LocalSentinel:
         try:
             self.master.start()
             self.replica.start()
-            wait_until(lambda: "master_link_status:up" in self.replica.command("INFO", "replication"),
-                       "the replica to sync with the master")
+            wait_until(
+                lambda: "master_link_status:up" in self.replica.command("INFO", "replication"),
+                "the replica to sync with the master",
+            )
             self.sentinel.start()
             # The sentinel learns of the replica from the master's INFO, then must reach it
             # itself before it would promote it.
@@ -68,8 +73,10 @@ class LocalSentinel:
         return self
 
     def _replica_known(self) -> bool:
-        replicas = [dict(zip(fields[::2], fields[1::2], strict=True))
-                    for fields in self.sentinel.command("SENTINEL", "REPLICAS", SERVICE)]
+        replicas = [
+            dict(zip(fields[::2], fields[1::2], strict=True))
+            for fields in self.sentinel.command("SENTINEL", "REPLICAS", SERVICE)
+        ]
         return [(r["flags"], r["master-link-status"]) for r in replicas] == [("slave", "ok")]
 
     def failover(self) -> None:

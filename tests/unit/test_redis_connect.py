@@ -41,13 +41,21 @@ def test_the_three_shapes_parse() -> None:
     single = store_section("{type: redis, url: 'rediss://gw:${P}@redis.internal:6380/2'}", {"P": SECRET})
     assert single.mode == "standalone" and single.url.get_secret_value().endswith("@redis.internal:6380/2")
 
-    cluster = store_section("{type: redis, mode: cluster, nodes: ['redis-0:6379', '[::1]:7000'], "
-                            "username: gw, password: '${P}', tls: true}", {"P": SECRET})
-    assert (cluster.mode, cluster.nodes, cluster.username, cluster.tls) == ("cluster", ["redis-0:6379", "[::1]:7000"],
-                                                                            "gw", True)
+    cluster = store_section(
+        "{type: redis, mode: cluster, nodes: ['redis-0:6379', '[::1]:7000'], "
+        "username: gw, password: '${P}', tls: true}",
+        {"P": SECRET},
+    )
+    assert (cluster.mode, cluster.nodes, cluster.username, cluster.tls) == (
+        "cluster",
+        ["redis-0:6379", "[::1]:7000"],
+        "gw",
+        True,
+    )
     assert cluster.password.get_secret_value() == SECRET
 
-    sentinel = store_section("""
+    sentinel = store_section(
+        """
   type: redis
   mode: sentinel
   sentinels: [sentinel-0:26379, sentinel-1:26379]
@@ -55,8 +63,14 @@ def test_the_three_shapes_parse() -> None:
   password: ${P}
   sentinel_password: ${SP}
   db: 3
-""", {"P": SECRET, "SP": "other"})
-    assert (sentinel.sentinels, sentinel.service, sentinel.db) == (["sentinel-0:26379", "sentinel-1:26379"], "mymaster", 3)
+""",
+        {"P": SECRET, "SP": "other"},
+    )
+    assert (sentinel.sentinels, sentinel.service, sentinel.db) == (
+        ["sentinel-0:26379", "sentinel-1:26379"],
+        "mymaster",
+        3,
+    )
     assert SECRET not in repr(single) + repr(cluster) + repr(sentinel)
 
 
@@ -68,33 +82,56 @@ def test_host_port() -> None:
             host_port(bad)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("{type: redis}", ["store.redis.url: required"]),
-    ("{type: redis, mode: cluster}", ["store.redis.url: required with mode: cluster, or `nodes`"]),
-    ("{type: redis, mode: cluster, url: 'redis://a:1', nodes: ['b:2']}",
-     ["store.redis.url: give `url` (any node) or `nodes`, not both"]),
-    ("{type: redis, mode: cluster, url: 'redis://a:1/2'}", ["store.redis.url: Redis Cluster has only database 0"]),
-    ("{type: redis, mode: cluster, nodes: ['b']}",
-     ["store.redis.nodes[0]: must be host:port (redis-0.internal:6379; [::1]:6379 for IPv6)"]),
-    ("{type: redis, mode: cluster, nodes: []}", ["store.redis.nodes: List should have at least 1 item after validation, "
-                                                 "not 0"]),
-    ("{type: redis, mode: sentinel}", [
-        "store.redis.sentinels: required with mode: sentinel (host:port of each sentinel)",
-        "store.redis.service: required with mode: sentinel (the master's name in the sentinels' configuration)",
-    ]),
-    ("{type: redis, mode: sentinel, sentinels: ['s:1'], service: m, url: 'redis://a:1'}",
-     ["store.redis.url: not with mode: sentinel (the sentinels name the master: give `sentinels` and `service`)"]),
-    ("{type: redis, url: 'redis://a:1', service: m, db: 2, nodes: ['a:1']}", [
-        "store.redis.nodes: only with mode: cluster",
-        "store.redis.service: only with mode: sentinel",
-        "store.redis.db: only with mode: sentinel",
-    ]),
-    ("{type: redis, mode: shard, url: 'redis://a:1'}",
-     ["store.redis.mode: Input should be 'standalone', 'sentinel' or 'cluster'"]),
-    ("{type: redis, mode: cluster, nodes: ['a:1'], sentinel_password: x}",
-     ["store.redis.sentinel_password: only with mode: sentinel"]),
-    ("{type: redis, url: 'redis://a:1', hosts: ['a:1']}", ["store.redis.hosts: unknown key"]),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{type: redis}", ["store.redis.url: required"]),
+        ("{type: redis, mode: cluster}", ["store.redis.url: required with mode: cluster, or `nodes`"]),
+        (
+            "{type: redis, mode: cluster, url: 'redis://a:1', nodes: ['b:2']}",
+            ["store.redis.url: give `url` (any node) or `nodes`, not both"],
+        ),
+        ("{type: redis, mode: cluster, url: 'redis://a:1/2'}", ["store.redis.url: Redis Cluster has only database 0"]),
+        (
+            "{type: redis, mode: cluster, nodes: ['b']}",
+            ["store.redis.nodes[0]: must be host:port (redis-0.internal:6379; [::1]:6379 for IPv6)"],
+        ),
+        (
+            "{type: redis, mode: cluster, nodes: []}",
+            ["store.redis.nodes: List should have at least 1 item after validation, not 0"],
+        ),
+        (
+            "{type: redis, mode: sentinel}",
+            [
+                "store.redis.sentinels: required with mode: sentinel (host:port of each sentinel)",
+                "store.redis.service: required with mode: sentinel (the master's name in the sentinels' configuration)",
+            ],
+        ),
+        (
+            "{type: redis, mode: sentinel, sentinels: ['s:1'], service: m, url: 'redis://a:1'}",
+            [
+                "store.redis.url: not with mode: sentinel (the sentinels name the master: give `sentinels` and `service`)"
+            ],
+        ),
+        (
+            "{type: redis, url: 'redis://a:1', service: m, db: 2, nodes: ['a:1']}",
+            [
+                "store.redis.nodes: only with mode: cluster",
+                "store.redis.service: only with mode: sentinel",
+                "store.redis.db: only with mode: sentinel",
+            ],
+        ),
+        (
+            "{type: redis, mode: shard, url: 'redis://a:1'}",
+            ["store.redis.mode: Input should be 'standalone', 'sentinel' or 'cluster'"],
+        ),
+        (
+            "{type: redis, mode: cluster, nodes: ['a:1'], sentinel_password: x}",
+            ["store.redis.sentinel_password: only with mode: sentinel"],
+        ),
+        ("{type: redis, url: 'redis://a:1', hosts: ['a:1']}", ["store.redis.hosts: unknown key"]),
+    ],
+)
 def test_each_problem_is_reported_at_its_path(text: str, expected: list[str]) -> None:
     assert problems(text) == expected
 
@@ -121,8 +158,9 @@ def retried(errors: tuple[type[Exception], ...]) -> set[str]:
 
 
 async def test_standalone_client() -> None:
-    config = RedisStoreConfig(type="redis", url="redis://redis.internal:6380/2", username="gw", password=SECRET,
-                              tls_ca_file="ca.pem")
+    config = RedisStoreConfig(
+        type="redis", url="redis://redis.internal:6380/2", username="gw", password=SECRET, tls_ca_file="ca.pem"
+    )
     client = connect(config, STORE)
     try:
         assert type(client) is Redis
@@ -136,7 +174,11 @@ async def test_standalone_client() -> None:
     try:
         assert issubclass(tls.connection_pool.connection_class, SSLConnection)
         settings = tls.connection_pool.connection_kwargs
-        assert (settings["password"], settings["socket_timeout"], settings["socket_connect_timeout"]) == (SECRET, 0.5, 0.5)
+        assert (settings["password"], settings["socket_timeout"], settings["socket_connect_timeout"]) == (
+            SECRET,
+            0.5,
+            0.5,
+        )
         assert tls.connection_pool.max_connections == MAX_CONNECTIONS
         # The limiter's: a timeout may mean the script ran.
         assert retried(settings["retry"]._supported_errors) == {"ConnectionError"}
@@ -145,8 +187,17 @@ async def test_standalone_client() -> None:
 
 
 async def test_sentinel_client() -> None:
-    config = RedisStoreConfig(type="redis", mode="sentinel", sentinels=["s-0:26379", "[::1]:26380"], service="mymaster",
-                              password=SECRET, sentinel_username="watcher", sentinel_password="other", tls=True, db=3)
+    config = RedisStoreConfig(
+        type="redis",
+        mode="sentinel",
+        sentinels=["s-0:26379", "[::1]:26380"],
+        service="mymaster",
+        password=SECRET,
+        sentinel_username="watcher",
+        sentinel_password="other",
+        tls=True,
+        db=3,
+    )
     client = connect(config, profile(0.5))
     try:
         pool = client.connection_pool
@@ -155,8 +206,10 @@ async def test_sentinel_client() -> None:
         assert (pool.connection_kwargs["password"], pool.connection_kwargs["db"]) == (SECRET, 3)
         asking = pool.sentinel_manager.sentinel_kwargs
         assert (asking["username"], asking["password"], asking["ssl"]) == ("watcher", "other", True)
-        addresses = [(s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
-                     for s in pool.sentinel_manager.sentinels]
+        addresses = [
+            (s.connection_pool.connection_kwargs["host"], s.connection_pool.connection_kwargs["port"])
+            for s in pool.sentinel_manager.sentinels
+        ]
         assert addresses == [("s-0", 26379), ("::1", 26380)]
     finally:
         await client.aclose()
@@ -169,8 +222,9 @@ async def test_sentinel_client() -> None:
 
 @pytest.mark.parametrize("kind", ["store", "limiter"])
 async def test_cluster_client(kind: str) -> None:
-    config = RedisStoreConfig(type="redis", mode="cluster", nodes=["redis-0:7000", "redis-1:7001"], username="gw",
-                              password=SECRET, tls=True)
+    config = RedisStoreConfig(
+        type="redis", mode="cluster", nodes=["redis-0:7000", "redis-1:7001"], username="gw", password=SECRET, tls=True
+    )
     chosen: Profile = STORE if kind == "store" else profile(0.5)
     client = connect(config, chosen)
     try:
