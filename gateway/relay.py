@@ -45,26 +45,50 @@ class ChatRelay:
         return self._encode(self._translator.start())
 
     def feed(self, data: bytes) -> bytes:
-        return self._translate(self._decoder.feed(data))
+        payloads = self._decoder.data_only(data)
+        if payloads is None:
+            payloads = [sse.data for sse in self._decoder.feed(data)]
+        return self._translate(payloads)
 
-    def _translate(self, batch: list) -> bytes:
+    def _translate(self, payloads: list[bytes] | list[str]) -> bytes:
+        """Each event's data → Messages SSE. A chunk that only continues the open text
+        block (most of them) is written from a template, byte for byte what encoding its
+        event would give, without building the event. State the pump reads
+        (`has_content`) changes only once the whole read translated."""
+        out: list[bytes] = []
         events: list[dict] = []
-        for sse in batch:
-            if sse.data == DONE:
+        translator = self._translator
+        content = False
+        for data in payloads:
+            if data == DONE or data == DONE_BYTES:
                 self.done = True
                 continue
-            if self._translator.finished:
+            if translator.finished:
                 continue
             try:
-                chunk = orjson.loads(sse.data)
+                chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError("the model's backend sent a stream chunk that is not JSON") from None
-            events.extend(self._translator.feed(chunk))
-        return self._encode(events)
+            text = translator.text_continuation(chunk)
+            if text is None:
+                events.extend(translator.feed(chunk))
+                continue
+            if events:
+                content = content or _has_delta(events)
+                out.append(b"".join(map(encode_json, events)))
+                events = []
+            out.append(_TEXT_DELTA % (translator.index, orjson.dumps(text)))
+            content = True
+        if events:
+            content = content or _has_delta(events)
+            out.append(b"".join(map(encode_json, events)))
+        if content:
+            self.has_content = True
+        return b"".join(out)
 
     def end(self) -> bytes:
         """The upstream closed the stream."""
-        tail = self._translate(self._decoder.flush())  # a last event the upstream did not terminate
+        tail = self._translate([sse.data for sse in self._decoder.flush()])  # a last event the upstream did not terminate
         if self._translator.finished:
             return tail
         if self.done or self._translator.finish_reason is not None:
@@ -78,8 +102,19 @@ class ChatRelay:
         if not events:
             return b""
         if not self.has_content:
-            self.has_content = any(e["type"] == "content_block_delta" for e in events)
+            self.has_content = _has_delta(events)
         return b"".join(map(encode_json, events))
+
+
+def _has_delta(events: list[dict]) -> bool:
+    return any(e["type"] == "content_block_delta" for e in events)
+
+
+DONE_BYTES = DONE.encode()
+_TEXT_DELTA = (
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+    b'"delta":{"type":"text_delta","text":%b}}\n\n'
+)
 
 
 def _last_boundary(buffer: bytes) -> int:

@@ -55,6 +55,66 @@ class Relay(Protocol):
     def fail(self, error: GatewayError) -> bytes: ...
 
 
+class _Silence:
+    """Interrupts the pump's read once the upstream has been silent for `wait` seconds.
+
+    `asyncio.timeout` around every read would do, but arming and cancelling a timer costs
+    about 5 µs, and a stream reads once per token: most of what the gateway adds to a paced
+    stream. Here one timer runs per `wait` seconds of stream: when it fires early (the read
+    under way began later), it moves itself to the read's own deadline. Like
+    `asyncio.timeout`, it interrupts by cancelling the task, and tells its cancellation
+    from any other (`was_cause`). The pump sets `waiting_since` around each read; a read
+    that completes in the same turn as the timer loses no data (aiohttp's reader takes the
+    bytes only once its wait returns)."""
+
+    __slots__ = ("_cancelling", "_handle", "_loop", "_task", "_wait", "fired", "waiting_since")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wait: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._loop, self._task, self._wait = loop, task, wait
+        self._cancelling = task.cancelling()
+        self.waiting_since: float | None = None
+        self.fired = False
+        self._handle = loop.call_at(loop.time() + wait, self._check)
+
+    def shorten(self, wait: float) -> None:
+        if wait < self._wait:
+            self._wait = wait
+            self._handle.cancel()
+            self._handle = self._loop.call_at(self._loop.time() + wait, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = self.waiting_since
+        if since is not None and now - since >= self._wait:
+            self.fired = True
+            self._task.cancel()
+            due = now + self._wait
+        else:
+            # Timers may run up to a clock tick early; never re-arm in the past.
+            due = max((now if since is None else since) + self._wait, now + 0.001)
+        self._handle = self._loop.call_at(due, self._check)
+
+    def was_cause(self) -> bool:
+        """Whether the CancelledError being handled is this timer's alone (then it is
+        withdrawn, as `asyncio.timeout` does)."""
+        if not self.fired:
+            return False
+        self.fired = False
+        return self._task.uncancel() <= self._cancelling
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+class _EventStream(web.StreamResponse):
+    """Its headers leave with the first event (`message_start`, written at once), in one
+    write rather than two: aiohttp's own switch, the one its `Response` uses."""
+
+    _send_headers_immediately = False
+
+
 class _ClientGone(Exception):
     """A write to the client failed: it disconnected."""
 
@@ -72,7 +132,7 @@ async def respond(
     """Relay an opened upstream stream (status 200, body unread: `Backend.open_stream`)."""
     started = time.perf_counter()
     try:
-        response = web.StreamResponse(
+        response = _EventStream(
             status=200,
             headers={
                 **SSE_HEADERS,
@@ -86,9 +146,9 @@ async def respond(
         ping_interval = request.app[RUNTIME].config.server.ping_interval
         idle = deployment.backend.config.timeouts.idle
         try:
-            first = relay.start()
-            if first:
-                await _write(response, first)
+            # The headers go now, with message_start when the relay makes one (a native
+            # upstream sends its own: then alone, as an empty write sends them).
+            await _write(response, relay.start())
             await _pump(upstream, relay, response, exchange, ping_interval=ping_interval, idle=idle)
             await response.write_eof()
         except _ClientGone:
@@ -118,27 +178,32 @@ async def _pump(
     content = upstream.content
     loop = asyncio.get_running_loop()
     last_data = loop.time()
+    silence = _Silence(loop, min(ping_interval, idle))
     try:
         while not relay.finished:
-            # What has already arrived needs no timer (reads in a burst of chunks).
+            # What has already arrived needs no wait (reads in a burst of chunks).
             data = content.read_nowait()
             if not data:
                 if content.at_eof():
                     break
-                wait = AFTER_DONE_GRACE if relay.done else min(ping_interval, idle)
-                deadline = asyncio.timeout(wait)
+                if relay.done:
+                    silence.shorten(AFTER_DONE_GRACE)
+                silence.waiting_since = loop.time()
                 try:
-                    async with deadline:
-                        data = await content.readany()
-                except TimeoutError:
-                    if not deadline.expired():  # the upstream session's own total timeout
-                        raise UpstreamTimeout("the model's backend took longer than its total timeout") from None
+                    data = await content.readany()
+                except asyncio.CancelledError:
+                    if not silence.was_cause():
+                        raise
                     if relay.done:
                         break
                     if loop.time() - last_data >= idle:
                         raise UpstreamTimeout("the model's backend went silent mid-stream") from None
                     await _write(response, PING)
                     continue
+                except TimeoutError:  # the upstream session's own total timeout
+                    raise UpstreamTimeout("the model's backend took longer than its total timeout") from None
+                finally:
+                    silence.waiting_since = None
                 if not data:
                     break
             last_data = loop.time()
@@ -170,5 +235,7 @@ async def _pump(
         log.exception("unexpected error relaying stream (request %s)", exchange.request_id)
         exchange.error_type = "api_error"
         tail = relay.fail(GatewayError("internal error in the gateway"))
+    finally:
+        silence.stop()
     if tail:
         await _write(response, tail)

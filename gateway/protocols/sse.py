@@ -55,7 +55,7 @@ class SseDecoder:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
-        if not self._pending and not self._data and self._event is None and data.endswith(b"\n\n") and b"\r" not in data:
+        if self._clean() and data.endswith(b"\n\n") and b"\r" not in data:
             return self._whole_events(data)
         if b"\n" not in data and b"\r" not in data:
             # No line ends here: keep the piece (joining once, later, keeps long lines linear).
@@ -78,6 +78,26 @@ class SseDecoder:
         for line in lines:
             self._line(line, events)
         return events
+
+    def _clean(self) -> bool:
+        """Between events: nothing pending, nothing half-read."""
+        return not self._pending and not self._data and self._event is None and self._head is None
+
+    def data_only(self, data: bytes) -> list[bytes] | None:
+        """The `data` of each event in `data`, when it holds nothing but whole events of one
+        `data: ` line each, read between events (a Chat Completions stream, read by read);
+        otherwise None, and nothing is consumed: call `feed`. Same events, minus the
+        `SseEvent` for each and the decoding to text (JSON parsers take bytes)."""
+        if self._skip_lf or not self._clean() or not data.endswith(b"\n\n") or b"\r" in data:
+            return None
+        payloads = []
+        for block in data.split(b"\n\n"):
+            if not block:
+                continue
+            if not block.startswith(b"data: ") or b"\n" in block:
+                return None
+            payloads.append(block[6:])
+        return payloads
 
     def _whole_events(self, data: bytes) -> list[SseEvent]:
         """The usual read: whole events, each often one `data: ` line (Chat Completions
@@ -143,7 +163,20 @@ def encode(event_type: str, data: dict) -> bytes:
 
     JSON escapes every `\\r` and `\\n` inside strings, so the data is always one line.
     """
-    return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    head = _HEADS.get(event_type)
+    if head is None:
+        head = b"event: " + event_type.encode() + b"\ndata: "
+    return b"".join((head, orjson.dumps(data), b"\n\n"))
+
+
+# The Messages event types, their first bytes made once.
+_HEADS = {
+    name: b"event: " + name.encode() + b"\ndata: "
+    for name in (
+        "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+        "message_delta", "message_stop", "ping", "error",
+    )
+}
 
 
 def encode_json(data: dict) -> bytes:

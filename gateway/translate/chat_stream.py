@@ -216,6 +216,39 @@ class ChatStreamTranslator:
             self._record_finish(choice)
         return self._done(out)
 
+    def text_continuation(self, chunk: Any) -> str | None:
+        """The text of a chunk that only continues the open text block (most chunks of a
+        stream), the translator advanced exactly as `feed` would have for it: its one
+        event is a `text_delta` of that text at the open block's `index`. None, with
+        nothing changed, for any other chunk: then call `feed`."""
+        if self._state is not State.OPEN or self._kind is not BlockKind.TEXT or type(chunk) is not dict:
+            return None
+        if chunk.get("usage") is not None or chunk.get("error") is not None or "x_groq" in chunk:
+            return None
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1:
+            return None
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("index", 0) != 0 or choice.get("finish_reason") is not None:
+            return None
+        if choice.get("stop_reason") is not None or choice.get("matched_stop") is not None:
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or not delta.keys() <= _TEXT_ONLY:
+            return None
+        text = delta.get("content")
+        if type(text) is not str or not text or chunk.get("object") == "error":
+            return None
+        self._emitted += 1
+        if self._usage is None:
+            self._output_chars += len(text)
+        return text
+
+    @property
+    def index(self) -> int:
+        """The open block's index."""
+        return self._index
+
     def finish(self) -> list[dict]:
         if self._state is State.FINISHED:
             return []
