@@ -1,0 +1,236 @@
+"""A lean Redis connection for the limiter's hot path: every admission and settlement.
+
+redis-py spends about 150 µs of CPU on each command (connection pool, retry wrapper,
+encoder, parser layers), more than the rest of a request through the gateway. This is a
+single pipelined connection to one server, on an `asyncio.Protocol`:
+
+- Commands issued in the same turn of the event loop leave in one write (corking), and
+  their replies come back in order, parsed by hiredis.
+- One timer per connection, not per command: replies arrive in order, so only the oldest
+  command can be late. When it is (`timeout` seconds), the connection is abandoned and
+  every command on it fails with `TimeoutError` (it may have run: callers must not
+  repeat it blindly, as an admission run twice charges twice).
+- A lost connection fails every command in flight with `ConnectionError`; the next
+  command opens a new connection (AUTH and SELECT first). A command never written is
+  not lost: connecting failed, and the caller may try again.
+
+Errors are redis-py's exception classes, so callers handle one set of errors whichever
+client they run on. Used for one server or a Sentinel-discovered master; a cluster's
+slots stay with redis-py's cluster client (redis_connect.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl as ssl_module
+from collections.abc import Sequence
+
+import hiredis
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int | float
+
+
+def encode_command(args: Sequence[Arg]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = repr(float(arg)).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _reply_error(message: str) -> ResponseError:
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    if message.startswith(("NOAUTH", "WRONGPASS")):
+        return AuthenticationError(message)
+    return ResponseError(message)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, connection: RespConnection) -> None:
+        self._connection = connection
+        self._reader = hiredis.Reader(replyError=_reply_error)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._connection.waiting
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._connection.abandon(RedisConnectionError(f"Redis sent a malformed reply: {exc}"))
+                return
+            if reply is False:
+                return
+            if not waiting:  # nobody asked: the stream is out of step
+                self._connection.abandon(RedisConnectionError("Redis sent a reply nobody asked for"))
+                return
+            future = waiting.popleft()[0]
+            if not future.done():
+                if isinstance(reply, Exception):  # an error reply, made by `_reply_error`
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection.abandon(RedisConnectionError(f"Redis closed the connection ({exc or 'end of stream'})"))
+
+
+class RespConnection:
+    """A pipelined connection to one Redis server (opened on first use, again after a loss)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 1.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self._username, self._password, self._db, self._ssl = username, password, db, ssl
+        self._timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Future | None = None
+        # (future, time written) per command in flight, oldest first.
+        self.waiting: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def call(self, *args: Arg) -> object:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            await self._connect()
+        loop = self._loop
+        assert loop is not None
+        future = loop.create_future()
+        self.waiting.append((future, loop.time()))
+        self._outgoing.append(encode_command(args))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout, self._check)
+        return await future
+
+    async def evalsha(self, sha: str, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> object:
+        """EVALSHA; after a NOSCRIPT (a restarted or flushed server), EVAL once: the
+        script then runs, and the server keeps it for the next EVALSHA."""
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", script, len(keys), *keys, *args)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._outgoing:
+            return
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self.abandon(RedisConnectionError("the connection to Redis closed before a command left"))
+            return
+        transport.write(data)
+
+    def _check(self) -> None:
+        """The oldest command's deadline (one timer for the connection, moved along)."""
+        self._watchdog = None
+        if not self.waiting:
+            return
+        loop = self._loop
+        assert loop is not None
+        due = self.waiting[0][1] + self._timeout
+        if loop.time() >= due:
+            self.abandon(RedisTimeoutError(f"Redis did not answer within {self._timeout}s"))
+            return
+        self._watchdog = loop.call_at(due, self._check)
+
+    async def _connect(self) -> None:
+        if self._closed:
+            raise RedisConnectionError("the connection was closed")
+        if self._connecting is not None:
+            await asyncio.shield(self._connecting)
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        self._connecting = loop.create_future()
+        try:
+            async with asyncio.timeout(self._timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: _Protocol(self), self.host, self.port, ssl=self._ssl
+                )
+            self._transport = transport  # type: ignore[assignment]
+            if self._password is not None:
+                auth = (self._username, self._password) if self._username else (self._password,)
+                await self._hello("AUTH", *auth)
+            if self._db:
+                await self._hello("SELECT", self._db)
+            self._connecting.set_result(None)
+        except (OSError, TimeoutError) as exc:
+            error = RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}")
+            self._fail_connect(error)
+            raise error from None
+        except BaseException as exc:
+            self._fail_connect(exc)
+            raise
+        finally:
+            self._connecting = None
+
+    def _fail_connect(self, exc: BaseException) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
+        assert self._connecting is not None
+        if not self._connecting.done():
+            self._connecting.set_exception(exc)
+            self._connecting.exception()  # retrieved: waiters re-raise their own
+
+    async def _hello(self, *args: Arg) -> None:
+        """A command during the connect, before others may queue theirs."""
+        loop = self._loop
+        assert loop is not None and self._transport is not None
+        future = loop.create_future()
+        self.waiting.append((future, loop.time()))
+        self._transport.write(encode_command(args))
+        await future
+
+    def abandon(self, error: Exception) -> None:
+        """Fail every command in flight with `error` and drop the connection."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._outgoing.clear()
+        waiting, self.waiting = self.waiting, collections.deque()
+        for future, _ in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    async def close(self) -> None:
+        self._closed = True
+        self.abandon(RedisConnectionError("the connection was closed"))

@@ -1,0 +1,112 @@
+"""The limiter's lean Redis connection, against a real redis-server: pipelining in order,
+scripts after a flush, errors that leave the connection usable, and what a hung, killed
+or password-protected server does to the commands in flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.resp import RespConnection, encode_command
+from tests.support.redis_server import RedisServer, redis_server_path
+
+pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
+
+SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+def test_commands_are_encoded_as_resp_arrays():
+    assert encode_command(["SET", b"k", 5, 0.5, "é"]) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n$3\r\n0.5\r\n$2\r\n\xc3\xa9\r\n"
+
+
+async def test_concurrent_commands_are_answered_in_order(redis_url, redis_server):
+    connection = RespConnection("127.0.0.1", redis_server.port)
+    try:
+        replies = await asyncio.gather(*(connection.call("INCR", "counter") for _ in range(500)))
+        assert replies == list(range(1, 501))
+        assert await connection.call("SET", "k", "v") == b"OK"
+        assert await connection.call("GET", "k") == b"v"
+    finally:
+        await connection.close()
+
+
+async def test_an_error_reply_fails_its_command_only(redis_url, redis_server):
+    connection = RespConnection("127.0.0.1", redis_server.port)
+    try:
+        await connection.call("SET", "text", "x")
+        results = await asyncio.gather(
+            connection.call("INCR", "text"), connection.call("INCR", "n"), return_exceptions=True
+        )
+        assert isinstance(results[0], ResponseError) and results[1] == 1
+        assert await connection.call("INCR", "n") == 2
+    finally:
+        await connection.close()
+
+
+async def test_evalsha_loads_the_script_again_after_a_flush(redis_url, redis_server):
+    connection = RespConnection("127.0.0.1", redis_server.port)
+    try:
+        sha = (await connection.call("SCRIPT", "LOAD", SCRIPT)).decode()
+        assert await connection.evalsha(sha, SCRIPT, ["k"], [2]) == 2
+        assert redis_server.command("SCRIPT", "FLUSH") == "+OK"
+        assert await connection.evalsha(sha, SCRIPT, ["k"], [3]) == 5  # EVAL, once
+        assert await connection.evalsha(sha, SCRIPT, ["k"], [1]) == 6  # cached again
+    finally:
+        await connection.close()
+
+
+async def test_a_hung_server_times_out_every_command_in_flight_then_the_connection_recovers():
+    with RedisServer() as server:
+        connection = RespConnection("127.0.0.1", server.port, timeout=0.3)
+        try:
+            assert await connection.call("PING") == b"PONG"
+            server.pause()
+            results = await asyncio.gather(*(connection.call("INCR", "n") for _ in range(3)), return_exceptions=True)
+            assert all(isinstance(result, RedisTimeoutError) for result in results), results
+            server.resume()
+            assert await connection.call("PING") == b"PONG"  # a new connection
+        finally:
+            server.resume()
+            await connection.close()
+
+
+async def test_a_killed_server_fails_commands_with_connection_errors_until_it_is_back():
+    server = RedisServer()
+    server.start()
+    connection = RespConnection("127.0.0.1", server.port, timeout=1.0)
+    try:
+        assert await connection.call("PING") == b"PONG"
+        server.kill()
+        with pytest.raises(RedisConnectionError):
+            await connection.call("PING")
+        with pytest.raises(RedisConnectionError):  # nothing listens: the connect fails
+            await connection.call("PING")
+        server.start()
+        assert await connection.call("PING") == b"PONG"
+    finally:
+        await connection.close()
+        server.close()
+
+
+async def test_password_and_acl_user():
+    with RedisServer() as server:
+        assert server.command("ACL", "SETUSER", "gateway", "on", ">s3cret", "~*", "+@all") == "+OK"
+        assert server.command("CONFIG", "SET", "requirepass", "topsecret") == "+OK"
+        for username, password in ((None, "topsecret"), ("gateway", "s3cret")):
+            connection = RespConnection("127.0.0.1", server.port, username=username, password=password, db=2)
+            try:
+                assert await connection.call("SET", "k", username or "default") == b"OK"
+            finally:
+                await connection.close()
+        wrong = RespConnection("127.0.0.1", server.port, password="nope")
+        with pytest.raises(AuthenticationError):
+            await wrong.call("PING")
+        await wrong.close()
+        refused = RespConnection("127.0.0.1", server.port)
+        with pytest.raises(AuthenticationError):  # NOAUTH
+            await refused.call("PING")
+        await refused.close()
