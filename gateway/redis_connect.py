@@ -56,6 +56,8 @@ from gateway.config import RedisStoreConfig, host_port
 T = TypeVar("T")
 Client = Redis | RedisCluster
 
+_UNBOUNDED = 2**31  # redis-py's own "no limit" for a pool
+
 # The slot moved (MOVED is an AskError), or the cluster is between topologies: worth
 # one more try once the slot map has been read again.
 _SLOT_MOVED = (AskError, TryAgainError, ClusterDownError, SlotNotCoveredError)
@@ -70,7 +72,7 @@ class Profile:
     # False: a timeout is not retried (the command may have run; running it twice would
     # count twice).
     retry_timeouts: bool = True
-    # Per server (per node on a cluster); None: redis-py's default.
+    # Per server (per node on a cluster); None: no limit, as redis-py's default pool.
     max_connections: int | None = None
     # Seconds for a connect and for an answer; None: redis-py's default (no limit).
     socket_timeout: float | None = None
@@ -133,6 +135,9 @@ def _settings(config: RedisStoreConfig, profile: Profile, *, tls: bool) -> dict[
 def _cluster(config: RedisStoreConfig, profile: Profile) -> RedisCluster:
     kind = _Cluster if profile.retry_timeouts else _ClusterWithoutTimeoutRetries
     settings = {**_settings(config, profile, tls=config.url is None and config.tls), "reinitialize_steps": 0}
+    # Its default, 100 per node, fails the next command at once (MaxConnectionsError):
+    # unbounded like a single server's pool unless the caller bounds it (and waits).
+    settings.setdefault("max_connections", _UNBOUNDED)
     if config.url is not None:
         return kind.from_url(config.url.get_secret_value(), **settings)
     nodes = [ClusterNode(*host_port(node)) for node in config.nodes or ()]

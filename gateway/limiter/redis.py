@@ -184,7 +184,8 @@ class RedisLimiter:
             await self._settle(keys=[base + "rpm"], args=args)
 
     async def renew(self, tickets: Iterable[Ticket]) -> None:
-        """One pipeline: one script call per team (each in its team's slot)."""
+        """One pipeline: one script call per team (each in its team's slot); on a
+        cluster, the calls at once."""
         by_team: dict[str, list[str]] = defaultdict(list)
         for ticket in tickets:
             if ticket.settled or ticket.lease is None or ticket.fallback:
@@ -194,11 +195,11 @@ class RedisLimiter:
                     by_team[ticket.demand.team.id] += [name, ticket.lease]
         if not by_team:
             return
+        if isinstance(self._redis, RedisCluster):
+            await asyncio.gather(*(self._renew_team(team, pairs) for team, pairs in by_team.items()))
+            return
         async with self._turn():
-            if isinstance(self._redis, RedisCluster):
-                await self._renew_each(by_team)
-            else:
-                await self._renew_pipelined(by_team)
+            await self._renew_pipelined(by_team)
 
     async def _renew_pipelined(self, by_team: dict[str, list[str]]) -> None:
         for attempt in range(2):
@@ -214,14 +215,13 @@ class RedisLimiter:
             if isinstance(reply, Exception):
                 raise reply
 
-    async def _renew_each(self, by_team: dict[str, list[str]]) -> None:
-        # Teams live on different masters: one call each, all at once (each reloads the
-        # script itself after a restart).
-        lease_seconds = _number(self.lease_seconds)
-        await asyncio.gather(*(
-            self._renew(keys=[self.base(team) + "rpm"], args=[self.base(team), lease_seconds, *pairs])
-            for team, pairs in by_team.items()
-        ))
+    async def _renew_team(self, team: str, pairs: list[str]) -> None:
+        # Each call takes its own turn, as admissions do: however many teams there are,
+        # no master gets more than MAX_CONNECTIONS connections from this process. The
+        # script reloads itself after a restart (NOSCRIPT).
+        base = self.base(team)
+        async with self._turn():
+            await self._renew(keys=[base + "rpm"], args=[base, _number(self.lease_seconds), *pairs])
 
     async def usage(self, team: str, since_day: str, until_day: str) -> list[dict]:
         days = usage_days(since_day, until_day)

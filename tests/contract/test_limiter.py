@@ -360,7 +360,9 @@ async def test_two_teams_are_independent(limiter: Limiter) -> None:
     assert len(admitted) == 2 and rejected
     calm_admitted, calm_rejected, _ = await burst(limiter, [demand(calm) for _ in range(2)])
     assert len(calm_admitted) == 2 and not calm_rejected
-    assert calm_admitted[-1].windows["requests"].remaining == 3
+    # (Two at once may reach Redis in either order: on a cluster each team has its own
+    # master, and the calm one's connections are new.)
+    assert sorted(ticket.windows["requests"].remaining for ticket in calm_admitted) == [3, 4]
 
 
 # ---------------------------------------------------------------- settlement and usage

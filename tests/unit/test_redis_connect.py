@@ -234,6 +234,9 @@ async def test_cluster_client(kind: str) -> None:
         assert (settings["username"], settings["password"]) == ("gw", SECRET)
         assert issubclass(settings["connection_class"], SSLConnection)
         assert client.reinitialize_steps == 0  # a MOVED corrects the slot, never closes every connection
+        node = client.nodes_manager.startup_nodes["redis-0:7000"]
+        # The limiter bounds its connections (and waits for one); the store does not, as on one server.
+        assert node.max_connections == (MAX_CONNECTIONS if kind == "limiter" else 2**31)
         assert client.retry.get_retries() == 1
         # redis-py's cluster client retries whatever is in ERRORS_ALLOW_RETRY.
         assert (RedisTimeoutError in type(client).ERRORS_ALLOW_RETRY) == (kind == "store")
