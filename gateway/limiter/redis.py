@@ -120,11 +120,14 @@ class RedisLimiter:
         """At most MAX_CONNECTIONS calls use Redis at once; the others wait up to POOL_WAIT.
         A cluster that cannot be reached at all raises `RedisClusterException`, which is
         no `RedisError`: it becomes a connection error, as the guard expects an outage."""
-        try:
-            async with asyncio.timeout(POOL_WAIT):
-                await self._room.acquire()
-        except TimeoutError:
-            raise RedisConnectionError(f"no free connection to Redis within {POOL_WAIT:g}s") from None
+        if self._room.locked():  # (no timer on the usual path: a free turn is taken at once)
+            try:
+                async with asyncio.timeout(POOL_WAIT):
+                    await self._room.acquire()
+            except TimeoutError:
+                raise RedisConnectionError(f"no free connection to Redis within {POOL_WAIT:g}s") from None
+        else:
+            await self._room.acquire()
         try:
             yield
         except Exception as exc:
