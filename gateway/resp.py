@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl as ssl_module
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import hiredis
 from redis.exceptions import (
     AuthenticationError,
     NoScriptError,
+    ReadOnlyError,
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -55,6 +56,8 @@ def encode_command(args: Sequence[Arg]) -> bytes:
 
 
 def _reply_error(message: str) -> ResponseError:
+    if message.startswith("READONLY"):  # a master demoted by a failover: find the new one
+        return ReadOnlyError(message)
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
     if message.startswith(("NOAUTH", "WRONGPASS")):
@@ -88,19 +91,29 @@ class _Protocol(asyncio.Protocol):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
+            if isinstance(reply, ReadOnlyError):
+                self._connection.abandon(RedisConnectionError("the Redis master became a replica"))
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection.abandon(RedisConnectionError(f"Redis closed the connection ({exc or 'end of stream'})"))
 
 
+Address = tuple[str, int]
+
+
 class RespConnection:
-    """A pipelined connection to one Redis server (opened on first use, again after a loss)."""
+    """A pipelined connection to one Redis server (opened on first use, again after a loss).
+
+    `locate`, when given, is asked for the server's address before each connect (a
+    Sentinel's current master); `host`/`port` are then ignored."""
 
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str = "127.0.0.1",
+        port: int = 6379,
         *,
+        locate: Callable[[], Awaitable[Address]] | None = None,
         username: str | None = None,
         password: str | None = None,
         db: int = 0,
@@ -108,6 +121,7 @@ class RespConnection:
         timeout: float = 1.0,
     ) -> None:
         self.host, self.port = host, port
+        self._locate = locate
         self._username, self._password, self._db, self._ssl = username, password, db, ssl
         self._timeout = timeout
         self._transport: asyncio.Transport | None = None
@@ -179,6 +193,8 @@ class RespConnection:
         self._connecting = loop.create_future()
         try:
             async with asyncio.timeout(self._timeout):
+                if self._locate is not None:
+                    self.host, self.port = await self._locate()
                 transport, _ = await loop.create_connection(
                     lambda: _Protocol(self), self.host, self.port, ssl=self._ssl
                 )
@@ -189,8 +205,11 @@ class RespConnection:
             if self._db:
                 await self._hello("SELECT", self._db)
             self._connecting.set_result(None)
-        except (OSError, TimeoutError) as exc:
-            error = RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}")
+        except AuthenticationError as exc:
+            self._fail_connect(exc)
+            raise
+        except (OSError, TimeoutError, RedisConnectionError) as exc:
+            error = RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc or 'timed out'}")
             self._fail_connect(error)
             raise error from None
         except BaseException as exc:
@@ -234,3 +253,33 @@ class RespConnection:
     async def close(self) -> None:
         self._closed = True
         self.abandon(RedisConnectionError("the connection was closed"))
+
+
+def lean_connection(client: object, timeout: float) -> RespConnection | None:
+    """A `RespConnection` to the server a redis-py client talks to (one server, or the
+    master its Sentinels name), with the same credentials, database and TLS; None for
+    what it does not cover (a cluster, a Unix socket)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.connection import SSLConnection
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    if type(client) is not Redis:
+        return None
+    pool = client.connection_pool
+    settings = pool.connection_kwargs
+    if "path" in settings:
+        return None
+    context = None
+    if issubclass(pool.connection_class, SSLConnection):
+        context = ssl_module.create_default_context(cafile=settings.get("ssl_ca_certs"))
+    locate = pool.get_master_address if isinstance(pool, SentinelConnectionPool) else None
+    return RespConnection(
+        settings.get("host", "127.0.0.1"),
+        int(settings.get("port", 6379)),
+        locate=locate,
+        username=settings.get("username"),
+        password=settings.get("password"),
+        db=int(settings.get("db") or 0),
+        ssl=context,
+        timeout=timeout,
+    )

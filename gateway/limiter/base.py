@@ -15,6 +15,7 @@ change reaches the limiter as soon as the caller holds the new records (no resta
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -143,7 +144,14 @@ _BUDGET_UNITS = {"tokens_per_day": "tokens", "tokens_per_month": "tokens", "cost
 
 def rfc3339(ts: float) -> str:
     """Unix seconds → `2025-06-01T12:00:05Z` (rounded up to the whole second)."""
-    return datetime.fromtimestamp(math.ceil(ts - 1e-6), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339_second(math.ceil(ts - 1e-6))
+
+
+@functools.lru_cache(maxsize=256)
+def _rfc3339_second(second: int) -> str:
+    # Every admitted answer carries one reset time per window, and they fall on a few
+    # distinct seconds: formatting a datetime each time cost more than the rest of the headers.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def retry_after_header(seconds: float) -> str:
