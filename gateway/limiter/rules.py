@@ -15,6 +15,7 @@ requests wait until it is paid off.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -142,7 +143,12 @@ class Calendar:
 
 
 def calendar(now: float) -> Calendar:
-    days = math.floor(now / DAY)
+    return _calendar_of_day(math.floor(now / DAY))
+
+
+@functools.lru_cache(maxsize=4)
+def _calendar_of_day(days: int) -> Calendar:
+    # Asked on every admission and settlement; the answer changes once a day.
     y, m, d = civil_from_days(days)
     ny, nm = (y + 1, 1) if m == 12 else (y, m + 1)
     return Calendar(
