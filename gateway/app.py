@@ -46,6 +46,8 @@ class Runtime:
     auth: Authenticator | None = None
     admission: Admission | None = None
     access_log: AccessLog = field(default_factory=AccessLog)
+    # The tasks serving requests now (the edge keeps it): what a shutdown drains.
+    in_flight: set[asyncio.Task] = field(default_factory=set)
 
     def build_router(self, config: Config) -> Router:
         assert self.session is not None

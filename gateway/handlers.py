@@ -112,7 +112,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     finally:
         # Exactly once, whatever happened: an upstream error settles what was used (nothing),
         # a client that left settles what it was sent.
-        pricing = router.resolve(exchange.served_model).model.pricing
+        served = plan.model if exchange.served_model == plan.model.name else router.resolve(exchange.served_model).model
+        pricing = served.pricing
         runtime.admission.settle(ticket, usage_of(exchange.usage, pricing))
 
 

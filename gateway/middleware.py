@@ -56,7 +56,11 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
 async def edge(request: web.Request, handler) -> web.StreamResponse:
     exchange = Exchange(method=request.method, path=request.path)
     request[EXCHANGE] = exchange
-    metrics = request.app[METRICS]
+    app = request.app
+    metrics = app[METRICS]
+    runtime = app[RUNTIME]
+    task = asyncio.current_task()
+    runtime.in_flight.add(task)
     operation = metrics.request_started(exchange.path)
     try:
         try:
@@ -85,9 +89,10 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
         except Exception:  # a bug in the metrics must not cost the client its answer
             log.exception("could not record the metrics of request %s", exchange.request_id)
         if exchange.path not in QUIET_PATHS or exchange.status >= 400:
-            access_log = request.app[RUNTIME].access_log
+            access_log = runtime.access_log
             if access_log.enabled():
                 access_log.write(access_line(exchange, elapsed))
+        runtime.in_flight.discard(task)
 
 
 # Probes and scrapes arrive every few seconds from every prober: a line each would bury

@@ -99,7 +99,10 @@ class Router:
     def order(self, plan: Plan) -> list[Deployment]:
         """The plan's deployments in the order to try them: those whose breaker lets a
         request through, by the model's strategy; cooling ones are left out."""
-        open_ = [d for d in plan.deployments if self.breaker(d).usable()]
+        deployments = plan.deployments
+        if len(deployments) == 1:  # most models: nothing to order
+            return [deployments[0]] if self.breaker(deployments[0]).usable() else []
+        open_ = [d for d in deployments if self.breaker(d).usable()]
         if plan.model.strategy == "least_busy":
             self.rng.shuffle(open_)  # ties broken at random, then weight
             open_.sort(key=lambda d: (self._in_flight.get(_id(d), 0), -d.route.weight))

@@ -158,19 +158,7 @@ async def _run(app: web.Application, sock: socket.socket, drain_seconds: float, 
     finish for up to `drain_seconds`, cancel what is left (a stream then ends with an
     `error` event, gateway/streaming.py) and clean up."""
     loop = asyncio.get_running_loop()
-    in_flight: set[asyncio.Task] = set()
-
-    @web.middleware
-    async def track(request: web.Request, handler):
-        task = asyncio.current_task()
-        assert task is not None
-        in_flight.add(task)
-        try:
-            return await handler(request)
-        finally:
-            in_flight.discard(task)
-
-    app.middlewares.append(track)
+    in_flight = app[RUNTIME].in_flight  # kept by the edge middleware
     # handler_cancellation: a client that disconnects cancels its handler, and with it
     # the upstream request, at once. shutdown_timeout: what cleanup still waits for once
     # the handlers are done (the last bytes of answers already returned).
