@@ -12,6 +12,7 @@ over two processes on the cluster is in test_limits.py.)
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support.processes import GatewayProcess, start_gateway_process
+from tests.support.processes import GatewayProcess, free_port, start_gateway_process
 from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, redis_cluster_fixture  # noqa: F401
-from tests.support.redis_process import missing_binaries
+from tests.support.redis_process import RedisProcess, missing_binaries
 from tests.support.redis_sentinel import SERVICE, LocalSentinel
 from tests.support.servers import gateway_config
 
@@ -120,3 +121,62 @@ async def test_served_through_sentinel_and_after_a_failover(upstream, sentinel: 
         await gateway.stop()
     log = gateway.log.read_text()
     assert sentinel.password not in log and sentinel.sentinel_password not in log
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
+    files = {name: directory / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "san.ext")}
+    files["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"], "-out", files["ca.crt"],
+         "-days", "1", "-subj", "/CN=gateway-test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["server.key"], "-out", files["server.csr"],
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", files["server.csr"], "-CA", files["ca.crt"], "-CAkey", files["ca.key"],
+         "-CAcreateserial", "-out", files["server.crt"], "-days", "1", "-extfile", files["san.ext"]],
+    ]
+    for step in steps:
+        subprocess.run(["openssl", *map(str, step)], check=True, capture_output=True)
+    return files
+
+
+@pytest.fixture
+def tls_redis(tmp_path) -> Iterator[tuple[int, Path, str]]:
+    """A redis-server that speaks TLS (and needs a password) on one port: (port, CA file, password)."""
+    reason = missing_binaries("redis-server", "openssl")
+    if reason is not None:
+        pytest.skip(reason)
+    files = _certificates(tmp_path)
+    password, tls_port = "tls-secret-7d2e", free_port()
+    server = RedisProcess(
+        tmp_path, free_port(), password=password,
+        options={"tls-port": str(tls_port), "tls-cert-file": str(files["server.crt"]),
+                 "tls-key-file": str(files["server.key"]), "tls-ca-cert-file": str(files["ca.crt"]),
+                 "tls-auth-clients": "no", "requirepass": password},
+    )
+    try:
+        server.start()
+    except RuntimeError as exc:
+        if "TLS" in str(exc) or "tls" in str(exc):
+            pytest.skip(f"this redis-server has no TLS: {exc}")
+        raise
+    try:
+        yield tls_port, files["ca.crt"], password
+    finally:
+        server.stop()
+
+
+async def test_served_over_tls_with_the_password_from_the_environment(upstream, tls_redis, tmp_path):
+    port, ca_file, password = tls_redis
+    store = (
+        "store:\n  type: redis\n"
+        f"  url: 'rediss://127.0.0.1:{port}/0'\n  password: ${{REDIS_PASSWORD}}\n  tls_ca_file: '{ca_file}'\n"
+    )
+    gateway = await serve(upstream.url, store, {"REDIS_PASSWORD": password}, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            # Store, change feed and the limiter's own connection, all over TLS.
+            await served_limited_then_revoked(http, gateway.url, "tls")
+    finally:
+        await gateway.stop()
+    assert password not in gateway.log.read_text()
