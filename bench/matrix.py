@@ -74,14 +74,31 @@ class Matrix:
         wants_redis = any(t.startswith("gateway-redis") for t in targets)
         redis = start_redis(self.procs, self.cores) if wants_redis else None
         self.load_side = [upstream] + ([redis] if redis else [])
-        for target in targets:
-            if target.startswith("gateway-redis") and redis is None:
-                self.notes.append(f"{target} skipped: no redis-server on this machine")
-                continue
-            under_test = self._start(target, upstream, redis_url(redis))
-            try:
-                self._measure_target(target, under_test, upstream, scenarios, concurrency)
-            finally:
+        # Every target runs at once (pinned alike; idle but for its own runs), and the runs
+        # go round the targets cell by cell: a gateway and the floor it is divided by are
+        # measured seconds apart, not minutes, so drifts in the machine's speed (other
+        # tenants, clocks) land on both sides of a ratio.
+        started: dict[str, Service | None] = {}
+        try:
+            for target in targets:
+                if target.startswith("gateway-redis") and redis is None:
+                    self.notes.append(f"{target} skipped: no redis-server on this machine")
+                    continue
+                started[target] = self._start(target, upstream, redis_url(redis))
+            for target, under_test in started.items():
+                self._warm(target, under_test, upstream, scenarios)
+            runs: dict[tuple[str, str, int], list[Row]] = {}
+            for _ in range(self.repeat):
+                for scenario in scenarios:
+                    for connections in concurrency:
+                        for target, under_test in started.items():
+                            request = self._request(target, scenario, upstream, under_test)
+                            row = self._measure(target, scenario, connections, request, under_test)
+                            runs.setdefault((target, scenario.name, connections), []).append(row)
+                            self._print(target, scenario, connections, row)
+            self.rows += [median_run(rows) for rows in runs.values()]
+        finally:
+            for under_test in started.values():
                 if under_test is not None:
                     self.procs.stop(under_test.started)
         fill_comparisons(self.rows)
@@ -103,8 +120,7 @@ class Matrix:
         key = LIMITED_KEY if target == "gateway-redis" else BENCH_KEY
         return messages_request(under_test.base_url, scenario, key)
 
-    def _measure_target(self, target: str, under_test: Service | None, upstream: Service,
-                        scenarios: list[Scenario], concurrency: list[int]) -> None:
+    def _warm(self, target: str, under_test: Service | None, upstream: Service, scenarios: list[Scenario]) -> None:
         for scenario in scenarios if self.warmup else ():
             warm = self.load.run(self._request(target, scenario, upstream, under_test), WARMUP_CONNECTIONS,
                                  self.warmup)
@@ -113,20 +129,13 @@ class Matrix:
         idle = rss_mb(under_test.started.pids()) if under_test else None
         self.targets.append(TargetInfo(target, idle))
         print(f"  {target}: idle RSS after warm-up {_fmt(idle, '.1f')} MB", flush=True)
-        # Repeats go round the whole list, so a burst of noise from elsewhere on the machine
-        # lands on different runs; each combination then keeps its median run.
-        runs: dict[tuple[str, int], list[Row]] = {}
-        for _ in range(self.repeat):
-            for scenario in scenarios:
-                request = self._request(target, scenario, upstream, under_test)
-                for connections in concurrency:
-                    row = self._measure(target, scenario, connections, request, under_test)
-                    runs.setdefault((scenario.name, connections), []).append(row)
-                    print(f"  {target:15} {scenario.name:13} c{connections:<3} {row.per_second:9.0f} req/s  "
-                          f"p50 {row.p50_ms:7.2f} ms  CPU {_fmt(row.cpu_us, '.0f')} µs/req  "
-                          f"other {_fmt(row.other_cpu_pct, '.0f')}%"
-                          + (f"  ERRORS {row.errors}" if row.errors else ""), flush=True)
-        self.rows += [median_run(rows) for rows in runs.values()]
+
+    @staticmethod
+    def _print(target: str, scenario: Scenario, connections: int, row: Row) -> None:
+        print(f"  {target:15} {scenario.name:13} c{connections:<3} {row.per_second:9.0f} req/s  "
+              f"p50 {row.p50_ms:7.2f} ms  CPU {_fmt(row.cpu_us, '.0f')} µs/req  "
+              f"other {_fmt(row.other_cpu_pct, '.0f')}%"
+              + (f"  ERRORS {row.errors}" if row.errors else ""), flush=True)
 
     def _measure(self, target: str, scenario: Scenario, connections: int, request: Request,
                  under_test: Service | None) -> Row:
