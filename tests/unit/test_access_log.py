@@ -1,4 +1,4 @@
-"""The access log's sink: lines batched into one write per turn of the event loop."""
+"""The access log's sink: lines gathered for a moment (`FLUSH_AFTER`) into one write."""
 
 from __future__ import annotations
 
@@ -23,13 +23,19 @@ class CountingStream(io.BytesIO):
         return super().write(data)
 
 
-async def test_lines_written_in_one_turn_go_out_in_one_write_at_its_end():
+@pytest.fixture(autouse=True)
+def quick_flush(monkeypatch):
+    monkeypatch.setattr(access_log, "FLUSH_AFTER", 0.02)
+
+
+async def test_lines_of_a_moment_go_out_in_one_write():
     stream = CountingStream()
     log = AccessLog(stream)
     for n in range(3):
         log.write({"request_id": f"req_{n}", "status": 200})
-    assert stream.getvalue() == b""  # nothing yet: the loop has not turned
-    await asyncio.sleep(0)
+        await asyncio.sleep(0)  # several turns of the loop: still gathered
+    assert stream.getvalue() == b""
+    await asyncio.sleep(0.05)
     assert stream.writes == 1
     lines = stream.getvalue().splitlines()
     assert [json.loads(line)["request_id"] for line in lines] == ["req_0", "req_1", "req_2"]
@@ -41,8 +47,8 @@ async def test_a_large_backlog_is_written_at_once():
     line = {"path": "x" * 1000}
     for _ in range(access_log.HIGH_WATER // 1000 + 1):
         log.write(line)
-    assert stream.writes == 1  # the high-water mark, before the turn ends
-    await asyncio.sleep(0)
+    assert stream.writes == 1  # the high-water mark, before the moment ends
+    await asyncio.sleep(0.05)
     assert len(stream.getvalue().splitlines()) == access_log.HIGH_WATER // 1000 + 1
 
 
@@ -57,7 +63,7 @@ async def test_a_failing_stream_costs_the_line_not_the_request(caplog):
     stream.close()
     log = AccessLog(stream)
     log.write({"status": 200})
-    await asyncio.sleep(0)  # the flush fails, is logged, raises nothing
+    await asyncio.sleep(0.05)  # the flush fails, is logged, raises nothing
     assert "access log: could not write" in caplog.text
 
 
