@@ -146,11 +146,13 @@ async def respond(
         ping_interval = request.app[RUNTIME].config.server.ping_interval
         idle = deployment.backend.config.timeouts.idle
         try:
-            # The headers go now, with message_start when the relay makes one (a native
-            # upstream sends its own: then alone, as an empty write sends them).
-            await _write(response, relay.start())
-            await _pump(upstream, relay, response, exchange, ping_interval=ping_interval, idle=idle)
-            await response.write_eof()
+            # The headers and message_start leave with the first upstream bytes when they
+            # are already here, else at once, before any wait (`_pump`); the last events
+            # leave with the end of the body. A burst of chunks is then one write.
+            tail = await _pump(
+                upstream, relay, response, exchange, relay.start(), ping_interval=ping_interval, idle=idle
+            )
+            await response.write_eof(tail)
         except _ClientGone:
             exchange.error_type = "client_disconnected"
         except ConnectionError:
@@ -171,10 +173,14 @@ async def _pump(
     relay: Relay,
     response: web.StreamResponse,
     exchange: Exchange,
+    head: bytes | None,
     *,
     ping_interval: float,
     idle: float,
-) -> None:
+) -> bytes:
+    """Relay until the stream ends; what is left to write then (the closing events, or an
+    `error` event), for the caller to send with the end of the body. `head`: the first
+    bytes of the answer (message_start; may be empty), not yet written."""
     content = upstream.content
     loop = asyncio.get_running_loop()
     last_data = loop.time()
@@ -186,6 +192,9 @@ async def _pump(
             if not data:
                 if content.at_eof():
                     break
+                if head is not None:  # nothing to add it to: it must not wait for the upstream
+                    await _write(response, head)
+                    head = None
                 if relay.done:
                     silence.shorten(AFTER_DONE_GRACE)
                 silence.waiting_since = loop.time()
@@ -208,6 +217,8 @@ async def _pump(
                     break
             last_data = loop.time()
             out = relay.feed(data)
+            if head is not None and out:
+                out, head = head + out, None
             if out:
                 await _write(response, out)
                 if exchange.first_token_seconds is None and relay.has_content:
@@ -226,8 +237,7 @@ async def _pump(
         # and the drain deadline passed: the client gets a well-formed end, then the cancel
         # goes on.
         with contextlib.suppress(Exception):
-            await response.write(relay.fail(Overloaded("the gateway is shutting down; retry the request")))
-            await response.write_eof()
+            await response.write_eof((head or b"") + relay.fail(Overloaded("the gateway is shutting down; retry the request")))
         raise
     except Exception:
         # A bug, not the upstream's fault; the 200 is committed, so the client still gets a
@@ -237,5 +247,4 @@ async def _pump(
         tail = relay.fail(GatewayError("internal error in the gateway"))
     finally:
         silence.stop()
-    if tail:
-        await _write(response, tail)
+    return tail if head is None else head + tail
