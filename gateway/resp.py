@@ -184,13 +184,25 @@ class RespConnection:
         self._watchdog = loop.call_at(due, self._check)
 
     async def _connect(self) -> None:
+        """Open the connection, once however many callers ask at the same time. The open
+        runs as a task of its own: a caller cancelled meanwhile (its client left) cancels
+        only its own wait, never the open the others are waiting on."""
         if self._closed:
             raise RedisConnectionError("the connection was closed")
-        if self._connecting is not None:
-            await asyncio.shield(self._connecting)
-            return
-        loop = self._loop = asyncio.get_running_loop()
-        self._connecting = loop.create_future()
+        if self._connecting is None:
+            self._loop = asyncio.get_running_loop()
+            self._connecting = self._loop.create_task(self._open())
+            self._connecting.add_done_callback(self._opened)
+        await asyncio.shield(self._connecting)
+
+    def _opened(self, task: asyncio.Task) -> None:
+        self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved here; each waiter raises it from its own await
+
+    async def _open(self) -> None:
+        loop = self._loop
+        assert loop is not None
         try:
             async with asyncio.timeout(self._timeout):
                 if self._locate is not None:
@@ -204,28 +216,22 @@ class RespConnection:
                 await self._hello("AUTH", *auth)
             if self._db:
                 await self._hello("SELECT", self._db)
-            self._connecting.set_result(None)
-        except AuthenticationError as exc:
-            self._fail_connect(exc)
+        except AuthenticationError:
+            self._drop_transport()
             raise
         except (OSError, TimeoutError, RedisConnectionError) as exc:
-            error = RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc or 'timed out'}")
-            self._fail_connect(error)
-            raise error from None
-        except BaseException as exc:
-            self._fail_connect(exc)
+            self._drop_transport()
+            raise RedisConnectionError(
+                f"cannot connect to Redis at {self.host}:{self.port}: {exc or 'timed out'}"
+            ) from None
+        except BaseException:
+            self._drop_transport()
             raise
-        finally:
-            self._connecting = None
 
-    def _fail_connect(self, exc: BaseException) -> None:
+    def _drop_transport(self) -> None:
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
-        assert self._connecting is not None
-        if not self._connecting.done():
-            self._connecting.set_exception(exc)
-            self._connecting.exception()  # retrieved: waiters re-raise their own
 
     async def _hello(self, *args: Arg) -> None:
         """A command during the connect, before others may queue theirs."""

@@ -110,3 +110,17 @@ async def test_password_and_acl_user():
         with pytest.raises(AuthenticationError):  # NOAUTH
             await refused.call("PING")
         await refused.close()
+
+
+async def test_a_caller_cancelled_while_connecting_leaves_the_others_served(redis_url, redis_server):
+    connection = RespConnection("127.0.0.1", redis_server.port)
+    try:
+        first = asyncio.create_task(connection.call("INCR", "n"))
+        second = asyncio.create_task(connection.call("INCR", "n"))
+        await asyncio.sleep(0)  # both wait on the one connect
+        first.cancel()
+        assert await second == 1
+        assert first.cancelled()
+        assert await connection.call("INCR", "n") == 2
+    finally:
+        await connection.close()
