@@ -41,6 +41,27 @@ Arg = str | bytes | int | float
 
 def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP: an array of bulk strings."""
+    # The limiter's commands are text, nearly always ASCII: built as one string and
+    # encoded once (a string's length is then its byte length); anything else, per part.
+    try:
+        parts = [f"*{len(args)}\r\n"]
+        for arg in args:
+            text = arg if type(arg) is str else _ascii_text(arg)
+            parts.append(f"${len(text)}\r\n{text}\r\n")
+        return "".join(parts).encode("ascii")
+    except (UnicodeEncodeError, TypeError):
+        return _encode_parts(args)
+
+
+def _ascii_text(arg: Arg) -> str:
+    if type(arg) is int:
+        return str(arg)
+    if type(arg) is float:
+        return repr(arg)
+    raise TypeError  # bytes (and anything else): the general encoder
+
+
+def _encode_parts(args: Sequence[Arg]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if isinstance(arg, bytes):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,6 +19,19 @@ from tests.support.redis_server import RedisServer, redis_server_path
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
 
 SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+def _reference(args) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else (repr(arg) if isinstance(arg, float) else str(arg)).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+@given(st.lists(st.one_of(st.text(), st.binary(), st.integers(), st.floats(allow_nan=False)), max_size=12))
+def test_any_arguments_encode_as_resp_arrays(args):
+    assert encode_command(args) == _reference(args)
 
 
 def test_commands_are_encoded_as_resp_arrays():
