@@ -550,18 +550,24 @@ async def test_redis_find_key_is_one_round_trip(redis_url: str) -> None:
         await store.close()
 
 
+async def every_kind_of_write(store: Store) -> None:
+    """Teams and keys made, rotated, updated, used, revoked and deleted: every key the
+    store writes, once (keys k1, k2 remain)."""
+    await with_teams(store, "a", "b")
+    await store.put_team(team("c"))
+    await store.create_key(key("k1", teams=("a", "b")))
+    await store.put_key(key("k2", teams=("c",)))
+    await store.rotate_key("k1", hash_key("gk-new"), "gk-new", grace_seconds=60, at=1.0)
+    await store.update_key("k2", {"teams": ["a"], "default_team": "a"})
+    await store.record_last_used({"k1": 1.0})
+    await store.revoke_key("k2", at=2.0)
+    await store.delete_team("c")
+
+
 async def test_redis_every_key_is_under_the_prefix_hash_tag(redis_url: str) -> None:
     store = RedisStore(Redis.from_url(redis_url), prefix="tag")
     try:
-        await with_teams(store, "a", "b")
-        await store.put_team(team("c"))
-        await store.create_key(key("k1", teams=("a", "b")))
-        await store.put_key(key("k2", teams=("c",)))
-        await store.rotate_key("k1", hash_key("gk-new"), "gk-new", grace_seconds=60, at=1.0)
-        await store.update_key("k2", {"teams": ["a"], "default_team": "a"})
-        await store.record_last_used({"k1": 1.0})
-        await store.revoke_key("k2", at=2.0)
-        await store.delete_team("c")
+        await every_kind_of_write(store)
     finally:
         await store.close()
     raw = Redis.from_url(redis_url)
@@ -647,15 +653,7 @@ async def test_cluster_every_key_is_in_the_slot_of_the_prefix(
     assert home != 0
     store = cluster_store(cluster_url, prefix="tag")
     try:
-        await with_teams(store, "a", "b")
-        await store.put_team(team("c"))
-        await store.create_key(key("k1", teams=("a", "b")))
-        await store.put_key(key("k2", teams=("c",)))
-        await store.rotate_key("k1", hash_key("gk-new"), "gk-new", grace_seconds=60, at=1.0)
-        await store.update_key("k2", {"teams": ["a"], "default_team": "a"})
-        await store.record_last_used({"k1": 1.0})
-        await store.revoke_key("k2", at=2.0)
-        await store.delete_team("c")
+        await every_kind_of_write(store)
         assert [k.id for k in await store.list_keys()] == ["k1", "k2"]
         for node in range(3):  # a master that restarted or took over has no scripts
             redis_cluster.command(node, "SCRIPT", "FLUSH")
