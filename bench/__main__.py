@@ -47,7 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--repeat", type=int, default=1, help="runs per combination, keeping the median (default 1)")
     run.add_argument("--quick", action="store_true", help="concurrency 1 and 16 only, 2 s runs")
     run.add_argument("--only", metavar="TARGETS", help=f"a,b of {', '.join(matrix.TARGETS)} (default: all but the last)")
-    run.add_argument("--scenario", metavar="SCENARIOS", help="a,b of nonstream, stream-b2b, stream-paced")
+    run.add_argument("--scenario", metavar="SCENARIOS", help="a,b of nonstream, stream-b2b, stream-paced (default), nonstream-cc, stream-cc")
     run.add_argument("--concurrency", metavar="N,M", help="connections per run (default 1,16,64)")
     _common(run)
 

@@ -303,4 +303,6 @@ def parse_selection(text: str | None, allowed, kind: str) -> list:
 
 
 def scenario_list(text: str | None) -> list[Scenario]:
+    if text is None:
+        return [scenario for scenario in SCENARIOS.values() if scenario.default]
     return [SCENARIOS[name] for name in parse_selection(text, tuple(SCENARIOS), "scenario")]

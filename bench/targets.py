@@ -4,6 +4,7 @@ gateway configuration those need."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -30,6 +31,11 @@ class Scenario:
     stream: bool
     chunks: int = 0
     delay_ms: float = 0.0
+    # A captured client request to send instead of the short question (bench/bodies/):
+    # the work that grows with the body (parsing, validation, estimate, translation).
+    body: str | None = None
+    # Run when no --scenario names it.
+    default: bool = True
 
     @property
     def gateway_model(self) -> str:
@@ -43,14 +49,27 @@ SCENARIOS = {
         Scenario("nonstream", stream=False),
         Scenario("stream-b2b", stream=True, chunks=STREAM_CHUNKS, delay_ms=0),
         Scenario("stream-paced", stream=True, chunks=STREAM_CHUNKS, delay_ms=5),
+        # A Claude Code turn (~30 KB: system prompt, 12 tools, thinking): named to run.
+        Scenario("nonstream-cc", stream=False, body="claude-code-turn.json", default=False),
+        Scenario("stream-cc", stream=True, chunks=STREAM_CHUNKS, body="claude-code-turn.json", default=False),
     )
 }
+BODIES = Path(__file__).resolve().parent / "bodies"
 # Streams that stay open: a first chunk, then nothing for an hour (the idle-streams mode).
 IDLE = Scenario("stream-idle", stream=True, chunks=STREAM_CHUNKS, delay_ms=3_600_000)
 
 
+def _captured(scenario: Scenario) -> dict:
+    body = orjson.loads((BODIES / scenario.body).read_bytes())
+    body["model"] = scenario.gateway_model
+    body["stream"] = scenario.stream
+    return body
+
+
 def messages_body(scenario: Scenario) -> bytes:
     """What a client sends the gateway (`/v1/messages`)."""
+    if scenario.body is not None:
+        return orjson.dumps(_captured(scenario))
     body = {
         "model": scenario.gateway_model,
         "max_tokens": 256,
@@ -64,7 +83,15 @@ def messages_body(scenario: Scenario) -> bytes:
 
 def chat_body(scenario: Scenario) -> bytes:
     """What the gateway sends the upstream for `messages_body(scenario)` (checked by hand
-    against the gateway's own request): the direct and floor paths send exactly this."""
+    against the gateway's own request): the direct and floor paths send exactly this. A
+    captured body goes through the gateway's own translation (the vllm preset, as the
+    generated config)."""
+    if scenario.body is not None:
+        from gateway.backends.presets import PRESETS
+        from gateway.translate.chat_request import to_chat_request
+
+        call = to_chat_request(_captured(scenario), upstream_model="bench-model", dialect=PRESETS["vllm"])
+        return orjson.dumps(call.body)
     body: dict = {
         "model": "bench-model",
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}],
