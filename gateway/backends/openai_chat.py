@@ -68,7 +68,9 @@ class OpenAIChatBackend:
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
         exchange.usage_estimated = isinstance(answer, dict) and usage_from_chat(find_usage(answer)) is None
-        return from_chat_response(answer, call, input_tokens=_input_estimate(request, exchange))
+        # The estimate stands in only for usage the server did not report.
+        estimate = _input_estimate(request, exchange) if exchange.usage_estimated else 0
+        return from_chat_response(answer, call, input_tokens=estimate)
 
     async def open_stream(
         self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange

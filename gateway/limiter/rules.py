@@ -346,6 +346,12 @@ def usage_rows(day: str, fields: dict[str, str | float | int]) -> list[dict]:
 
 
 LIMIT_FIELDS = tuple(Limits.model_fields)
+# The limits a request's input-token estimate counts against (the others need none).
+ESTIMATED_FIELDS = ("input_tokens_per_minute", "tokens_per_day", "tokens_per_month", "cost_per_month_usd")
+
+
+def needs_input_estimate(team: Limits, key: Limits) -> bool:
+    return any(getattr(team, f) is not None or getattr(key, f) is not None for f in ESTIMATED_FIELDS)
 
 
 def has_limits(demand: Demand) -> bool:

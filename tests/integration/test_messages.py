@@ -7,7 +7,7 @@ import aiohttp
 import anthropic
 import pytest
 
-from tests.support.replies import chat_message, error, native_message, tool_call
+from tests.support.replies import chat_chunks, chat_message, error, native_message, tool_call
 from tests.support.servers import CLIENT_HEADERS, gateway_config, start_gateway
 
 WEATHER_TOOL = {
@@ -253,3 +253,36 @@ async def test_unknown_model_is_404(client):
     with pytest.raises(anthropic.NotFoundError) as caught:
         await client.messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert caught.value.body["error"] == {"type": "not_found_error", "message": "model: no-such-model"}
+
+
+async def test_the_input_estimate_is_made_only_when_something_needs_it(client, upstream, monkeypatch):
+    """team-a has no token limits: an answer with usage needs no estimate, a stream's
+    message_start does (once), and so does an answer the upstream gave no usage for."""
+    import gateway.backends.openai_chat as openai_chat
+    import gateway.handlers as handlers
+
+    made = []
+
+    def counting(request):
+        made.append(request["model"])
+        return estimate(request)
+
+    estimate = handlers.estimate_input_tokens
+    monkeypatch.setattr(handlers, "estimate_input_tokens", counting)
+    monkeypatch.setattr(openai_chat, "estimate_input_tokens", counting)
+    ask = {"model": "chat-model", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}]}
+
+    upstream.script(chat_message("Hi", usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}))
+    await client.messages.create(**ask)
+    assert made == []
+
+    upstream.script({"sse": chat_chunks({"content": "Hi"})})
+    async with client.messages.stream(**ask) as stream:
+        await stream.get_final_message()
+    assert made == ["chat-model"]
+
+    answer = chat_message("Hi")
+    del answer["json"]["usage"]  # no usage: the estimate stands in
+    upstream.script(answer)
+    message = await client.messages.create(**ask)
+    assert made == ["chat-model", "chat-model"] and message.usage.input_tokens > 0
