@@ -56,7 +56,6 @@ class ChatRelay:
         event would give, without building the event. State the pump reads
         (`has_content`) changes only once the whole read translated."""
         out: list[bytes] = []
-        events: list[dict] = []
         translator = self._translator
         content = False
         for data in payloads:
@@ -70,18 +69,14 @@ class ChatRelay:
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError("the model's backend sent a stream chunk that is not JSON") from None
             text = translator.text_continuation(chunk)
-            if text is None:
-                events.extend(translator.feed(chunk))
+            if text is not None:
+                out.append(_TEXT_DELTA % (translator.index, orjson.dumps(text)))
+                content = True
                 continue
+            events = translator.feed(chunk)
             if events:
                 content = content or _has_delta(events)
                 out.append(b"".join(map(encode_json, events)))
-                events = []
-            out.append(_TEXT_DELTA % (translator.index, orjson.dumps(text)))
-            content = True
-        if events:
-            content = content or _has_delta(events)
-            out.append(b"".join(map(encode_json, events)))
         if content:
             self.has_content = True
         return b"".join(out)
