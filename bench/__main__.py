@@ -6,6 +6,7 @@
     python -m bench soak --requests 1000000           RSS before, during and after
     python -m bench idle --streams 2000               RSS with 2,000 open streams
     python -m bench scale                             req/s with --workers 1 and 2
+    python -m bench profile --scenario stream-b2b     where the gateway's CPU goes (py-spy)
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from pathlib import Path
 import orjson
 
 from bench import matrix, modes
+from bench import profile as profiling
 from bench.load import LoadGenerator
 from bench.processes import Cores, Processes, raise_fd_limit
 from bench.stack import machine
+from bench.targets import SCENARIOS
 
-COMMANDS = ("run", "soak", "idle", "scale")
+COMMANDS = ("run", "soak", "idle", "scale", "profile")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +72,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     scale.add_argument("--workers", default="1,2", metavar="N,M")
     _common(scale)
 
+    prof = commands.add_parser("profile", help="py-spy on one target under one scenario's load")
+    prof.add_argument("--target", default="gateway-memory", help="floor, gateway-memory, gateway-redis, ...")
+    prof.add_argument("--scenario", default="nonstream", choices=sorted(SCENARIOS))
+    prof.add_argument("--connections", type=int, default=16)
+    prof.add_argument("--seconds", type=int, default=10)
+    prof.add_argument("--rate", type=int, default=500, help="samples per second")
+    prof.add_argument("--top", type=int, default=40, help="functions listed")
+    prof.add_argument("--save", type=Path, metavar="FILE", help="also keep py-spy's folded stacks")
+    _common(prof)
+
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
     return parser.parse_args(argv)
@@ -94,6 +107,7 @@ MODES: dict[str, Callable] = {
     "soak": modes.soak,
     "idle": modes.idle,
     "scale": modes.scale,
+    "profile": profiling.profile,
 }
 
 

@@ -12,6 +12,8 @@ may slip a `ping` between two writes and a failure never leaves half an event be
 
 from __future__ import annotations
 
+import re
+
 import orjson
 
 from gateway.errors import GatewayError, UpstreamProtocolError
@@ -28,6 +30,8 @@ class ChatRelay:
         self._translator = ChatStreamTranslator(call, input_tokens=input_tokens)
         self.done = False  # the upstream said `[DONE]`
         self.has_content = False
+        # The bytes around the text in this stream's text-only chunks (`_learn`).
+        self._shape: tuple[bytes, bytes] | None = None
 
     @property
     def finished(self) -> bool:
@@ -53,25 +57,43 @@ class ChatRelay:
     def _translate(self, payloads: list[bytes] | list[str]) -> bytes:
         """Each event's data → Messages SSE. A chunk that only continues the open text
         block (most of them) is written from a template, byte for byte what encoding its
-        event would give, without building the event. State the pump reads
-        (`has_content`) changes only once the whole read translated."""
-        out: list[bytes] = []
+        event would give, without building the event; one shaped like the last such
+        chunk (`_shape`) is not even parsed. State the pump reads (`has_content`)
+        changes only once the whole read translated."""
         translator = self._translator
+        if translator.finished:  # `feed` never finishes it: once per read is enough
+            if DONE_BYTES in payloads or DONE in payloads:
+                self.done = True
+            return b""
+        out: list[bytes] = []
         content = False
+        continuation, loads = translator.text_continuation, orjson.loads
         for data in payloads:
-            if data == DONE or data == DONE_BYTES:
+            shaped = False
+            if self._shape is not None and type(data) is bytes and translator.text_open:
+                prefix, suffix = self._shape
+                if data.startswith(prefix) and data.endswith(suffix):
+                    shaped = True
+                    start, end = len(prefix), len(data) - len(suffix)
+                    if _PLAIN_STRING.fullmatch(data, start, end):
+                        translator.continue_text(end - start - 2)  # ASCII: bytes are characters
+                        out.append(_TEXT_DELTA % (translator.index, data[start:end]))
+                        content = True
+                        continue
+            if data == DONE_BYTES or data == DONE:
                 self.done = True
                 continue
-            if translator.finished:
-                continue
             try:
-                chunk = orjson.loads(data)
+                chunk = loads(data)
             except orjson.JSONDecodeError:
                 raise UpstreamProtocolError("the model's backend sent a stream chunk that is not JSON") from None
-            text = translator.text_continuation(chunk)
+            text = continuation(chunk)
             if text is not None:
-                out.append(_TEXT_DELTA % (translator.index, orjson.dumps(text)))
+                literal = orjson.dumps(text)
+                out.append(_TEXT_DELTA % (translator.index, literal))
                 content = True
+                if not shaped and type(data) is bytes:
+                    self._learn(data, literal)
                 continue
             events = translator.feed(chunk)
             if events:
@@ -80,6 +102,23 @@ class ChatRelay:
         if content:
             self.has_content = True
         return b"".join(out)
+
+    def _learn(self, data: bytes, literal: bytes) -> None:
+        """Remember the bytes around the text of a chunk that only continued the text block.
+
+        Servers send every such chunk of a stream alike (id, model, created, the same
+        keys in the same order) but for the text. A later chunk with the same bytes
+        before and after, and between them a string literal that needs no escape, is
+        then the same chunk with another text: its event needs no parsing. Learned only
+        where the one `"content":` of the chunk is followed by the text encoded as this
+        gateway encodes it, so the bytes between are that text's and nothing else."""
+        if data.count(b'"content":') != 1:
+            return
+        at = data.find(b'"content":' + literal)
+        if at < 0:
+            return
+        start = at + len(b'"content":')
+        self._shape = (data[:start], data[start + len(literal) :])
 
     def end(self) -> bytes:
         """The upstream closed the stream."""
@@ -106,6 +145,9 @@ def _has_delta(events: list[dict]) -> bool:
 
 
 DONE_BYTES = DONE.encode()
+# A non-empty JSON string literal that no encoder escapes anything in: printable ASCII
+# without `"` or `\`. Its bytes are then what `orjson.dumps` gives for its text.
+_PLAIN_STRING = re.compile(rb'"[ !#-\[\]-~]+"')
 _TEXT_DELTA = (
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
     b'"delta":{"type":"text_delta","text":%b}}\n\n'

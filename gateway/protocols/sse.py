@@ -88,6 +88,11 @@ class SseDecoder:
         `data: ` line each, read between events (a Chat Completions stream, read by read);
         otherwise None, and nothing is consumed: call `feed`. Same events, minus the
         `SseEvent` for each and the decoding to text (JSON parsers take bytes)."""
+        if self._head is not None:  # the stream's first read: a BOM is `feed`'s to strip
+            if data.startswith(b"data: "):
+                self._head = None
+            else:
+                return None
         if self._skip_lf or not self._clean() or not data.endswith(b"\n\n") or b"\r" in data:
             return None
         payloads = []

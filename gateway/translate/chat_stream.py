@@ -239,10 +239,20 @@ class ChatStreamTranslator:
         text = delta.get("content")
         if type(text) is not str or not text or chunk.get("object") == "error":
             return None
+        self.continue_text(len(text))
+        return text
+
+    @property
+    def text_open(self) -> bool:
+        """A text block is open: a text-only chunk would only continue it."""
+        return self._kind is BlockKind.TEXT and self._state is State.OPEN
+
+    def continue_text(self, chars: int) -> None:
+        """Advance as `feed` does for a chunk of `chars` characters that only continues the
+        open text block (`text_open`; the caller writes its `text_delta`)."""
         self._emitted += 1
         if self._usage is None:
-            self._output_chars += len(text)
-        return text
+            self._output_chars += chars
 
     @property
     def index(self) -> int:

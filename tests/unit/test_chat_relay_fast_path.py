@@ -1,9 +1,11 @@
-"""The Chat relay's fast path (text-only chunks written from a template, data-only reads
-taken without `SseEvent`s) gives the same bytes, usage and state as the general path,
-for every recorded stream and for generated streams split anywhere."""
+"""The Chat relay's fast path (text-only chunks written from a template, chunks shaped like
+the last one not parsed at all, data-only reads taken without `SseEvent`s) gives the same
+bytes, usage and state as the general path, for every recorded stream and for generated
+streams, encoded in several ways and split anywhere."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -32,6 +34,7 @@ def relay(pieces: list[bytes], *, fast: bool) -> tuple[bytes, dict, bool]:
         if not fast:
             patch.setattr(ChatStreamTranslator, "text_continuation", lambda self, chunk: None)
             patch.setattr(SseDecoder, "data_only", lambda self, data: None)
+            patch.setattr(ChatRelay, "_learn", lambda self, data, literal: None)
         chat = ChatRelay(CALL, input_tokens=7)
         out = [chat.start()]
         try:
@@ -63,19 +66,34 @@ CHUNKS = st.one_of(
 )
 
 
-def wire(chunks: list[dict], comments: bool) -> bytes:
+# How servers write JSON: compact UTF-8 (orjson, Go, Rust), Python's default (spaces,
+# every non-ASCII character escaped), and compact with escapes.
+ENCODINGS = {
+    "orjson": orjson.dumps,
+    "python": lambda item: json.dumps(item).encode(),
+    "ascii": lambda item: json.dumps(item, separators=(",", ":")).encode(),
+}
+
+
+def wire(chunks: list[dict], comments: bool, encoding: str = "orjson") -> bytes:
+    encode = ENCODINGS[encoding]
     parts = []
     for n, item in enumerate(chunks):
         if comments and n % 3 == 1:
             parts.append(b": keep-alive\n\n")
-        parts.append(b"data: " + orjson.dumps(item) + b"\n\n")
+        parts.append(b"data: " + encode(item) + b"\n\n")
     return b"".join(parts) + b"data: [DONE]\n\n"
 
 
 @settings(max_examples=300, deadline=None)
-@given(chunks=st.lists(CHUNKS, max_size=12), comments=st.booleans(), cuts=st.lists(st.integers(0, 4000), max_size=6))
-def test_generated_streams_split_anywhere(chunks, comments, cuts):
-    data = wire(chunks, comments)
+@given(
+    chunks=st.lists(CHUNKS, max_size=12),
+    comments=st.booleans(),
+    cuts=st.lists(st.integers(0, 4000), max_size=6),
+    encoding=st.sampled_from(sorted(ENCODINGS)),
+)
+def test_generated_streams_split_anywhere(chunks, comments, cuts, encoding):
+    data = wire(chunks, comments, encoding)
     bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
     pieces = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     whole = [data]
@@ -103,4 +121,30 @@ def test_the_fast_path_is_taken_for_text_chunks(monkeypatch):
     chat = ChatRelay(CALL)
     chat.start()
     chat.feed(wire([chunk({"role": "assistant", "content": "a"}), *[chunk({"content": "b"})] * 5], False))
-    assert taken == [False] + [True] * 5  # the first opens the block; the rest continue it
+    # The first opens the block, the second continues it (its shape is learned); the rest
+    # are shaped like it and not parsed (test below).
+    assert taken == [False, True]
+
+
+def test_chunks_shaped_like_the_last_are_not_parsed(monkeypatch):
+    parsed = []
+    real_loads = orjson.loads
+    monkeypatch.setattr("gateway.relay.orjson.loads", lambda data: parsed.append(data) or real_loads(data))
+    texts = ["b", "c d", 'e "quoted"', "f\\g", "é", "h", "i\u0001", "j"]
+    chat = ChatRelay(CALL)
+    chat.start()
+    out = chat.feed(wire([chunk({"role": "assistant", "content": "a"}), *(chunk({"content": t}) for t in texts)], False))
+    # Parsed: the first (it opens the block), the second (its shape is learned from it),
+    # the ones whose text an encoder escapes or that is not ASCII, and `[DONE]`'s check
+    # needs none.
+    assert [real_loads(p)["choices"][0]["delta"]["content"] for p in parsed] == ["a", "b", 'e "quoted"', "f\\g", "é", "i\u0001"]
+    deltas = [real_loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
+    assert [d["delta"]["text"] for d in deltas if d["type"] == "content_block_delta"] == ["a", *texts]
+
+
+def test_a_chunk_with_other_fields_is_parsed_and_translated_in_full():
+    # Same bytes around the text would be needed: here the finish_reason differs.
+    chat = ChatRelay(CALL)
+    chat.start()
+    chat.feed(wire([chunk({"content": "a"}), chunk({"content": "b"}), chunk({"content": "c"}, "length")], False))
+    assert chat.done and b"max_tokens" in chat.end()
