@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import aiohttp
 from aiohttp import web
 
 from gateway import accounts
@@ -30,6 +29,7 @@ from gateway.middleware import edge, on_response_prepare
 from gateway.routes import add_routes
 from gateway.routing import Router
 from gateway.store import ALL, Store, open_store
+from gateway.upstream_http import UpstreamClient
 
 log = logging.getLogger("gateway")
 
@@ -40,7 +40,7 @@ class Runtime:
     # The file the config came from, for reloads (None: built in code, not reloadable).
     config_path: str | None = None
     router: Router | None = None
-    session: aiohttp.ClientSession | None = None
+    client: UpstreamClient | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
     store: Store | None = None
     auth: Authenticator | None = None
@@ -50,25 +50,22 @@ class Runtime:
     in_flight: set[asyncio.Task] = field(default_factory=set)
 
     def build_router(self, config: Config) -> Router:
-        assert self.session is not None
-        backends = {name: build_backend(name, spec, self.session) for name, spec in config.backends.items()}
+        assert self.client is not None
+        backends = {name: build_backend(name, spec, self.client) for name, spec in config.backends.items()}
         router = Router(config, backends)
         self.config, self.backends, self.router = config, backends, router
         return router
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    # One pooled client for every upstream; per-backend timeouts are set per request.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-    runtime.session = aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True, skip_auto_headers=("User-Agent",)
-    )
+    # One pool of connections for every upstream; per-backend timeouts are set per call.
+    runtime.client = UpstreamClient()
     runtime.build_router(runtime.config)
     try:
         yield
     finally:
-        await runtime.session.close()
+        await runtime.client.close()
 
 
 async def _identity(app: web.Application) -> AsyncIterator[None]:
@@ -171,7 +168,7 @@ def build_app(config: Config, config_path: str | None = None, access_stream: Bin
     app.on_cleanup.append(lambda _: _flush(runtime.access_log))
     app.cleanup_ctx.append(_identity)
     app.cleanup_ctx.append(_limits)
-    app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_upstream_client)
     app[METRICS] = Metrics(app[RUNTIME])
     app.cleanup_ctx.append(_observe)
     app.on_response_prepare.append(on_response_prepare)

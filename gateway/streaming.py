@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Protocol
 
-import aiohttp
 from aiohttp import web
 
 from gateway.backends.base import Deployment
@@ -23,6 +22,7 @@ from gateway.errors import GatewayError, Overloaded, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.keys import RUNTIME
 from gateway.protocols.sse import encode_json
+from gateway.upstream_http import Response, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class _Silence:
     under way began later), it moves itself to the read's own deadline. Like
     `asyncio.timeout`, it interrupts by cancelling the task, and tells its cancellation
     from any other (`was_cause`). The pump sets `waiting_since` around each read; a read
-    that completes in the same turn as the timer loses no data (aiohttp's reader takes the
-    bytes only once its wait returns)."""
+    that completes in the same turn as the timer loses no data (`Response.read_some` takes
+    the bytes only once its wait returns)."""
 
     __slots__ = ("_cancelling", "_handle", "_loop", "_task", "_wait", "fired", "waiting_since")
 
@@ -127,7 +127,7 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
 
 
 async def respond(
-    request: web.Request, exchange: Exchange, deployment: Deployment, upstream: aiohttp.ClientResponse, relay: Relay
+    request: web.Request, exchange: Exchange, deployment: Deployment, upstream: Response, relay: Relay
 ) -> web.StreamResponse:
     """Relay an opened upstream stream (status 200, body unread: `Backend.open_stream`)."""
     started = time.perf_counter()
@@ -163,13 +163,13 @@ async def respond(
         exchange.usage = relay.usage
         exchange.usage_estimated = not relay.usage_reported
         exchange.upstream_seconds += time.perf_counter() - started
-        # Closing (not releasing) an unfinished upstream response drops its connection, so
-        # the upstream stops generating for a client that is gone.
+        # Closing an unfinished upstream response drops its connection, so the upstream
+        # stops generating for a client that is gone.
         upstream.close()
 
 
 async def _pump(
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     relay: Relay,
     response: web.StreamResponse,
     exchange: Exchange,
@@ -181,16 +181,15 @@ async def _pump(
     """Relay until the stream ends; what is left to write then (the closing events, or an
     `error` event), for the caller to send with the end of the body. `head`: the first
     bytes of the answer (message_start; may be empty), not yet written."""
-    content = upstream.content
     loop = asyncio.get_running_loop()
     last_data = loop.time()
     silence = _Silence(loop, min(ping_interval, idle))
     try:
         while not relay.finished:
             # What has already arrived needs no wait (reads in a burst of chunks).
-            data = content.read_nowait()
+            data = upstream.take()
             if not data:
-                if content.at_eof():
+                if upstream.at_eof():
                     break
                 if head is not None:  # nothing to add it to: it must not wait for the upstream
                     await _write(response, head)
@@ -199,7 +198,7 @@ async def _pump(
                     silence.shorten(AFTER_DONE_GRACE)
                 silence.waiting_since = loop.time()
                 try:
-                    data = await content.readany()
+                    data = await upstream.read_some()
                 except asyncio.CancelledError:
                     if not silence.was_cause():
                         raise
@@ -209,7 +208,7 @@ async def _pump(
                         raise UpstreamTimeout("the model's backend went silent mid-stream") from None
                     await _write(response, PING)
                     continue
-                except TimeoutError:  # the upstream session's own total timeout
+                except TimeoutError:  # the call's own total timeout
                     raise UpstreamTimeout("the model's backend took longer than its total timeout") from None
                 finally:
                     silence.waiting_since = None
@@ -227,7 +226,7 @@ async def _pump(
     except GatewayError as error:
         exchange.error_type = error.error_type
         tail = relay.fail(error)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+    except UpstreamError:
         exchange.error_type = "api_error"
         tail = relay.fail(GatewayError("the model's backend dropped the connection mid-stream"))
     except _ClientGone:

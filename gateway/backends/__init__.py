@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from gateway.backends.anthropic import AnthropicMessagesBackend
 from gateway.backends.base import Backend, Deployment
 from gateway.backends.openai_chat import OpenAIChatBackend
 from gateway.config import BackendConfig
+from gateway.upstream_http import UpstreamClient
 
 BACKENDS: dict[str, type] = {
     OpenAIChatBackend.kind: OpenAIChatBackend,
@@ -15,8 +14,8 @@ BACKENDS: dict[str, type] = {
 }
 
 
-def build_backend(name: str, config: BackendConfig, session: aiohttp.ClientSession) -> Backend:
-    return BACKENDS[config.type](name, config, session)
+def build_backend(name: str, config: BackendConfig, client: UpstreamClient) -> Backend:
+    return BACKENDS[config.type](name, config, client)
 
 
 __all__ = ["BACKENDS", "Backend", "Deployment", "build_backend"]

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import orjson
 from yarl import URL
 
 from gateway.backends.base import (
     FORWARDED_ANTHROPIC_HEADERS,
     Deployment,
-    client_timeout,
     open_upstream_stream,
     post_json,
     read_error,
@@ -29,17 +27,16 @@ from gateway.errors import UpstreamProtocolError
 from gateway.exchange import Exchange
 from gateway.relay import NativeRelay
 from gateway.translate.chat_errors import error_from_upstream
+from gateway.upstream_http import Response, UpstreamClient
 
 
 class AnthropicMessagesBackend:
     kind = "anthropic"
 
-    def __init__(self, name: str, config: AnthropicBackend, session: aiohttp.ClientSession) -> None:
+    def __init__(self, name: str, config: AnthropicBackend, client: UpstreamClient) -> None:
         self.name = name
         self.config = config
-        self.session = session
-        self.timeout = client_timeout(config.timeouts)
-        # Parsed once: aiohttp parses a string URL on every request.
+        self.client = client
         self.messages_url = URL(f"{config.base_url}/v1/messages")
         self.count_url = URL(f"{config.base_url}/v1/messages/count_tokens")
         key = config.api_key.get_secret_value() if config.api_key else ""
@@ -80,7 +77,7 @@ class AnthropicMessagesBackend:
         started = time.perf_counter()
         try:
             answer = await post_json(
-                self.session, self.messages_url, body, self.upstream_headers(headers), self.timeout, self.name
+                self.client, self.messages_url, body, self.upstream_headers(headers), self.config.timeouts, self.name
             )
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
@@ -91,12 +88,12 @@ class AnthropicMessagesBackend:
 
     async def open_stream(
         self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
-    ) -> tuple[aiohttp.ClientResponse, NativeRelay]:
+    ) -> tuple[Response, NativeRelay]:
         body = self.prepare(request, deployment)
         upstream_headers = self.upstream_headers(headers)
         upstream_headers["accept"] = "text/event-stream"
         response = await open_upstream_stream(
-            self.session, self.messages_url, orjson.dumps(body), upstream_headers, self.config.timeouts, self.name, exchange
+            self.client, self.messages_url, orjson.dumps(body), upstream_headers, self.config.timeouts, self.name, exchange
         )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)
@@ -104,7 +101,7 @@ class AnthropicMessagesBackend:
 
     async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
         body = {**request, "model": deployment.upstream_model}
-        answer = await post_json(self.session, self.count_url, body, self.upstream_headers(headers), self.timeout, self.name)
+        answer = await post_json(self.client, self.count_url, body, self.upstream_headers(headers), self.config.timeouts, self.name)
         if not isinstance(answer, dict) or not isinstance(answer.get("input_tokens"), int):
             raise UpstreamProtocolError(f"backend '{self.name}' answered count_tokens without input_tokens")
         return {"input_tokens": answer["input_tokens"]}

@@ -7,12 +7,10 @@ only adds URLs, credentials, timeouts and error mapping.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -20,6 +18,7 @@ from gateway.config import RouteConfig, Timeouts
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.translate.chat_errors import error_from_upstream
+from gateway.upstream_http import CannotConnect, CutShort, Response, UpstreamClient, UpstreamError
 
 # Client headers a native backend may see; everything else (credentials above all) stays here.
 FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -49,7 +48,7 @@ class Backend(Protocol):
 
     async def open_stream(
         self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
-    ) -> tuple[aiohttp.ClientResponse, Any]:
+    ) -> tuple[Response, Any]:
         """Start a streaming request: the upstream response (status 200, body unread) and the
         relay that turns its bytes into Messages SSE (`relay.py`). A refusal raises before
         anything reaches the client."""
@@ -58,70 +57,64 @@ class Backend(Protocol):
         """Answer `/v1/messages/count_tokens` with `{"input_tokens": N}`."""
 
 
-def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(
-        total=timeouts.total, connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.first_byte
-    )
-
-
 async def post_json(
-    session: aiohttp.ClientSession, url: URL | str, body: Any, headers: dict[str, str], timeout: aiohttp.ClientTimeout,
-    backend: str,
+    client: UpstreamClient, url: URL, body: Any, headers: dict[str, str], timeouts: Timeouts, backend: str
 ) -> Any:
     """POST a JSON body and return the parsed JSON answer; any failure as a `GatewayError`."""
     try:
-        async with session.post(url, data=orjson.dumps(body), headers=headers, timeout=timeout) as response:
+        response = await client.post(
+            url, orjson.dumps(body), headers, connect=timeouts.connect, first_byte=timeouts.first_byte,
+            total=timeouts.total,
+        )
+        try:
             raw = await response.read()
-            status = response.status
-            upstream_headers = response.headers
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        finally:
+            response.close()
+    except (UpstreamError, TimeoutError) as exc:
         raise transport_error(exc, backend) from None
-    if status != 200:
-        raise error_from_upstream(status, raw, upstream_headers)
+    if response.status != 200:
+        raise error_from_upstream(response.status, raw, response.headers)
     return parse_json(raw, backend)
 
 
-def stream_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
-    """For streams, silence between chunks is the pump's to judge (it sends pings meanwhile)."""
-    return aiohttp.ClientTimeout(total=timeouts.total, connect=timeouts.connect, sock_connect=timeouts.connect)
-
-
 async def open_upstream_stream(
-    session: aiohttp.ClientSession, url: URL, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
+    client: UpstreamClient, url: URL, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
     exchange: Exchange,
-) -> aiohttp.ClientResponse:
+) -> Response:
     """POST and wait for the response headers (bounded by `first_byte`); the caller owns the
     response. The wait counts as upstream time, so the gateway's own overhead leaves it out."""
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(timeouts.first_byte):
-            return await session.post(url, data=body, headers=headers, timeout=stream_timeout(timeouts))
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        return await client.post(
+            url, body, headers, connect=timeouts.connect, first_byte=timeouts.first_byte, total=timeouts.total,
+            stream=True,
+        )
+    except (UpstreamError, TimeoutError) as exc:
         raise transport_error(exc, backend) from None
     finally:
         exchange.upstream_seconds += time.perf_counter() - started
 
 
-async def read_error(response: aiohttp.ClientResponse) -> bytes:
-    """The body of a refused request; the response is released either way."""
+async def read_error(response: Response) -> bytes:
+    """The body of a refused request; the response is closed either way."""
     try:
         return await response.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except (UpstreamError, TimeoutError):
         return b""
     finally:
-        response.release()
+        response.close()
 
 
 def transport_error(exc: BaseException, backend: str) -> GatewayError:
     """A failure to talk to the upstream at all, as the client should see it."""
     error: GatewayError
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         error = UpstreamTimeout(f"backend '{backend}' did not answer in time")
         error.upstream_failure = "timeout"
         return error
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, CannotConnect):
         error = Overloaded(f"backend '{backend}' is unreachable")
-    elif isinstance(exc, aiohttp.ClientPayloadError):
+    elif isinstance(exc, CutShort):
         error = GatewayError(f"backend '{backend}' closed the connection mid-answer")
     else:
         error = Overloaded(f"backend '{backend}' failed: {type(exc).__name__}")

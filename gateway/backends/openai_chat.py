@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import orjson
 from yarl import URL
 
 from gateway.backends.base import (
     Deployment,
-    client_timeout,
     open_upstream_stream,
     post_json,
     read_error,
@@ -25,18 +23,17 @@ from gateway.tokens import estimate_input_tokens
 from gateway.translate.chat_errors import error_from_upstream
 from gateway.translate.chat_request import ChatCall, to_chat_request
 from gateway.translate.chat_response import find_usage, from_chat_response, usage_from_chat
+from gateway.upstream_http import Response, UpstreamClient
 
 
 class OpenAIChatBackend:
     kind = "openai"
 
-    def __init__(self, name: str, config: OpenAIBackend, session: aiohttp.ClientSession) -> None:
+    def __init__(self, name: str, config: OpenAIBackend, client: UpstreamClient) -> None:
         self.name = name
         self.config = config
-        self.session = session
+        self.client = client
         self.dialect = dialect_for(config.preset, config.options)
-        self.timeout = client_timeout(config.timeouts)
-        # Parsed once: aiohttp parses a string URL on every request.
         self.url = URL(f"{config.base_url}/chat/completions")
         if config.api_version:
             self.url = self.url.update_query({"api-version": config.api_version})
@@ -64,7 +61,7 @@ class OpenAIChatBackend:
         call = self.prepare(request, deployment)
         started = time.perf_counter()
         try:
-            answer = await post_json(self.session, self.url, call.body, self.headers, self.timeout, self.name)
+            answer = await post_json(self.client, self.url, call.body, self.headers, self.config.timeouts, self.name)
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
         exchange.usage_estimated = isinstance(answer, dict) and usage_from_chat(find_usage(answer)) is None
@@ -74,13 +71,13 @@ class OpenAIChatBackend:
 
     async def open_stream(
         self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
-    ) -> tuple[aiohttp.ClientResponse, ChatRelay]:
+    ) -> tuple[Response, ChatRelay]:
         call = self.prepare(request, deployment)
         body = call.body
         if not self.stream_usage:
             body = {k: v for k, v in body.items() if k != "stream_options"}
         response = await open_upstream_stream(
-            self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
+            self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
         )
         if response.status == 400 and "stream_options" in body:
             raw = await read_error(response)
@@ -89,7 +86,7 @@ class OpenAIChatBackend:
             self.stream_usage = False
             body = {k: v for k, v in body.items() if k != "stream_options"}
             response = await open_upstream_stream(
-                self.session, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
+                self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
             )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)
@@ -102,7 +99,7 @@ class OpenAIChatBackend:
         payload = {"model": call.body["model"], "messages": call.body["messages"]}
         if "tools" in call.body:
             payload["tools"] = call.body["tools"]
-        answer = await post_json(self.session, self.config.tokenize_url, payload, self.headers, self.timeout, self.name)
+        answer = await post_json(self.client, URL(self.config.tokenize_url), payload, self.headers, self.config.timeouts, self.name)
         count = answer.get("count") if isinstance(answer, dict) else None
         if not isinstance(count, int):
             raise UpstreamProtocolError(f"backend '{self.name}' tokenizer answered without a count")
