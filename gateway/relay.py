@@ -67,17 +67,19 @@ class ChatRelay:
             return b""
         out: list[bytes] = []
         content = False
-        continuation, loads = translator.text_continuation, orjson.loads
+        continuation, loads, plain = translator.text_continuation, orjson.loads, _PLAIN_STRING.fullmatch
+        # Only `feed` changes whether a text block is open, and which: read again after it.
+        text_open, index = translator.text_open, translator.index
         for data in payloads:
             shaped = False
-            if self._shape is not None and type(data) is bytes and translator.text_open:
+            if text_open and self._shape is not None and type(data) is bytes:
                 prefix, suffix = self._shape
                 if data.startswith(prefix) and data.endswith(suffix):
                     shaped = True
                     start, end = len(prefix), len(data) - len(suffix)
-                    if _PLAIN_STRING.fullmatch(data, start, end):
+                    if plain(data, start, end):
                         translator.continue_text(end - start - 2)  # ASCII: bytes are characters
-                        out.append(_TEXT_DELTA % (translator.index, data[start:end]))
+                        out.append(_TEXT_DELTA % (index, data[start:end]))
                         content = True
                         continue
             if data == DONE_BYTES or data == DONE:
@@ -90,12 +92,13 @@ class ChatRelay:
             text = continuation(chunk)
             if text is not None:
                 literal = orjson.dumps(text)
-                out.append(_TEXT_DELTA % (translator.index, literal))
+                out.append(_TEXT_DELTA % (index, literal))
                 content = True
                 if not shaped and type(data) is bytes:
                     self._learn(data, literal)
                 continue
             events = translator.feed(chunk)
+            text_open, index = translator.text_open, translator.index
             if events:
                 content = content or _has_delta(events)
                 out.append(b"".join(map(encode_json, events)))

@@ -70,7 +70,7 @@ class _Silence:
     __slots__ = ("_cancelling", "_handle", "_loop", "_task", "_wait", "fired", "waiting_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wait: float) -> None:
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None
         self._loop, self._task, self._wait = loop, task, wait
         self._cancelling = task.cancelling()

@@ -297,6 +297,8 @@ class _Connection(asyncio.Protocol):
     # ---------------------------------------------------------------- llhttp
 
     def on_message_begin(self) -> None:
+        if self.response is None:  # an answer nobody asked for: the connection is not usable
+            self.drop()
         self._headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -95,14 +95,15 @@ class SseDecoder:
                 return None
         if self._skip_lf or not self._clean() or not data.endswith(b"\n\n") or b"\r" in data:
             return None
-        payloads = []
-        for block in data.split(b"\n\n"):
-            if not block:
-                continue
-            if not block.startswith(b"data: ") or b"\n" in block:
-                return None
-            payloads.append(block[6:])
-        return payloads
+        if data.find(b"\n") == len(data) - 2:  # one event: a paced stream's usual read
+            return [data[6:-2]] if data.startswith(b"data: ") else None
+        blocks = data.split(b"\n\n")
+        events = len(blocks) - 1  # `data` ends with a blank line: the last block is empty
+        # Every line break ends an event (no event has two lines), and every event starts
+        # with `data: ` (no line break can hide in a payload): counted in C, not per event.
+        if data.count(b"\n") != 2 * events or (b"\n\n" + data).count(b"\n\ndata: ") != events:
+            return None
+        return [block[6:] for block in blocks[:-1]]
 
     def _whole_events(self, data: bytes) -> list[SseEvent]:
         """The usual read: whole events, each often one `data: ` line (Chat Completions
