@@ -37,7 +37,7 @@ from yarl import URL
 
 HIGH_WATER = 256 * 1024
 KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default)
-_INFLATED = {"gzip": 47, "x-gzip": 47, "deflate": 47}  # zlib's wbits: gzip or zlib header, told apart by it
+_COMPRESSED = ("gzip", "x-gzip", "deflate")
 
 
 class UpstreamError(Exception):
@@ -153,8 +153,8 @@ class Response:
     def _started(self, status: int, headers: list[tuple[str, str]], until_close: bool) -> None:
         self.headers = CIMultiDictProxy(CIMultiDict(headers))
         encoding = self.headers.get("content-encoding", "").strip().lower()
-        if encoding in _INFLATED:
-            self._inflate = zlib.decompressobj(wbits=_INFLATED[encoding])
+        if encoding in _COMPRESSED:
+            self._inflate = _Inflater(encoding)
         elif encoding not in ("", "identity"):
             self._fail(BadResponse(f"the answer is encoded as {encoding!r}, which the gateway cannot decode"))
             return
@@ -185,7 +185,11 @@ class Response:
         self._conn = None
         self._timer.cancel()
         if self._inflate is not None:
-            rest = self._inflate.flush()
+            try:
+                rest = self._inflate.end()
+            except zlib.error:
+                self._fail(BadResponse("the answer's compressed body ends early"))
+                return
             if rest:
                 self._chunks.append(rest)
         self._complete = True
@@ -201,10 +205,10 @@ class Response:
             conn.drop()
         self._wake()
 
-    def _lost(self) -> None:
-        """The connection ended."""
+    def _lost(self, exc: Exception | None) -> None:
+        """The connection ended: cleanly (`exc` None), or reset."""
         self._conn = None
-        if self.status and self._until_close:
+        if self.status and self._until_close and exc is None:
             self._finished()
         elif self.status:
             self._fail(CutShort("the upstream closed the connection in the middle of the answer"))
@@ -218,6 +222,8 @@ class Response:
             return
         if self._read_timeout is None:
             due = self._deadline
+        elif self._paused:  # the reader is behind, not the upstream
+            due = min(self._deadline, now + self._read_timeout)
         elif now - self.last_io >= self._read_timeout:
             self._fail(TimeoutError("the upstream went silent"))
             return
@@ -227,6 +233,38 @@ class Response:
 
 
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class _Inflater:
+    """gzip, or deflate with its zlib header or without one (servers send both); a body
+    that stops before its compressed stream's end is an error (`end`)."""
+
+    __slots__ = ("_zlib", "_head")
+
+    def __init__(self, encoding: str) -> None:
+        self._zlib = None if encoding == "deflate" else zlib.decompressobj(wbits=31)
+        self._head = b""  # deflate: bytes kept until the header can be told
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._zlib is None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
+            # A zlib header: CM 8 in the low nibble, and the first two bytes a multiple of 31.
+            header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            self._zlib = zlib.decompressobj(wbits=15 if header else -15)
+        return self._zlib.decompress(data)
+
+    def end(self) -> bytes:
+        if self._zlib is None:
+            if self._head:
+                raise zlib.error("truncated")
+            return b""  # no body at all
+        rest = self._zlib.flush()
+        if not self._zlib.eof:
+            raise zlib.error("truncated")
+        return rest
 
 
 class _Connection(asyncio.Protocol):
@@ -292,7 +330,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         response, self.response = self.response, None
         if response is not None:
-            response._lost()
+            response._lost(exc)
 
     # ---------------------------------------------------------------- llhttp
 
@@ -329,6 +367,9 @@ class _Connection(asyncio.Protocol):
         if response is not None:
             response._finished()
         if reuse:
+            # The read that ended the answer may have paused reading (its reader is
+            # behind): the connection's next answer must be read all the same.
+            self.resume()
             self.idle_since = self._loop.time()
             self._pool._release(self)
         else:
