@@ -180,7 +180,8 @@ async def _pump(
 ) -> bytes:
     """Relay until the stream ends; what is left to write then (the closing events, or an
     `error` event), for the caller to send with the end of the body. `head`: the first
-    bytes of the answer (message_start; may be empty), not yet written."""
+    bytes of the answer (message_start; may be empty), not yet written; later, bytes held
+    back to leave with the end."""
     loop = asyncio.get_running_loop()
     last_data = loop.time()
     silence = _Silence(loop, min(ping_interval, idle))
@@ -219,9 +220,12 @@ async def _pump(
             if head is not None and out:
                 out, head = head + out, None
             if out:
-                await _write(response, out)
                 if exchange.first_token_seconds is None and relay.has_content:
                     exchange.first_token_seconds = exchange.elapsed()
+                if upstream.at_eof():  # the answer's last bytes: they leave with its end, one write
+                    head = out
+                    continue
+                await _write(response, out)
         tail = relay.end()
     except GatewayError as error:
         exchange.error_type = error.error_type
