@@ -75,6 +75,9 @@ class Admission:
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
         self._live: dict[int, Ticket] = {}
+        # Settlements asked for in this turn of the event loop: sent together at its end,
+        # one task and one write for all of them rather than a task each.
+        self._queued: list[tuple[Ticket, Usage]] = []
         self._settling: set[asyncio.Task] = set()
 
     async def admit(self, demand: Demand) -> Ticket:
@@ -92,16 +95,25 @@ class Admission:
             except Exception:
                 log.exception("could not settle team %s's request", ticket.demand.team.id)
             return
-        task = asyncio.get_running_loop().create_task(self._settle(ticket, usage))
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        self._queued.append((ticket, usage))
+
+    def _send_queued(self) -> None:
+        if not self._queued:  # (drain() sent them)
+            return
+        settlements, self._queued = self._queued, []
+        task = asyncio.get_running_loop().create_task(self._settle(settlements))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, ticket: Ticket, usage: Usage) -> None:
+    async def _settle(self, settlements: list[tuple[Ticket, Usage]]) -> None:
         try:
-            await self.limiter.settle(ticket, usage)
+            await self.limiter.settle_many(settlements)
         except Exception as exc:
-            # The lease runs out by itself; the usage of this one request is what is lost.
-            log.warning("could not settle team %s's request (%s)", ticket.demand.team.id, type(exc).__name__)
+            # The leases run out by themselves; what is lost is usage of these requests.
+            teams = sorted({ticket.demand.team.id for ticket, _ in settlements})
+            log.warning("could not settle requests of teams %s (%s)", ", ".join(teams), type(exc).__name__)
 
     async def renew_forever(self, interval: float) -> None:
         while True:
@@ -115,5 +127,6 @@ class Admission:
 
     async def drain(self) -> None:
         """Wait for settlements under way (at shutdown)."""
+        self._send_queued()
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)

@@ -31,6 +31,7 @@ from redis.exceptions import (
     AuthenticationError,
     NoScriptError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,10 +42,16 @@ Arg = str | bytes | int | float
 
 def encode_command(args: Sequence[Arg]) -> bytes:
     """One command in RESP: an array of bulk strings."""
+    return b"*%d\r\n%b" % (len(args), encode_args(args))
+
+
+def encode_args(args: Sequence[Arg]) -> bytes:
+    """A command's arguments in RESP, without the array's header: parts of a command
+    encoded apart (see `RespConnection.evalsha_packed`) are joined as bytes."""
     # The limiter's commands are text, nearly always ASCII: built as one string and
     # encoded once (a string's length is then its byte length); anything else, per part.
     try:
-        parts = [f"*{len(args)}\r\n"]
+        parts = []
         for arg in args:
             text = arg if type(arg) is str else _ascii_text(arg)
             parts.append(f"${len(text)}\r\n{text}\r\n")
@@ -62,7 +69,7 @@ def _ascii_text(arg: Arg) -> str:
 
 
 def _encode_parts(args: Sequence[Arg]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
+    parts = []
     for arg in args:
         if isinstance(arg, bytes):
             data = arg
@@ -74,6 +81,14 @@ def _encode_parts(args: Sequence[Arg]) -> bytes:
             data = repr(float(arg)).encode()
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def _evalsha(sha: str, count: int, packed: bytes) -> bytes:
+    return b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%b\r\n%b" % (count + 2, len(sha), sha.encode(), packed)
+
+
+def _eval(script: str, count: int, packed: bytes) -> bytes:
+    return b"*%d\r\n%b%b" % (count + 2, encode_args(("EVAL", script)), packed)
 
 
 def _reply_error(message: str) -> ResponseError:
@@ -156,28 +171,66 @@ class RespConnection:
         self._closed = False
 
     async def call(self, *args: Arg) -> object:
+        return await self.send(encode_command(args))
+
+    async def send(self, command: bytes) -> object:
+        """One command already in RESP (`encode_command`); its reply."""
         transport = self._transport
         if transport is None or transport.is_closing():
             await self._connect()
+        return await self._queue(command)
+
+    async def send_many(self, commands: Sequence[bytes]) -> list[object]:
+        """Commands already in RESP, in one write: each one's reply, or the exception it
+        raised (an error reply, a timeout, a lost connection), in order."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            await self._connect()
+        futures = [self._queue(command) for command in commands]
+        replies: list[object] = []
+        for future in futures:  # replies come in order: waits once, for the first
+            try:
+                replies.append(await future)
+            except (RedisError, OSError) as exc:
+                replies.append(exc)
+        return replies
+
+    def _queue(self, command: bytes) -> asyncio.Future:
         loop = self._loop
         assert loop is not None
         future = loop.create_future()
         self.waiting.append((future, loop.time()))
-        self._outgoing.append(encode_command(args))
+        self._outgoing.append(command)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._timeout, self._check)
-        return await future
+        return future
 
     async def evalsha(self, sha: str, script: str, keys: Sequence[Arg], args: Sequence[Arg]) -> object:
         """EVALSHA; after a NOSCRIPT (a restarted or flushed server), EVAL once: the
         script then runs, and the server keeps it for the next EVALSHA."""
+        return await self.evalsha_packed(sha, script, 1 + len(keys) + len(args), encode_args((len(keys), *keys, *args)))
+
+    async def evalsha_packed(self, sha: str, script: str, count: int, packed: bytes) -> object:
+        """`evalsha` with its numkeys, keys and arguments already in RESP (`encode_args`):
+        `count` of them in `packed`. A caller can so encode once what its calls share."""
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.send(_evalsha(sha, count, packed))
         except NoScriptError:
-            return await self.call("EVAL", script, len(keys), *keys, *args)
+            return await self.send(_eval(script, count, packed))
+
+    async def evalsha_many(self, sha: str, script: str, calls: Sequence[tuple[int, bytes]]) -> list[object]:
+        """`evalsha_packed` of each (count, packed), in one write: each one's reply or
+        exception (as `send_many`). Those refused for NOSCRIPT are sent again with EVAL."""
+        replies = await self.send_many([_evalsha(sha, count, packed) for count, packed in calls])
+        again = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if again:
+            retried = await self.send_many([_eval(script, *calls[i]) for i in again])
+            for i, reply in zip(again, retried, strict=True):
+                replies[i] = reply
+        return replies
 
     def _flush(self) -> None:
         self._flush_scheduled = False

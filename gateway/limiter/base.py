@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -92,6 +92,9 @@ class Limiter(Protocol):
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
         """Correct the charges to `usage`, free the lease, record usage. Idempotent."""
+
+    async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
+        """`settle` each (ticket, usage), at once (one round trip for a store)."""
 
     async def renew(self, tickets: Iterable[Ticket]) -> None:
         """Extend the leases of live requests (call every lease_seconds / 3 with

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -87,28 +87,53 @@ class GuardedLimiter:
         return ticket
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
-        if ticket.fallback:
-            await self.fallback.settle(ticket, usage)
-            return
-        if ticket.settled:
-            return
-        if self.degraded and time.monotonic() < self._retry_at:
-            ticket.settled = True
-            self.fallback.record_usage(ticket.demand, usage)
-            return
-        try:
-            await self._call("settle", self.primary.settle, ticket, usage)
-        except STORE_ERRORS as exc:
-            self._lost(exc)
-            if isinstance(exc, RedisTimeoutError | asyncio.TimeoutError):
-                self.lost_settlements += 1
-                self._event("lost_settlement")
-                log.warning("limiter: a settlement of team '%s' timed out; its usage may be missing",
-                            ticket.demand.team.id)
-            else:
+        await self.settle_many([(ticket, usage)])
+
+    async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
+        """`settle` each (ticket, usage); those for the store in one round trip (see
+        `RedisLimiter.settle_many`), each failure handled on its own. An error that is
+        not the store's is raised once all the others are settled."""
+        shared: list[tuple[Ticket, Usage]] = []
+        for ticket, usage in settlements:
+            if ticket.fallback:
+                await self.fallback.settle(ticket, usage)
+            elif ticket.settled:
+                continue
+            elif self.degraded and time.monotonic() < self._retry_at:
+                ticket.settled = True
                 self.fallback.record_usage(ticket.demand, usage)
+            else:
+                shared.append((ticket, usage))
+        if not shared:
             return
-        self._back()
+        started = time.perf_counter()
+        try:
+            errors = await self.primary.settle_many(shared)
+        except Exception as exc:  # (a bug: store errors come back one by one)
+            errors = [exc] * len(shared)
+        # Each settlement is one round trip for the observer, of the batch's time.
+        seconds = time.perf_counter() - started
+        observer, unexpected = self.observer, None
+        for (ticket, usage), exc in zip(shared, errors, strict=True):  # in the order the replies came
+            if observer is not None:
+                observer.round_trip("limiter", "settle", seconds, exc)
+            if exc is None:
+                self._back()
+            elif isinstance(exc, STORE_ERRORS):
+                self._settlement_failed(ticket, usage, exc)
+            elif unexpected is None:
+                unexpected = exc
+        if unexpected is not None:
+            raise unexpected
+
+    def _settlement_failed(self, ticket: Ticket, usage: Usage, exc: BaseException) -> None:
+        self._lost(exc)
+        if isinstance(exc, RedisTimeoutError | asyncio.TimeoutError):
+            self.lost_settlements += 1
+            self._event("lost_settlement")
+            log.warning("limiter: a settlement of team '%s' timed out; its usage may be missing", ticket.demand.team.id)
+        else:
+            self.fallback.record_usage(ticket.demand, usage)
 
     async def renew(self, tickets: Iterable[Ticket]) -> None:
         tickets = list(tickets)

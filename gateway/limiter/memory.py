@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from gateway.limiter.base import Demand, Ticket, Usage, rejection
 from gateway.limiter.rules import (
@@ -122,6 +122,10 @@ class MemoryLimiter:
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
         self.settle_now(ticket, usage)
+
+    async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
+        for ticket, usage in settlements:
+            self.settle_now(ticket, usage)
 
     def settle_now(self, ticket: Ticket, usage: Usage) -> None:
         """`settle`, for callers that need not await it: nothing here waits."""

@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -40,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import LimitsConfig, RedisStoreConfig
+from gateway.identity import Limits
 from gateway.limiter.base import Demand, Ticket, Usage, rejection
 from gateway.limiter.memory import new_lease_id
 from gateway.limiter.rules import (
@@ -47,6 +49,8 @@ from gateway.limiter.rules import (
     MONTH_COUNTER_GRACE,
     USAGE_TTL,
     Calendar,
+    Check,
+    amounts,
     charged_for,
     checks_for,
     corrections,
@@ -56,7 +60,7 @@ from gateway.limiter.rules import (
     usage_values,
 )
 from gateway.redis_connect import Client, Profile, SlotClients, connect, unreachable
-from gateway.resp import lean_connection
+from gateway.resp import encode_args, lean_connection
 
 # Seconds to wait for Redis before calling it unreachable (a hung server must not hang
 # admissions; the policy in `limiter/guard.py` then decides).
@@ -88,6 +92,22 @@ def profile(socket_timeout: float = SOCKET_TIMEOUT) -> Profile:
     return Profile(retries=1, retry_timeouts=False, max_connections=MAX_CONNECTIONS, socket_timeout=socket_timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What every admission of one key in one team shares while their limits stay the
+    same, made once: the checks (with no amounts: each request's are `amounts`) and the
+    admission script's arguments that do not change, also encoded for the lean connection."""
+
+    team_limits: Limits
+    key_limits: Limits
+    checks: list[Check]
+    leased: bool  # a concurrency limit applies: each admission takes a lease
+    rates: list[tuple[int, str]]  # (position, name) of each rate check: its tat is in the reply
+    key: str  # KEYS[1]
+    args: list[str]
+    packed: bytes  # numkeys, the key and `args`, in RESP
+
+
 class RedisLimiter:
     kind = "redis"
 
@@ -108,6 +128,7 @@ class RedisLimiter:
         # of the limiter's own, an eighth of redis-py's CPU per call; the rest, and a
         # cluster's scripts, through redis-py.
         self._lean = lean_connection(client, socket_timeout)
+        self._shapes: dict[tuple[str, str], _Shape] = {}  # (team id, key id) →
 
     @classmethod
     def from_config(
@@ -150,21 +171,57 @@ class RedisLimiter:
         """The start of every name of a team: its hash tag and ':'."""
         return "{" + f"{self._prefix}:t:{team}" + "}:"
 
+    def _shape(self, demand: Demand) -> _Shape:
+        team, key = demand.team, demand.key
+        shape = self._shapes.get((team.id, key.id))
+        if shape is not None and (shape.team_limits is team.limits or shape.team_limits == team.limits) and (
+            shape.key_limits is key.limits or shape.key_limits == key.limits
+        ):
+            return shape
+        if len(self._shapes) > 10_000:  # teams and keys come and go: forget them all now and then
+            self._shapes.clear()
+        checks = checks_for(Demand(team=team, key=key, model="", input_tokens=0, output_tokens=0))
+        base = self.base(team.id)
+        args: list[str] = [base, _number(self.lease_seconds), str(DAY_COUNTER_GRACE), str(MONTH_COUNTER_GRACE)]
+        args.append(str(len(checks)))
+        for check in checks:
+            args += [check.kind, check.name, _number(check.limit)]
+        shape = self._shapes[(team.id, key.id)] = _Shape(
+            team_limits=team.limits,
+            key_limits=key.limits,
+            checks=checks,
+            leased=any(check.kind == "conc" for check in checks),
+            rates=[(i, check.name) for i, check in enumerate(checks) if check.kind == "rate"],
+            key=base + "rpm",
+            args=args,
+            packed=encode_args([1, base + "rpm", *args]),
+        )
+        return shape
+
     async def admit(self, demand: Demand) -> Ticket:
         # Even a request with no limits makes its round trip: under fail_closed, a
         # store that cannot be reached refuses every request (see limiter/guard.py).
-        checks = checks_for(demand)
-        lease = new_lease_id() if any(check.kind == "conc" for check in checks) else ""
-        base = self.base(demand.team.id)
-        args: list[str] = [base, lease, _number(self.lease_seconds), str(DAY_COUNTER_GRACE), str(MONTH_COUNTER_GRACE)]
+        shape = self._shape(demand)
+        checks = shape.checks
+        lease = new_lease_id() if shape.leased else ""
+        costs = []
+        own: list[str | int | float] = [lease]  # this request's arguments (encoded as _number does)
         for check in checks:
-            args += [check.kind, check.name, _number(check.limit), _number(check.cost), _number(check.need)]
-        reply = await self._script(self._admit, base + "rpm", args)
-        admitted, now, day, month, failed, wait = (_text(part) for part in reply[:6])
+            cost, need = amounts(check.kind, check.settles, check.limit, demand)
+            costs.append(cost)
+            own += (cost, need)
+        if self._lean is not None:
+            packed = shape.packed + encode_args(own)
+            count = 2 + len(shape.args) + len(own)
+            reply = await self._lean.evalsha_packed(self._admit.sha, self._admit.script, count, packed)
+        else:
+            async with self._turn():
+                reply = await self._admit(keys=[shape.key], args=shape.args + [_number(v) for v in own])
+        admitted, now, day, month, failed, wait = reply[:6]  # int() and float() take bytes as they take str
         now_f = float(now)
-        tats = {check.name: float(_text(tat)) for check, tat in zip(checks, reply[6:], strict=True) if check.kind == "rate"}
+        tats = {name: float(reply[6 + i]) for i, name in shape.rates}
         windows = team_windows(checks, tats, now_f)
-        if admitted != "1":
+        if int(admitted) != 1:
             check = checks[int(failed) - 1]
             retry = float(wait)
             raise rejection(
@@ -177,21 +234,51 @@ class RedisLimiter:
                 now=now_f,
                 windows=windows,
             )
-        cal = Calendar(day=day, month=month, next_day=0, next_month=0)
-        return Ticket(lease=lease or None, demand=demand, charged=charged_for(checks, cal), windows=windows)
+        cal = Calendar(day=_text(day), month=_text(month), next_day=0, next_month=0)
+        return Ticket(lease=lease or None, demand=demand, charged=charged_for(checks, cal, costs), windows=windows)
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
         if ticket.settled:
             return
         ticket.settled = True
+        base = self.base(ticket.demand.team.id)
+        await self._script(self._settle, base + "rpm", [_number(arg) for arg in self._settle_args(base, ticket, usage)])
+
+    async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> list[BaseException | None]:
+        """`settle` each (ticket, usage), on the lean connection in one write: what each
+        raised, or None, in order. A ticket already settled (or twice in the list) is skipped."""
+        if self._lean is None:
+            return await asyncio.gather(*(self.settle(*pair) for pair in settlements), return_exceptions=True)
+        calls: list[tuple[int, bytes]] = []
+        sent: list[int] = []
+        for i, (ticket, usage) in enumerate(settlements):
+            if ticket.settled:
+                continue
+            ticket.settled = True
+            base = self.base(ticket.demand.team.id)
+            args = [1, base + "rpm", *self._settle_args(base, ticket, usage)]
+            calls.append((len(args), encode_args(args)))
+            sent.append(i)
+        errors: list[BaseException | None] = [None] * len(settlements)
+        if not calls:
+            return errors
+        try:
+            replies = await self._lean.evalsha_many(self._settle.sha, self._settle.script, calls)
+        except (RedisError, OSError) as exc:  # could not connect: none of them left
+            replies = [exc] * len(calls)
+        for i, reply in zip(sent, replies, strict=True):
+            if isinstance(reply, BaseException):
+                errors[i] = reply
+        return errors
+
+    @staticmethod
+    def _settle_args(base: str, ticket: Ticket, usage: Usage) -> list[str | int | float]:
         demand = ticket.demand
-        base = self.base(demand.team.id)
-        args: list[str] = [base, f"{demand.key.id}|{demand.model}|", str(USAGE_TTL)]
-        args += [_number(value) for value in usage_values(usage)]
+        args: list[str | int | float] = [base, f"{demand.key.id}|{demand.model}|", USAGE_TTL, *usage_values(usage)]
         args.append(ticket.lease or "")
-        for op, name, value in corrections(ticket.charged, usage):
-            args += [op, name, _number(value)]
-        await self._script(self._settle, base + "rpm", args)
+        for correction in corrections(ticket.charged, usage):
+            args += correction
+        return args
 
     async def _script(self, script: AsyncScript, key: str, args: list[str]) -> Any:
         if self._lean is not None:

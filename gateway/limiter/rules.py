@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.errors import InvalidRequest
@@ -198,24 +199,35 @@ class Check:
     settles: str  # requests | input | output | tokens | cost | lease
 
 
+def amounts(kind: str, settles: str, limit: float, demand: Demand) -> tuple[float, float]:
+    """A check's (cost, need) for `demand` (see `Check`): the only parts of a check that
+    differ from one request to the next."""
+    if kind == "rate":
+        wanted = 1 if settles == "requests" else demand.input_tokens if settles == "input" else demand.output_tokens
+        return min(max(wanted, 0), limit), 0
+    if kind == "conc":
+        return 1, 0
+    if settles == "tokens":
+        need = max(demand.input_tokens, 0)
+        return need + max(demand.output_tokens, 0), need
+    return max(demand.cost_usd, 0.0), max(demand.input_cost_usd, 0.0)
+
+
 def _scope_checks(limits: Limits, scope: str, prefix: str, demand: Demand) -> list[Check]:
     checks = []
     for suffix, field, _, settles in RATES:
         limit = getattr(limits, field)
         if limit is None:
             continue
-        wanted = {"requests": 1, "input": demand.input_tokens, "output": demand.output_tokens}[settles]
-        checks.append(Check("rate", prefix + suffix, limit, min(max(wanted, 0), limit), 0, field, scope, settles))
+        cost, need = amounts("rate", settles, limit, demand)
+        checks.append(Check("rate", prefix + suffix, limit, cost, need, field, scope, settles))
     if limits.concurrent_requests is not None:
         checks.append(Check("conc", prefix + "conc", limits.concurrent_requests, 1, 0, "concurrent_requests", scope, "lease"))
     for suffix, field, period, settles in BUDGETS:
         limit = getattr(limits, field)
         if limit is None:
             continue
-        if settles == "tokens":
-            cost, need = max(demand.input_tokens, 0) + max(demand.output_tokens, 0), max(demand.input_tokens, 0)
-        else:
-            cost, need = max(demand.cost_usd, 0.0), max(demand.input_cost_usd, 0.0)
+        cost, need = amounts(period, settles, limit, demand)
         checks.append(Check(period, prefix + suffix, limit, cost, need, field, scope, settles))
     return checks
 
@@ -247,27 +259,31 @@ def counter_expiry(check: Check, cal: Calendar) -> int:
     return cal.next_month + MONTH_COUNTER_GRACE
 
 
-def charged_for(checks: list[Check], cal: Calendar) -> dict:
-    """`Ticket.charged`: bucket name → (settles, amount[, limit])."""
+def charged_for(checks: list[Check], cal: Calendar, costs: Sequence[float] | None = None) -> dict:
+    """`Ticket.charged`: bucket name → (settles, amount[, limit]). `costs`: each check's,
+    when the checks do not carry the request's (`amounts`)."""
     charged: dict = {}
-    for check in checks:
-        name = dated(check, cal)
+    for i, check in enumerate(checks):
+        cost = check.cost if costs is None else costs[i]
         if check.kind == "rate":
-            charged[name] = (check.settles, check.cost, check.limit)
+            charged[check.name] = (check.settles, cost, check.limit)
         elif check.kind == "conc":
-            charged[name] = ("lease",)
+            charged[check.name] = ("lease",)
         else:
-            charged[name] = (check.settles, check.cost)
+            charged[dated(check, cal)] = (check.settles, cost)
     return charged
+
+
+_HEADER_KINDS = {field: kind for _, field, kind, _ in RATES}
 
 
 def team_windows(checks: list[Check], tats: dict[str, float | None], now: float) -> dict[str, Window]:
     """The team's windows from its buckets' tats (after the charge when admitted)."""
     windows: dict[str, Window] = {}
-    for suffix, field, kind, _ in RATES:
-        for check in checks:
-            if check.scope == "team" and check.kind == "rate" and check.field == field:
-                windows[kind] = window(check.limit, tats.get(suffix), now)
+    # The team's rate checks come first, in RATES order (`_scope_checks`): the headers' order.
+    for check in checks:
+        if check.kind == "rate" and check.scope == "team":
+            windows[_HEADER_KINDS[check.field]] = window(check.limit, tats.get(check.name), now)
     tokens = tightest(windows.get("input-tokens"), windows.get("output-tokens"))
     if tokens is not None:
         windows["tokens"] = tokens

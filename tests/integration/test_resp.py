@@ -13,7 +13,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.resp import RespConnection, encode_command
+from gateway.resp import RespConnection, encode_args, encode_command
 from tests.support.redis_server import RedisServer, redis_server_path
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
@@ -70,6 +70,30 @@ async def test_evalsha_loads_the_script_again_after_a_flush(redis_url, redis_ser
         assert redis_server.command("SCRIPT", "FLUSH") == "+OK"
         assert await connection.evalsha(sha, SCRIPT, ["k"], [3]) == 5  # EVAL, once
         assert await connection.evalsha(sha, SCRIPT, ["k"], [1]) == 6  # cached again
+    finally:
+        await connection.close()
+
+
+async def test_commands_sent_together_get_each_its_reply_or_error(redis_url, redis_server):
+    connection = RespConnection("127.0.0.1", redis_server.port)
+    try:
+        await connection.call("SET", "text", "x")
+        replies = await connection.send_many([encode_command(["INCR", "m"]), encode_command(["INCR", "text"]),
+                                              encode_command(["INCR", "m"])])
+        assert replies[0] == 1 and isinstance(replies[1], ResponseError) and replies[2] == 2
+    finally:
+        await connection.close()
+
+
+async def test_evalsha_many_loads_the_script_again_after_a_flush(redis_url, redis_server):
+    connection = RespConnection("127.0.0.1", redis_server.port)
+    calls = [(3, encode_args([1, "j", n])) for n in (1, 2, 3)]  # numkeys, key, argument: encoded once
+    try:
+        sha = (await connection.call("SCRIPT", "LOAD", SCRIPT)).decode()
+        assert await connection.evalsha_many(sha, SCRIPT, calls) == [1, 3, 6]
+        assert redis_server.command("SCRIPT", "FLUSH") == "+OK"
+        assert await connection.evalsha_many(sha, SCRIPT, calls) == [7, 9, 12]  # EVAL for each
+        assert await connection.evalsha_packed(sha, SCRIPT, *calls[0]) == 13  # cached again
     finally:
         await connection.close()
 

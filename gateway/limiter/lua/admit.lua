@@ -4,18 +4,23 @@
 -- KEYS[1]: a name under the team's hash tag; it routes the call to the team's slot.
 -- Every name below is ARGV[1] (the tag and ':') followed by a check's name, so every key
 -- this script touches is in that one slot.
--- ARGV: base, lease id ('' when no concurrency limit applies), lease seconds, grace
--- seconds of a day counter, of a month counter; then 5 values per check:
+-- ARGV: base, lease seconds, grace seconds of a day counter, of a month counter, the
+-- number of checks n; then 3 values per check, the same for every request of a team
+-- and key under the same limits (the caller encodes them once):
 --   kind   rate | conc | day | month
 --   name   'rpm', 'k:<key>:itpm', 'conc', 'tpd' (a budget's gets ':<day>' / ':<month>')
 --   limit  0 refuses everything
+-- then the request's own: the lease id ('' when no concurrency limit applies), and 2
+-- values per check:
 --   cost   what admission adds: GCRA units (capped at the limit), or a budget's charge
 --   need   a budget: what must still fit (the input estimate, or its cost)
 -- Returns {1 admitted | 0 refused, now, day, month, refused check (1-based; 0),
 -- its retry after in seconds (-1: never), then per check the tat after admission (or
 -- as it stands, when refused) for rates, '' for the others}.
-local base, lease, lease_seconds = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local day_grace, month_grace = tonumber(ARGV[4]), tonumber(ARGV[5])
+local base, lease_seconds = ARGV[1], tonumber(ARGV[2])
+local day_grace, month_grace = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local lease = ARGV[6 + 3 * n]
 local now, seconds = clock()
 local cal = calendar(seconds)
 local EPSILON, UNIT_SLACK = 1e-6, 1e-4  -- as in rules.py
@@ -29,10 +34,11 @@ local function fail(i, retry)
 end
 
 local checks = {}
-local n = (#ARGV - 5) / 5
 for i = 1, n do
-  local o = 5 + (i - 1) * 5
-  local c = {kind = ARGV[o + 1], name = ARGV[o + 2], limit = tonumber(ARGV[o + 3]), cost = ARGV[o + 4], need = tonumber(ARGV[o + 5])}
+  local o = 5 + (i - 1) * 3
+  local d = 6 + 3 * n + (i - 1) * 2
+  local c = {kind = ARGV[o + 1], name = ARGV[o + 2], limit = tonumber(ARGV[o + 3]),
+             cost = ARGV[d + 1], need = tonumber(ARGV[d + 2])}
   c.key = base .. c.name
   if c.kind == 'day' then
     c.key = c.key .. ':' .. cal.day
