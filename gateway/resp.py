@@ -216,8 +216,11 @@ class RespConnection:
     async def evalsha_packed(self, sha: str, script: str, count: int, packed: bytes) -> object:
         """`evalsha` with its numkeys, keys and arguments already in RESP (`encode_args`):
         `count` of them in `packed`. A caller can so encode once what its calls share."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            await self._connect()
         try:
-            return await self.send(_evalsha(sha, count, packed))
+            return await self._queue(_evalsha(sha, count, packed))  # (`send`, one coroutine less)
         except NoScriptError:
             return await self.send(_eval(script, count, packed))
 

@@ -167,10 +167,18 @@ def rate_limit_headers(windows: Mapping[str, Window], now: float | None = None) 
     at = time.time() if now is None else now
     headers: dict[str, str] = {}
     for kind, window in windows.items():
-        headers[f"anthropic-ratelimit-{kind}-limit"] = str(window.limit)
-        headers[f"anthropic-ratelimit-{kind}-remaining"] = str(window.remaining)
-        headers[f"anthropic-ratelimit-{kind}-reset"] = rfc3339(at + window.reset_seconds)
+        limit, remaining, reset = _header_names(kind)
+        headers[limit] = str(window.limit)
+        headers[remaining] = str(window.remaining)
+        headers[reset] = rfc3339(at + window.reset_seconds)
     return headers
+
+
+@functools.lru_cache(maxsize=16)
+def _header_names(kind: str) -> tuple[str, str, str]:
+    # Four kinds, on every answer: their names are made once.
+    return (f"anthropic-ratelimit-{kind}-limit", f"anthropic-ratelimit-{kind}-remaining",
+            f"anthropic-ratelimit-{kind}-reset")
 
 
 def _whose(scope: str, team: str, key: str) -> str:

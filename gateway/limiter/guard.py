@@ -78,11 +78,19 @@ class GuardedLimiter:
             return Ticket(lease=None, demand=demand, charged={}, windows={})  # nothing to enforce
         if self.degraded and time.monotonic() < self._retry_at:
             return await self._without_store(demand)
+        # Timed here rather than through `_call`: one coroutine less on every request.
+        started = time.perf_counter()
         try:
-            ticket = await self._call("admit", self.primary.admit, demand)
-        except STORE_ERRORS as exc:
+            ticket = await self.primary.admit(demand)
+        except Exception as exc:  # a refusal (LimitExceeded) is an answer: a round trip like any
+            if self.observer is not None:
+                self.observer.round_trip("limiter", "admit", time.perf_counter() - started, exc)
+            if not isinstance(exc, STORE_ERRORS):
+                raise
             self._lost(exc)
             return await self._without_store(demand)
+        if self.observer is not None:
+            self.observer.round_trip("limiter", "admit", time.perf_counter() - started)
         self._back()
         return ticket
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from gateway.identity import Limits
 from gateway.limiter.base import Demand, Ticket, Usage, rejection
 from gateway.limiter.memory import new_lease_id
 from gateway.limiter.rules import (
+    CORRECTION_OPS,
     DAY_COUNTER_GRACE,
     MONTH_COUNTER_GRACE,
     USAGE_TTL,
@@ -53,7 +55,7 @@ from gateway.limiter.rules import (
     amounts,
     charged_for,
     checks_for,
-    corrections,
+    correction,
     team_windows,
     usage_days,
     usage_rows,
@@ -79,6 +81,21 @@ def _lua(name: str) -> str:
 
 def _text(value: bytes | str | int) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _settle_own(ticket: Ticket, usage: Usage) -> list[str | int | float]:
+    """The settlement script's arguments of this request alone (see settle.lua)."""
+    demand = ticket.demand
+    own: list[str | int | float] = [f"{demand.key.id}|{demand.model}|", ticket.lease or "", *usage_values(usage)]
+    own += [correction(entry, usage) for entry in ticket.charged.values() if entry[0] in CORRECTION_OPS]
+    return own
+
+
+@functools.lru_cache(maxsize=4)
+def _labels(day: bytes | str, month: bytes | str) -> Calendar:
+    """The day and month an admission's script names (budget counters' names carry them);
+    they change once a day."""
+    return Calendar(day=_text(day), month=_text(month), next_day=0, next_month=0)
 
 
 def _number(value: float | int) -> str:
@@ -129,6 +146,7 @@ class RedisLimiter:
         # cluster's scripts, through redis-py.
         self._lean = lean_connection(client, socket_timeout)
         self._shapes: dict[tuple[str, str], _Shape] = {}  # (team id, key id) →
+        self._settle_heads: dict[tuple[str, ...], tuple[str, list[str], bytes]] = {}  # (team id, *charged) →
 
     @classmethod
     def from_config(
@@ -234,15 +252,15 @@ class RedisLimiter:
                 now=now_f,
                 windows=windows,
             )
-        cal = Calendar(day=_text(day), month=_text(month), next_day=0, next_month=0)
+        cal = _labels(day, month)
         return Ticket(lease=lease or None, demand=demand, charged=charged_for(checks, cal, costs), windows=windows)
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
         if ticket.settled:
             return
         ticket.settled = True
-        base = self.base(ticket.demand.team.id)
-        await self._script(self._settle, base + "rpm", [_number(arg) for arg in self._settle_args(base, ticket, usage)])
+        key, args, _ = self._settle_static(ticket)
+        await self._script(self._settle, key, args + [_number(arg) for arg in _settle_own(ticket, usage)])
 
     async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> list[BaseException | None]:
         """`settle` each (ticket, usage), on the lean connection in one write: what each
@@ -255,9 +273,9 @@ class RedisLimiter:
             if ticket.settled:
                 continue
             ticket.settled = True
-            base = self.base(ticket.demand.team.id)
-            args = [1, base + "rpm", *self._settle_args(base, ticket, usage)]
-            calls.append((len(args), encode_args(args)))
+            _, args, packed = self._settle_static(ticket)
+            own = _settle_own(ticket, usage)
+            calls.append((2 + len(args) + len(own), packed + encode_args(own)))
             sent.append(i)
         errors: list[BaseException | None] = [None] * len(settlements)
         if not calls:
@@ -271,14 +289,22 @@ class RedisLimiter:
                 errors[i] = reply
         return errors
 
-    @staticmethod
-    def _settle_args(base: str, ticket: Ticket, usage: Usage) -> list[str | int | float]:
-        demand = ticket.demand
-        args: list[str | int | float] = [base, f"{demand.key.id}|{demand.model}|", USAGE_TTL, *usage_values(usage)]
-        args.append(ticket.lease or "")
-        for correction in corrections(ticket.charged, usage):
-            args += correction
-        return args
+    def _settle_static(self, ticket: Ticket) -> tuple[str, list[str], bytes]:
+        """The settlement script's key and the arguments every settlement of one team's
+        tickets charging the same buckets shares (the same limits, on one day): made once.
+        Also numkeys, the key and those arguments in RESP, for the lean connection."""
+        team, charged = ticket.demand.team.id, ticket.charged
+        found = self._settle_heads.get((team, *charged))
+        if found is None:
+            if len(self._settle_heads) > 10_000:  # (the day's names change daily)
+                self._settle_heads.clear()
+            base = self.base(team)
+            corrected = [(CORRECTION_OPS[entry[0]], name) for name, entry in charged.items() if entry[0] in CORRECTION_OPS]
+            args = [base, str(USAGE_TTL), str(len(corrected))]
+            for op, name in corrected:
+                args += (op, name)
+            found = self._settle_heads[(team, *charged)] = (base + "rpm", args, encode_args([1, base + "rpm", *args]))
+        return found
 
     async def _script(self, script: AsyncScript, key: str, args: list[str]) -> Any:
         if self._lean is not None:

@@ -101,7 +101,9 @@ def tightest(a: Window | None, b: Window | None) -> Window | None:
     """The more restrictive of two windows (fewer remaining; then the later reset)."""
     if a is None or b is None:
         return a or b
-    return min((a, b), key=lambda w: (w.remaining, -w.reset_seconds))
+    if a.remaining != b.remaining:
+        return a if a.remaining < b.remaining else b
+    return a if a.reset_seconds >= b.reset_seconds else b
 
 
 # ---------------------------------------------------------------- calendar (UTC)
@@ -314,23 +316,32 @@ def corrections(charged: dict, usage: Usage) -> list[tuple[str, str, float]]:
     counter, delta). Nothing for a bucket already exact."""
     ops: list[tuple[str, str, float]] = []
     for name, entry in charged.items():
-        settles = entry[0]
-        if settles == "lease":
-            ops.append(("zrem", name, 0))
-        elif settles in ("input", "output"):
-            actual = actual_input(usage) if settles == "input" else usage.output_tokens
-            delta = actual - entry[1]
-            if delta:
-                ops.append(("tat", name, delta * interval(entry[2])))
-        elif settles == "tokens":
-            delta = actual_total(usage) - entry[1]
-            if delta:
-                ops.append(("add", name, delta))
-        elif settles == "cost":
-            delta = usage.cost_usd - entry[1]
-            if delta:
-                ops.append(("add", name, delta))
+        op = CORRECTION_OPS.get(entry[0])
+        if op is None:
+            continue
+        value = correction(entry, usage)
+        if value or op == "zrem":
+            ops.append((op, name, value))
     return ops
+
+
+# What settlement does to a bucket, by what it settles (`Ticket.charged`).
+CORRECTION_OPS = {"lease": "zrem", "input": "tat", "output": "tat", "tokens": "add", "cost": "add"}
+
+
+def correction(entry: tuple, usage: Usage) -> float:
+    """The value of a charged bucket's correction (`corrections`): seconds to move a
+    tat, or a budget counter's delta; 0 for a lease, or for a bucket already exact."""
+    settles = entry[0]
+    if settles in ("input", "output"):
+        actual = actual_input(usage) if settles == "input" else usage.output_tokens
+        delta = actual - entry[1]
+        return delta * interval(entry[2]) if delta else 0
+    if settles == "tokens":
+        return actual_total(usage) - entry[1]
+    if settles == "cost":
+        return usage.cost_usd - entry[1]
+    return 0
 
 
 def usage_values(usage: Usage) -> tuple[int, int, int, int, int, float]:
