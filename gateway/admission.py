@@ -126,7 +126,7 @@ class Admission:
                 log.warning("could not renew concurrency leases (%s)", type(exc).__name__)
 
     async def drain(self) -> None:
-        """Wait for settlements under way (at shutdown)."""
-        self._send_queued()
-        if self._settling:
+        """Wait for settlements under way (at shutdown), and for those asked for meanwhile."""
+        while self._queued or self._settling:
+            self._send_queued()
             await asyncio.gather(*self._settling, return_exceptions=True)

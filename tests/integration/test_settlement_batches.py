@@ -90,6 +90,26 @@ async def test_drain_sends_what_is_still_queued(redis_url: str) -> None:
         await limiter.close()
 
 
+async def test_drain_waits_for_settlements_asked_for_while_it_waits(redis_url: str) -> None:
+    limiter = guarded(redis_url)
+    admission = Admission(limiter)
+    try:
+        first, late = await admission.admit(demand()), await admission.admit(demand())
+        admission.settle(first, Usage())
+
+        async def finish_late() -> None:
+            await asyncio.sleep(0)  # while drain() waits for the first
+            admission.settle(late, Usage())
+
+        finishing = asyncio.create_task(finish_late())
+        await admission.drain()
+        await finishing
+        assert first.settled and late.settled
+        assert [row["requests"] for row in await limiter.usage("a", today(), today())] == [2]
+    finally:
+        await limiter.close()
+
+
 async def test_a_batch_mixes_teams_and_reloads_its_script_after_a_flush(redis_url: str, redis_server) -> None:
     limiter = guarded(redis_url)
     try:
