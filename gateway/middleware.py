@@ -59,7 +59,7 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
     app = request.app
     metrics = app[METRICS]
     runtime = app[RUNTIME]
-    task = request.task  # (asyncio.current_task() asks the OS for its pid on Python 3.11)
+    task = asyncio.current_task()
     runtime.in_flight.add(task)
     operation = metrics.request_started(exchange.path)
     try:
