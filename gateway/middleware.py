@@ -76,10 +76,17 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
         except Exception:
             log.exception("unexpected error handling %s %s (request %s)", request.method, request.path, exchange.request_id)
             response = error_response(GatewayError("internal error in the gateway"), exchange)
-        if not response.prepared:
-            response.headers["request-id"] = exchange.request_id
         if not exchange.status:
             exchange.status = response.status
+        if not response.prepared:
+            response.headers["request-id"] = exchange.request_id
+            # Sent now rather than after this function: the bookkeeping below (metrics,
+            # the access log) then costs the client no latency.
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:
+                exchange.error_type = exchange.error_type or "client_disconnected"
         return response
     finally:
         # Once per request, from what the request path recorded in the Exchange.
