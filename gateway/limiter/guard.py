@@ -99,7 +99,7 @@ class GuardedLimiter:
 
     async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
         """`settle` each (ticket, usage); those for the store in one round trip (see
-        `RedisLimiter.settle_many`), each failure handled on its own. An error that is
+        `RedisLimiter.settle_each`), each failure handled on its own. An error that is
         not the store's is raised once all the others are settled."""
         shared: list[tuple[Ticket, Usage]] = []
         for ticket, usage in settlements:
@@ -116,7 +116,7 @@ class GuardedLimiter:
             return
         started = time.perf_counter()
         try:
-            errors = await self.primary.settle_many(shared)
+            errors = await self.primary.settle_each(shared)
         except Exception as exc:  # (a bug: store errors come back one by one)
             errors = [exc] * len(shared)
         # Each settlement is one round trip for the observer, of the batch's time.

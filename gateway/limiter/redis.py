@@ -262,9 +262,10 @@ class RedisLimiter:
         key, args, _ = self._settle_static(ticket)
         await self._script(self._settle, key, args + [_number(arg) for arg in _settle_own(ticket, usage)])
 
-    async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> list[BaseException | None]:
+    async def settle_each(self, settlements: Sequence[tuple[Ticket, Usage]]) -> list[BaseException | None]:
         """`settle` each (ticket, usage), on the lean connection in one write: what each
-        raised, or None, in order. A ticket already settled (or twice in the list) is skipped."""
+        raised, or None, in order (the guard handles each failure on its own). A ticket
+        already settled (or twice in the list) is skipped."""
         if self._lean is None:
             return await asyncio.gather(*(self.settle(*pair) for pair in settlements), return_exceptions=True)
         calls: list[tuple[int, bytes]] = []

@@ -1,5 +1,5 @@
 """Settlements asked for in one turn of the event loop leave together (`Admission`,
-`GuardedLimiter.settle_many`, `RedisLimiter.settle_many`): each ticket still settles
+`GuardedLimiter.settle_many`, `RedisLimiter.settle_each`): each ticket still settles
 exactly once, each failure is handled on its own, and shutdown waits for all of them."""
 
 from __future__ import annotations
