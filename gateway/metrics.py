@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import importlib.metadata
 import logging
 import os
@@ -117,7 +118,10 @@ OTHER = "other"
 MAX_TEAM_LABELS = 1000
 DEPLOYMENT_STATES = ("closed", "half_open", "open")
 LIMIT_NAMES = frozenset(Limits.model_fields)
-UPSTREAM_ERROR_KINDS = frozenset({"connect", "timeout", "protocol", "context_length", "status_429", "status_5xx"})
+UPSTREAM_ERROR_KINDS = frozenset({
+    "connect", "timeout", "protocol", "context_length", "status_429", "status_5xx",
+    "stream_reset", "stream_timeout", "stream_protocol", "stream_error",
+})
 
 
 def _error_types(cls: type[GatewayError]) -> Iterator[str]:
@@ -391,6 +395,29 @@ class RedisObserver:
 # ---------------------------------------------------------------------------- the metrics
 
 
+class _FilesCollector(MultiProcessCollector):
+    """prometheus-client's multiprocess collector, safe to run while another process
+    starts: a worker creates its file empty and sizes it a moment later (and a process
+    marked dead has its live gauges' files removed), and the stock collector fails the
+    whole scrape, or the start of the worker registering it, on such a file."""
+
+    def describe(self) -> list:
+        return []  # registering need not read every process's files (the registry would collect)
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(path) >= 8:  # the used-bytes header and its padding
+                    files.append(path)
+            except OSError:  # removed meanwhile
+                continue
+        try:
+            return self.merge(files, accumulate=True)
+        except FileNotFoundError:  # removed between the look and the read: the next scrape has it right
+            return self.merge([f for f in files if os.path.exists(f)], accumulate=True)
+
+
 class Metrics:
     def __init__(self, runtime: Runtime, *, multiprocess_dir: str | None = None) -> None:
         """`multiprocess_dir`: default `$PROMETHEUS_MULTIPROC_DIR`; when set, values live
@@ -405,7 +432,7 @@ class Metrics:
         if self.multiprocess_dir:
             _use_mmap_values()
             own = None  # the metrics below register nowhere: the collector reads the files
-            MultiProcessCollector(self.registry, path=self.multiprocess_dir)
+            _FilesCollector(self.registry, path=self.multiprocess_dir)
         else:
             own = self.registry
             ProcessCollector(registry=own)

@@ -63,6 +63,7 @@ async def test_sdk_raises_authentication_error_and_sends_once(gateway, caplog):
         with pytest.raises(anthropic.AuthenticationError) as caught:
             await client.messages.create(model="chat-model", **ASK)
     assert caught.value.status_code == 401 and caught.value.request_id.startswith("req_")
+    await gateway.settled()
     attempts = [r for r in caplog.records if r.name == "gateway.access" and '"status":401' in r.getMessage()]
     assert len(attempts) == 1  # x-should-retry: false stops the SDK's retries
 
@@ -149,6 +150,7 @@ async def test_keys_never_logged(gateway, caplog):
                 await client.messages.create(model="chat-model", **ASK)
             except anthropic.AuthenticationError:
                 pass
+    await gateway.settled()
     assert caplog.records, "nothing was logged at all"
     assert "client-key" not in caplog.text and "wrong-key-9999" not in caplog.text
     assert any('"key_id":"key_' in record.getMessage() for record in caplog.records)  # the id stands in

@@ -46,16 +46,29 @@ TEAMS = """
 Samples = dict[tuple[str, frozenset], float]
 
 
-async def scrape(http: aiohttp.ClientSession, url: str) -> tuple[Samples, str]:
-    async with http.get(f"{url}/metrics") as response:  # no client key: Prometheus has none
-        assert response.status == 200
-        assert response.headers["content-type"].startswith("text/plain")
-        text = await response.text()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples, text
+async def scrape(http: aiohttp.ClientSession, url: str, *, requests: int | None = None) -> tuple[Samples, str]:
+    """One scrape, parsed. With `requests`: the first scrape that has recorded that many
+    requests and none in flight. A complete answer reaches the client before its metrics
+    are recorded (they cost it no latency), so a scrape sent right after the answer may
+    come before them; this waits for them, up to a deadline, instead of racing them."""
+    deadline = time.monotonic() + 15
+    while True:
+        async with http.get(f"{url}/metrics") as response:  # no client key: Prometheus has none
+            assert response.status == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            text = await response.text()
+        samples: Samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        if requests is None:
+            return samples, text
+        recorded, in_flight = value(samples, m.REQUESTS), value(samples, m.IN_FLIGHT)
+        if recorded == requests and in_flight == 0:
+            return samples, text
+        assert recorded <= requests, f"{recorded} requests recorded, {requests} sent"
+        assert time.monotonic() < deadline, f"{recorded} of {requests} requests recorded, {in_flight} in flight"
+        await asyncio.sleep(0.02)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -105,7 +118,7 @@ async def test_the_counts_and_token_sums_are_what_was_sent(gateway, upstream):
             (await post(http, gateway.url, headers={"x-api-key": "metered-key-0001"}))[0],
         ]
         assert statuses == [200, 200, 200, 200, 200, 500, 200, 429]
-        samples, _ = await scrape(http, gateway.url)
+        samples, _ = await scrape(http, gateway.url, requests=8)
 
     requests = m.REQUESTS
     assert value(samples, requests, team="team-a", model="chat-model", backend="chat", status_class="2xx") == 4
@@ -172,7 +185,7 @@ async def test_a_streams_header_leaves_out_the_wait_for_the_upstream(gateway, up
     upstream.script({"sse": chat_chunks({"content": "late"}), "delay": 0.3})
     async with aiohttp.ClientSession() as http:
         status, headers, _ = await post(http, gateway.url, {**ASK, "stream": True})
-        samples, _ = await scrape(http, gateway.url)
+        samples, _ = await scrape(http, gateway.url, requests=1)
     assert status == 200
     assert float(headers["x-gateway-overhead-ms"]) < 250
     assert value(samples, m.OVERHEAD + "_sum") < 0.25
@@ -184,14 +197,14 @@ async def test_labels_do_not_grow_with_keys_or_unknown_model_names(gateway, upst
         await post(http, gateway.url, headers={"x-api-key": "crowd-key-0000"})
         await post(http, gateway.url, {**ASK, "model": "made-up-0"}, headers={"x-api-key": "crowd-key-0000"})
         await post(http, gateway.url, headers={"x-api-key": "not-a-key-0"})
-        before, _ = await scrape(http, gateway.url)
+        before, _ = await scrape(http, gateway.url, requests=3)
         names = [f"made-up-{i}-{'x' * i}" for i in range(1, 25)]
         await asyncio.gather(
             *(post(http, gateway.url, headers={"x-api-key": f"crowd-key-{i:04d}"}) for i in range(25)),
             *(post(http, gateway.url, {**ASK, "model": name}, headers={"x-api-key": "crowd-key-0001"}) for name in names),
             *(post(http, gateway.url, headers={"x-api-key": f"not-a-key-{i}"}) for i in range(25)),
         )
-        after, text = await scrape(http, gateway.url)
+        after, text = await scrape(http, gateway.url, requests=3 + 25 + 24 + 25)
     assert series(after) == series(before)
     assert value(after, m.REQUESTS, team="crowd", model="chat-model", status_class="2xx") == 26
     assert value(after, m.REQUESTS, team="crowd", model="other", status_class="4xx") == 25
@@ -215,6 +228,7 @@ async def test_logs_have_one_line_per_request_and_no_key_prompt_or_answer(gatewa
         await post(http, gateway.url, asking)
         await post(http, gateway.url, asking, headers={"x-api-key": f"sk-{MARKER}"})
         await post(http, gateway.url, {**asking, "model": "unknown-model"})
+    await gateway.settled()
     everything = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records)
     for secret in (MARKER, ANSWER, "client-key"):
         assert secret not in everything, secret
@@ -237,6 +251,7 @@ async def test_logs_have_one_line_per_request_and_no_key_prompt_or_answer(gatewa
 async def test_openmetrics_when_asked(gateway):
     async with aiohttp.ClientSession() as http:
         await post(http, gateway.url)
+        await scrape(http, gateway.url, requests=1)
         async with http.get(
             f"{gateway.url}/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
         ) as response:
@@ -259,7 +274,7 @@ async def test_retries_fallbacks_and_cooldowns(upstream):
         async with aiohttp.ClientSession() as http:
             assert (await post(http, running.url))[0] == 200
             assert (await post(http, running.url, {**ASK, "model": "primary-model"}))[0] == 200
-            samples, _ = await scrape(http, running.url)
+            samples, _ = await scrape(http, running.url, requests=2)
     finally:
         await running.runner.cleanup()
     assert value(samples, m.RETRIES, model="chat-model") == 1
@@ -281,7 +296,7 @@ async def test_an_open_breaker_shows(upstream):
         upstream.script(error(500, "down"))
         async with aiohttp.ClientSession() as http:
             assert (await post(http, running.url))[0] == 500
-            samples, _ = await scrape(http, running.url)
+            samples, _ = await scrape(http, running.url, requests=1)
     finally:
         await running.runner.cleanup()
     chat = {"model": "chat-model", "backend": "chat", "upstream_model": "upstream-chat-model"}
@@ -327,7 +342,7 @@ async def test_readiness_follows_redis(upstream, own_redis):
             assert "store" in body["reason"] and "redis://" not in body["reason"]
             assert await _status(http, f"{running.url}/healthz") == (200, {"status": "ok"})  # alive all the same
             assert (await post(http, running.url, headers=limited))[0] == 200  # by the per-process fallback
-            samples, _ = await scrape(http, running.url)
+            samples, _ = await scrape(http, running.url, requests=2)
             assert value(samples, m.LIMITER_DEGRADED) == 1
             assert value(samples, m.LIMITER_OUTAGES) == 1
             assert value(samples, m.LIMITER_FALLBACK_ADMISSIONS) == 1
@@ -339,11 +354,13 @@ async def test_readiness_follows_redis(upstream, own_redis):
             while (await _status(http, f"{running.url}/readyz"))[0] != 200:
                 assert time.monotonic() - began < 10, "not ready again after Redis came back"
                 await asyncio.sleep(0.1)
+            sent = 2
             while value(samples, m.LIMITER_DEGRADED) != 0:
                 assert time.monotonic() - began < 10, "the limiter did not recover after Redis came back"
                 await asyncio.sleep(0.2)
                 assert (await post(http, running.url, headers=limited))[0] == 200
-                samples, _ = await scrape(http, running.url)
+                sent += 1
+                samples, _ = await scrape(http, running.url, requests=sent)
     finally:
         await running.runner.cleanup()
     assert value(samples, m.LIMITER_OUTAGES) == 1
@@ -370,8 +387,8 @@ async def test_two_processes_on_one_multiprocess_directory_export_one_total(upst
                 body = {**ASK, "stream": bool(i % 2)}
                 assert (await post(http, (first, second)[i % 3 == 0].url, body))[0] == 200
             assert (await post(http, second.url, {**ASK, "model": "nope"}))[0] == 404
-            from_first, _ = await scrape(http, first.url)
-            from_second, _ = await scrape(http, second.url)
+            from_first, _ = await scrape(http, first.url, requests=11)
+            from_second, _ = await scrape(http, second.url, requests=11)
             for samples in (from_first, from_second):
                 assert value(samples, m.REQUESTS, status_class="2xx") == 10
                 assert value(samples, m.REQUESTS, status_class="4xx") == 1
@@ -379,7 +396,7 @@ async def test_two_processes_on_one_multiprocess_directory_export_one_total(upst
                 assert value(samples, m.GEN_AI_TIME_TO_FIRST_TOKEN + "_count") == 5
                 assert value(samples, m.IN_FLIGHT) == 0
             await second.stop()
-            samples, _ = await scrape(http, first.url)
+            samples, _ = await scrape(http, first.url, requests=11)
             assert value(samples, m.REQUESTS, status_class="2xx") == 10  # a stopped process's counts stay
     finally:
         await first.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -9,6 +11,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import parse
 from gateway.fake_upstream import FakeUpstream
+from gateway.keys import RUNTIME
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -26,6 +29,16 @@ class Running:
     url: str
     runner: web.AppRunner
     app: web.Application | None = None
+
+    async def settled(self, timeout: float = 15.0) -> None:
+        """Until no request is in flight in the gateway: a complete answer reaches the
+        client before its metrics and access-log line are recorded, so a test that reads
+        those right after an answer waits here rather than racing the recorder."""
+        assert self.app is not None, "only an in-process gateway"
+        deadline = time.monotonic() + timeout
+        while self.app[RUNTIME].in_flight:
+            assert time.monotonic() < deadline, f"{len(self.app[RUNTIME].in_flight)} requests still in flight"
+            await asyncio.sleep(0.01)
 
 
 async def start_upstream() -> tuple[FakeUpstream, Running]:

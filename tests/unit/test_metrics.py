@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from prometheus_client import values
+from prometheus_client import generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import metrics as m
@@ -246,6 +246,21 @@ def test_an_operators_directory_is_emptied_for_workers_and_left_alone_for_one_pr
     assert not (tmp_path / "counter_123.db").exists() and (tmp_path / "notes.txt").exists()
     m.teardown_multiprocess(workers)
     assert tmp_path.exists()
+
+
+def test_a_worker_starting_beside_others_neither_fails_its_start_nor_a_scrape(value_class, tmp_path, monkeypatch):
+    """CI failed one run in three: a second worker's start read the first worker's value
+    file in the instant after it was created and before it was sized (0 bytes), and died
+    with `struct.error`. A scrape meeting such a file, or one removed meanwhile, failed
+    the same way. Both now read only files that hold their header."""
+    (tmp_path / "counter_1001.db").write_bytes(b"")
+    (tmp_path / "gauge_livesum_1002.db").write_bytes(b"\0\0")
+    monkeypatch.setenv(m.MULTIPROC_ENV, str(tmp_path))  # where prometheus-client's values look
+    config = parse(CONFIG, env={})
+    metrics = m.Metrics(SimpleNamespace(config=config, router=SimpleNamespace(health=lambda: [])),
+                        multiprocess_dir=str(tmp_path))
+    text = generate_latest(metrics.registry).decode()
+    assert "gateway_build_info" in text
 
 
 # ---------------------------------------------------------------------------- names
