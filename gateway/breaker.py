@@ -4,9 +4,11 @@
     open ──(after `seconds`)──▶ half_open: one probe request may go through
     half_open ──probe succeeds──▶ closed        half_open ──probe fails──▶ open
 
-Only failures a retry could fix count (connect errors, timeouts, 429, 5xx): a client's
-bad request says nothing about the deployment's health. The clock is passed in, so the
-breaker is tested without waiting.
+Only failures a retry could fix count (connect errors, timeouts, 429, 5xx, and a stream
+that broke after it started): a client's bad request says nothing about the deployment's
+health. An open breaker remembers why it opened (`cause`), so a refusal can say whether
+the backend was rate limiting or failing. The clock is passed in, so the breaker is
+tested without waiting.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ class State(StrEnum):
     HALF_OPEN = "half_open"
 
 
+# Why a breaker opened: its backend answered 429 (rate limited), or anything else.
+RATE_LIMITED = "rate_limited"
+FAILING = "failing"
+
+
 class Breaker:
-    __slots__ = ("_clock", "_failures", "_probing", "_recent", "_seconds", "_window", "opened_at")
+    __slots__ = ("_clock", "_failures", "_probing", "_recent", "_seconds", "_window", "cause", "opened_at")
 
     def __init__(self, *, failures: int, window: float, seconds: float, clock: Callable[[], float]) -> None:
         self._failures = failures
@@ -33,6 +40,7 @@ class Breaker:
         self._recent: deque[float] = deque()
         self._probing = False
         self.opened_at: float | None = None
+        self.cause = FAILING
 
     @property
     def state(self) -> State:
@@ -70,12 +78,15 @@ class Breaker:
         self._probing = False
         self._recent.clear()
 
-    def failure(self) -> None:
+    def failure(self, kind: str = "") -> None:
+        """A failure a retry could fix; `kind` as `dispatch.failure_kind` names it."""
         if self._failures == 0:
             return
         now = self._clock()
+        cause = RATE_LIMITED if kind == "status_429" else FAILING
         if self.opened_at is not None:  # the half-open probe failed, or a straggler did
             self.opened_at = now
+            self.cause = cause
             self._probing = False
             return
         self._recent.append(now)
@@ -83,6 +94,7 @@ class Breaker:
             self._recent.popleft()
         if len(self._recent) >= self._failures:
             self.opened_at = now
+            self.cause = cause
             self._recent.clear()
 
     def release_probe(self) -> None:

@@ -61,12 +61,15 @@ class ServerConfig(_Strict):
 
 class Timeouts(_Strict):
     """Seconds. `first_byte` bounds the wait for the upstream's response headers; `idle`
-    the silence between two chunks of a stream; `total` the whole exchange."""
+    the silence between two chunks of a stream; `total` the whole exchange; `keepalive`
+    how long an idle pooled connection to this backend is reused (keep it below the
+    server's own idle timeout: uvicorn's, in front of vLLM and many others, is 5 s)."""
 
     connect: Annotated[float, Field(gt=0)] = 10.0
     first_byte: Annotated[float, Field(gt=0)] = 120.0
     idle: Annotated[float, Field(gt=0)] = 120.0
     total: Annotated[float, Field(gt=0)] = 600.0
+    keepalive: Annotated[float, Field(ge=0)] = 4.0
 
 
 class ChatOptions(_Strict):
@@ -176,6 +179,11 @@ class CooldownConfig(_Strict):
     failures: Annotated[int, Field(ge=0)] = 3
     window: Annotated[float, Field(gt=0)] = 30.0
     seconds: Annotated[float, Field(gt=0)] = 30.0
+    # When every deployment of a model and of its fallbacks is cooling down: `route` sends
+    # the request to the one whose cooldown ends first (as its probe), so a blip never
+    # becomes an outage; `refuse` answers 429 (cooled down after 429s) or 529, with
+    # `retry-after` the cooldown left.
+    when_all_open: Literal["route", "refuse"] = "route"
 
 
 class RoutingConfig(_Strict):

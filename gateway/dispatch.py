@@ -9,19 +9,27 @@ byte reaches the client (after that, a failure is the stream's to report in-band
 - When a model's attempts are spent, its `fallbacks` are tried in order (those the team
   may use); a request refused as too long goes to `context_fallbacks` instead.
 - Anything else (the client's own 4xx) is answered at once.
+- When retries are spent, the client gets the last upstream failure's class (429 with
+  the upstream's `retry-after`, 500 `api_error`, 502/503/529 as 529).
+- When every deployment of the model and of its fallbacks is cooling down before any
+  attempt, the one whose cooldown ends first is tried anyway (`cooldown.when_all_open:
+  route`, the default), or the request is refused as 429 or 529 by why they cooled
+  (`refuse`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway.backends.base import Deployment
+from gateway.breaker import RATE_LIMITED
 from gateway.config import RoutingConfig
-from gateway.errors import GatewayError, InvalidRequest, Overloaded, UpstreamTimeout
+from gateway.errors import GatewayError, InvalidRequest, Overloaded, RateLimited, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.routing import Plan, Router
 
@@ -55,13 +63,17 @@ async def run(
     *,
     allowed: Callable[[str], bool] = lambda name: True,
     rng: random.Random | None = None,
+    judged_later: bool = False,
 ) -> tuple[T, Deployment]:
     """The first successful `attempt` and the deployment that gave it. The caller must call
-    `router.finished(deployment)` when it is done with the answer (a stream: at its end)."""
+    `router.finished(deployment)` when it is done with the answer (a stream: at its end).
+    `judged_later`: a success here says nothing yet about the deployment's health (a
+    stream, which may still break); the caller reports it with `stream_ended`."""
     rng = rng or router.rng
     deadline = exchange.started + config.deadline
     last: GatewayError | None = None
     plans = [plan]
+    cooling: list[Plan] = []  # plans skipped because every deployment was cooling down
     context_switched = False
     attempts = 0
     while plans:
@@ -70,12 +82,8 @@ async def run(
         for n in range(config.retries + 1):
             candidates = router.order(current)
             if not candidates:
-                if last is None:
-                    wait = router.cooling_for(current)
-                    last = Overloaded(
-                        f"every deployment of model '{current.model.name}' is cooling down after failures",
-                        headers={"retry-after": str(max(1, round(wait)))},
-                    )
+                if not tried:
+                    cooling.append(current)
                 break
             fresh = [d for d in candidates if (d.backend_name, d.upstream_model) not in tried]
             deployment = (fresh or candidates)[0]
@@ -98,19 +106,13 @@ async def run(
                 exchange.fallbacks.append(current.model.name)
             attempts += 1
             tried.add((deployment.backend_name, deployment.upstream_model))
-            breaker = router.breaker(deployment)
-            breaker.claim()
-            router.started(deployment)
             try:
-                result = await attempt(deployment)
+                return await _attempt(router, deployment, attempt, judged_later), deployment
             except GatewayError as error:
-                router.finished(deployment)
                 if retryable(error):
-                    breaker.failure()
                     exchange.upstream_errors.append((deployment.backend_name, failure_kind(error)))
                     last = error
                     continue
-                breaker.release_probe()
                 if context_overflow(error) and current.model.context_fallbacks and not context_switched:
                     context_switched = True
                     exchange.upstream_errors.append((deployment.backend_name, "context_length"))
@@ -118,17 +120,88 @@ async def run(
                     plans = _fallbacks(router, current.model.context_fallbacks, allowed)
                     break
                 raise
-            except BaseException:
-                router.finished(deployment)
-                breaker.release_probe()
-                raise
-            breaker.success()
-            return result, deployment
         if not context_switched and current is plan:
             plans = _fallbacks(router, plan.model.fallbacks, allowed)
-    if last is None:  # the deadline passed before any attempt could start
+    if last is not None:  # the class of the last upstream failure: 429 stays 429, 500 stays 500
+        raise last
+    if not cooling:  # the deadline passed before any attempt could start
         raise UpstreamTimeout(f"no attempt could start within routing.deadline ({config.deadline:g} s)")
-    raise last
+    # Every deployment of the model and of its fallbacks is cooling down, and nothing was
+    # tried: refusing now would turn one bad minute into an outage for every team. The one
+    # whose cooldown ends first takes the request as its probe (Envoy's panic routing),
+    # unless the operator chose to refuse.
+    current, deployment = _first_to_reopen(router, cooling)
+    if config.cooldown.when_all_open == "refuse":
+        raise _refusal(router, current, deployment)
+    if time.perf_counter() > deadline:
+        raise UpstreamTimeout(f"no attempt could start within routing.deadline ({config.deadline:g} s)")
+    if current is not plan:
+        exchange.fallbacks.append(current.model.name)
+    exchange.panic = True
+    try:
+        return await _attempt(router, deployment, attempt, judged_later), deployment
+    except GatewayError as error:
+        if retryable(error):
+            exchange.upstream_errors.append((deployment.backend_name, failure_kind(error)))
+        raise
+
+
+async def _attempt(
+    router: Router, deployment: Deployment, attempt: Callable[[Deployment], Awaitable[T]], judged_later: bool
+) -> T:
+    """One call to one deployment, with its breaker told the outcome."""
+    breaker = router.breaker(deployment)
+    breaker.claim()
+    router.started(deployment)
+    try:
+        result = await attempt(deployment)
+    except GatewayError as error:
+        router.finished(deployment)
+        if retryable(error):
+            breaker.failure(failure_kind(error))
+        else:
+            breaker.release_probe()
+        raise
+    except BaseException:
+        router.finished(deployment)
+        breaker.release_probe()
+        raise
+    if not judged_later:
+        breaker.success()
+    return result
+
+
+def stream_ended(router: Router, deployment: Deployment, exchange: Exchange, *, completed: bool) -> None:
+    """A stream `run` opened with `judged_later` is over: its deployment's breaker learns
+    how it went. A failure after the stream started (a reset, a stall, bytes that are not
+    the protocol, an in-band error) is the deployment's failure like one before it; a
+    client that left, or a shutdown (`completed` False, no failure), says nothing of it."""
+    breaker = router.breaker(deployment)
+    kind = exchange.stream_failure
+    if kind is not None:
+        breaker.failure(kind)
+        exchange.upstream_errors.append((deployment.backend_name, kind))
+    elif completed and exchange.error_type is None:
+        breaker.success()
+    else:
+        breaker.release_probe()
+
+
+def _first_to_reopen(router: Router, plans: list[Plan]) -> tuple[Plan, Deployment]:
+    return min(
+        ((p, d) for p in plans for d in p.deployments), key=lambda pd: router.breaker(pd[1]).retry_in()
+    )
+
+
+def _refusal(router: Router, plan: Plan, deployment: Deployment) -> GatewayError:
+    breaker = router.breaker(deployment)
+    headers = {"retry-after": str(max(1, math.ceil(breaker.retry_in())))}
+    name = plan.model.name
+    if breaker.cause == RATE_LIMITED:
+        return RateLimited(
+            f"every deployment of model '{name}' is cooling down after its backends rate limited it", headers=headers
+        )
+    return Overloaded(f"every deployment of model '{name}' is cooling down after failures", headers=headers)
 
 
 def _fallbacks(router: Router, names: list[str], allowed: Callable[[str], bool]) -> list[Plan]:

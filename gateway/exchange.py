@@ -45,10 +45,15 @@ class Exchange:
     retries: int = 0
     fallbacks: list[str] = field(default_factory=list)
     # Upstream failures met on the way, as (backend, kind) — kind: connect, timeout,
-    # status_429, status_5xx, protocol — whether or not a retry then succeeded.
+    # status_429, status_5xx, protocol, stream_* — whether or not a retry then succeeded.
     upstream_errors: list[tuple[str, str]] = field(default_factory=list)
     # The limit that refused the request (a `Limits` field), when one did.
     rejected_limit: str | None = None
+    # A stream that failed after it started, by the upstream's doing: stream_reset,
+    # stream_timeout, stream_protocol or stream_error (an in-band error event).
+    stream_failure: str | None = None
+    # Sent to a deployment that was cooling down, since all of them were.
+    panic: bool = False
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -17,7 +17,8 @@ A reply is a JSON-able dict:
                                                         written as raw text
     optional: "headers": {...}, "delay": s (before answering), "chunk_delay": s (between items),
               "stall_after": n (send n items, then hang), "reset_after": n (send n items, then drop
-              the connection), "body": "raw text" (instead of json)
+              the connection), "body": "raw text" (instead of json), "one_write": true (the whole
+              stream in one write, so the gateway reads it at once)
 """
 
 from __future__ import annotations
@@ -151,6 +152,11 @@ class FakeUpstream:
         response = web.StreamResponse(status=status, headers={"content-type": "text/event-stream", **headers})
         await response.prepare(request)
         items = reply["sse"]
+        if reply.get("one_write"):
+            await response.write(b"".join(map(_encode_item, items)))
+            await response.write_eof()
+            self.completed_streams += 1
+            return response
         try:
             for n, item in enumerate(items):
                 if reply.get("reset_after") == n:

@@ -97,12 +97,17 @@ async def messages(request: web.Request) -> web.StreamResponse:
             (upstream, relay), deployment = await dispatch.run(
                 router, config.routing, plan,
                 lambda d: d.backend.open_stream(body, d, headers, exchange), exchange, allowed=allowed,
+                judged_later=True,
             )
             served_by(exchange, deployment)
+            completed = False
             try:
-                return await streaming.respond(request, exchange, deployment, upstream, relay)
+                response = await streaming.respond(request, exchange, deployment, upstream, relay)
+                completed = True
+                return response
             finally:
                 router.finished(deployment)
+                dispatch.stream_ended(router, deployment, exchange, completed=completed)
         answer, deployment = await dispatch.run(
             router, config.routing, plan, lambda d: d.backend.send(body, d, headers, exchange), exchange, allowed=allowed
         )

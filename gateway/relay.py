@@ -4,6 +4,13 @@ A relay is pure (no sockets, no clock): the pump in `streaming.py` hands it each
 read and writes what it returns. Both relays return only whole SSE events, so the pump
 may slip a `ping` between two writes and a failure never leaves half an event behind.
 
+A relay does not raise for what the upstream sent. When a read holds good events and then
+a failure (a chunk that is not JSON, an in-band error, a broken event), `feed` returns the
+good events' bytes, in order, then the closing `error` event, and records the cause in
+`failure`: the client keeps every delta the upstream made before it failed, whether the
+bad bytes came in a read of their own or with the good ones. The pump reads `failure`
+to judge the deployment (a stream that failed midway is an upstream failure).
+
 - `ChatRelay`: Chat Completions SSE → decoder → `ChatStreamTranslator` → Messages SSE.
 - `NativeRelay`: Messages SSE relayed as the upstream wrote it (bytes not re-encoded, only
   cut at event boundaries), watched for usage; the one `message_start` is rewritten so
@@ -16,8 +23,9 @@ import re
 
 import orjson
 
-from gateway.errors import GatewayError, UpstreamProtocolError
-from gateway.protocols.sse import DONE, SseDecoder, encode, encode_json
+from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
+from gateway.protocols.sse import DONE, SseDecoder, SseEvent, encode, encode_json
+from gateway.translate.chat_errors import scrub
 from gateway.translate.chat_request import ChatCall
 from gateway.translate.chat_stream import ChatStreamTranslator
 
@@ -30,6 +38,7 @@ class ChatRelay:
         self._translator = ChatStreamTranslator(call, input_tokens=input_tokens)
         self.done = False  # the upstream said `[DONE]`
         self.has_content = False
+        self.failure: GatewayError | None = None  # what ended the stream, when the upstream failed
         # The bytes around the text in this stream's text-only chunks (`_learn`).
         self._shape: tuple[bytes, bytes] | None = None
 
@@ -66,6 +75,19 @@ class ChatRelay:
                 self.done = True
             return b""
         out: list[bytes] = []
+        try:
+            content = self._each(payloads, out)
+        except GatewayError as error:
+            # What came before the failure is the client's: it leaves first, then the error.
+            content = self.has_content or _has_delta_bytes(out)
+            out.append(self._failed(error))
+        if content:
+            self.has_content = True
+        return b"".join(out)
+
+    def _each(self, payloads: list[bytes] | list[str], out: list[bytes]) -> bool:
+        """`_translate`'s loop: each payload's events onto `out`; whether any was a delta."""
+        translator = self._translator
         content = False
         continuation, loads, plain = translator.text_continuation, orjson.loads, _PLAIN_STRING.fullmatch
         # Only `feed` changes whether a text block is open, and which: read again after it.
@@ -102,9 +124,7 @@ class ChatRelay:
             if events:
                 content = content or _has_delta(events)
                 out.append(b"".join(map(encode_json, events)))
-        if content:
-            self.has_content = True
-        return b"".join(out)
+        return content
 
     def _learn(self, data: bytes, literal: bytes) -> None:
         """Remember the bytes around the text of a chunk that only continued the text block.
@@ -124,16 +144,28 @@ class ChatRelay:
         self._shape = (data[:start], data[start + len(literal) :])
 
     def end(self) -> bytes:
-        """The upstream closed the stream."""
-        tail = self._translate([sse.data for sse in self._decoder.flush()])  # a last event the upstream did not terminate
+        """The upstream closed the stream. A last event whose lines are whole counts even
+        without the blank line that should end it (`data: [DONE]` and EOF), as the
+        official SDKs read it."""
+        tail = self._translate([sse.data for sse in self._decoder.flush()])
         if self._translator.finished:
             return tail
         if self.done or self._translator.finish_reason is not None:
-            return tail + self._encode(self._translator.finish())
-        return tail + self.fail(GatewayError(_ENDED_EARLY))
+            try:
+                return tail + self._encode(self._translator.finish())
+            except GatewayError as error:  # `finish` decides before it changes anything
+                return tail + self._failed(error)
+        return tail + self._failed(_ended_early())
 
     def fail(self, error: GatewayError) -> bytes:
+        """The closing `error` event for a failure the pump met (a reset, a stall, a
+        client gone); the relay's own failures are recorded in `failure` by `_failed`."""
         return self._encode(self._translator.fail(error))
+
+    def _failed(self, error: GatewayError) -> bytes:
+        if self.failure is None and not self._translator.finished:
+            self.failure = _tagged(error)
+        return self.fail(error)
 
     def _encode(self, events: list[dict]) -> bytes:
         if not events:
@@ -145,6 +177,10 @@ class ChatRelay:
 
 def _has_delta(events: list[dict]) -> bool:
     return any(e["type"] == "content_block_delta" for e in events)
+
+
+def _has_delta_bytes(encoded: list[bytes]) -> bool:
+    return any(b"event: content_block_delta\n" in part for part in encoded)
 
 
 DONE_BYTES = DONE.encode()
@@ -163,15 +199,35 @@ def _last_boundary(buffer: bytes) -> int:
     return max(ends) if ends else -1
 
 
+def _raw_event(sse: SseEvent) -> bytes:
+    """An event as SSE again, field for field (what the upstream sent, minus comments)."""
+    head = b"event: " + sse.event.encode() + b"\n" if sse.event else b""
+    lines = b"".join(b"data: " + line.encode() + b"\n" for line in sse.data.split("\n"))
+    return head + lines + b"\n"
+
+
+# The Messages error types a client knows; another upstream type is sent as api_error.
+_ERROR_TYPES = frozenset({
+    "invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
+    "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error",
+})
+_WATCHED = frozenset({"message_start", "message_delta", "error", "message_stop"})
+
+
 class NativeRelay:
     def __init__(self, model: str) -> None:
         self._model = model
         self._decoder = SseDecoder()
-        self._pending = b""
+        # Bytes after the last event boundary, in pieces (joined once a boundary comes, so
+        # an event that arrives in many reads costs its length, not its length squared),
+        # and their last three bytes, where a boundary that the next read ends may begin.
+        self._held: list[bytes] = []
+        self._tail = b""
         self._started = False
         self.finished = False  # message_stop or error relayed
         self.done = False  # Messages streams have no `[DONE]`; message_stop is the end
         self.has_content = False
+        self.failure: GatewayError | None = None
         self.usage: dict = {}
         self.stop_reason: str | None = None
 
@@ -183,47 +239,85 @@ class NativeRelay:
         return b""  # the upstream sends its own message_start
 
     def feed(self, data: bytes) -> bytes:
-        buffer = self._pending + data if self._pending else data
-        cut = _last_boundary(buffer)
-        if cut < 0:
-            self._pending = buffer
+        if self.finished:
             return b""
-        complete, self._pending = buffer[:cut], buffer[cut:]
-        events = self._decoder.feed(complete)
+        tail = self._tail
+        cut = _last_boundary(tail + data if tail else data)
+        if cut < 0:
+            self._held.append(data)
+            self._tail = (tail + data)[-3:]
+            return b""
+        cut -= len(tail)  # in `data`: a boundary the held bytes did not complete ends in it
+        complete = b"".join((*self._held, data[:cut])) if self._held else data[:cut]
+        rest = data[cut:]
+        self._held = [rest] if rest else []
+        self._tail = rest[-3:]
+        return self._relay(complete, self._decoder.feed(complete))
+
+    def _relay(self, complete: bytes | None, events: list[SseEvent]) -> bytes:
+        """`complete`'s bytes as they came, when nothing in them needs changing; else its
+        events encoded again (always, for `complete` None): the one message_start (its
+        model rewritten), nothing after the stream's end, and before a failure only what
+        preceded it."""
         rewrite = False
-        for sse in events:
+        for i, sse in enumerate(events):
             kind = sse.event
             if kind == "content_block_delta":
                 self.has_content = True
-            elif kind in ("message_start", "message_delta", "error", "message_stop"):
-                rewrite |= self._watch(kind, sse.data)
-        if rewrite:
-            # Only the batch holding message_start is re-encoded, once per stream.
-            return b"".join(
-                encode(sse.event or "message", self._with_model(sse.data) if sse.event == "message_start" else orjson.loads(sse.data))
-                for sse in events
-            )
+            elif kind in _WATCHED:
+                try:
+                    rewrite |= self._watch(kind, sse.data)
+                except GatewayError as error:
+                    return self._encode(events[:i], rewrite) + self._failed(error)
+                if self.finished:
+                    if kind == "error":  # the upstream's own error event, scrubbed
+                        return self._encode(events[:i], rewrite) + self._error_event()
+                    if rewrite or complete is None or i + 1 < len(events):
+                        return self._encode(events[: i + 1], rewrite)
+                    return complete
+        if rewrite or complete is None:
+            return self._encode(events, rewrite)
         return complete
 
+    def _encode(self, events: list[SseEvent], rewrite: bool) -> bytes:
+        return b"".join(
+            encode("message_start", self._with_model(sse.data))
+            if rewrite and sse.event == "message_start"
+            else _raw_event(sse)
+            for sse in events
+        )
+
     def _watch(self, kind: str, data: str) -> bool:
-        if kind == "message_stop" or kind == "error":
+        if kind == "message_stop":
             self.finished = True
             return False
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamProtocolError(f"the model's backend sent a {kind} event that is not JSON") from None
+        if kind == "error":
+            self.failure = _upstream_error(payload)
+            self.finished = True
+            return False
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError(f"the model's backend sent a {kind} event that is not an object")
         if kind == "message_start":
-            message = payload.get("message") or {}
-            self.usage.update({k: v for k, v in (message.get("usage") or {}).items() if isinstance(v, int)})
+            message = payload.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            self._count(usage)
             if self._started:
                 return False
             self._started = True
             return True
-        delta_usage = payload.get("usage") or {}
-        self.usage.update({k: v for k, v in delta_usage.items() if isinstance(v, int)})
-        self.stop_reason = (payload.get("delta") or {}).get("stop_reason") or self.stop_reason
+        self._count(payload.get("usage"))
+        delta = payload.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+            self.stop_reason = delta["stop_reason"]
         return False
+
+    def _count(self, usage: object) -> None:
+        if isinstance(usage, dict):
+            self.usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
 
     def _with_model(self, data: str) -> dict:
         payload = orjson.loads(data)
@@ -231,13 +325,67 @@ class NativeRelay:
             payload["message"]["model"] = self._model
         return payload
 
+    def _error_event(self) -> bytes:
+        error = self.failure
+        assert error is not None
+        return encode_json({"type": "error", "error": {"type": error.error_type, "message": error.message}})
+
     def end(self) -> bytes:
+        """The upstream closed the stream. What it sent after its last blank line still
+        counts where every event of it is whole (the official SDKs read a stream that
+        ends `data: {"type":"message_stop"}` without its blank line as complete);
+        anything cut short is an early end."""
         if self.finished:
             return b""
-        return self.fail(GatewayError(_ENDED_EARLY))
+        rest = b"".join(self._held)
+        self._held, self._tail = [], b""
+        events = self._decoder.feed(rest) + self._decoder.flush() if rest else []
+        whole = []
+        for sse in events:
+            try:
+                orjson.loads(sse.data)
+            except orjson.JSONDecodeError:
+                break
+            whole.append(sse)
+        out = self._relay(None, whole)
+        if self.finished:
+            return out
+        return out + self._failed(_ended_early())
 
     def fail(self, error: GatewayError) -> bytes:
         if self.finished:
             return b""
         self.finished = True
         return encode_json(error.body(None))
+
+    def _failed(self, error: GatewayError) -> bytes:
+        if self.failure is None and not self.finished:
+            self.failure = _tagged(error)
+        return self.fail(error)
+
+
+def _tagged(error: GatewayError) -> GatewayError:
+    """`error` with the kind of stream failure it is (`Exchange.stream_failure`)."""
+    if error.upstream_failure is None:
+        error.upstream_failure = "stream_protocol" if isinstance(error, UpstreamProtocolError) else "stream_error"
+    return error
+
+
+def _ended_early() -> GatewayError:
+    error = GatewayError(_ENDED_EARLY)
+    error.upstream_failure = "stream_reset"
+    return error
+
+
+def _upstream_error(payload: object) -> GatewayError:
+    """An upstream `error` event as the gateway error it stands for: its Messages type kept
+    when it is one (overloaded stays overloaded), its message scrubbed of secrets."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    text = scrub(message)[:1000] if isinstance(message, str) and message else "the model's backend failed mid-stream"
+    failure = Overloaded(text) if kind == "overloaded_error" else GatewayError(text)
+    if isinstance(kind, str) and kind in _ERROR_TYPES:
+        failure.error_type = kind
+    failure.upstream_failure = "stream_error"
+    return failure

@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, Overloaded, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.keys import RUNTIME
 from gateway.protocols.sse import encode_json
-from gateway.upstream_http import Response, UpstreamError
+from gateway.upstream_http import BadResponse, Response, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class Relay(Protocol):
     finished: bool
     has_content: bool
     done: bool
+    # Set when the upstream's bytes ended the stream with an error (`relay.py`).
+    failure: GatewayError | None
 
     @property
     def usage(self) -> dict: ...
@@ -227,12 +229,13 @@ async def _pump(
                     continue
                 await _write(response, out)
         tail = relay.end()
-    except GatewayError as error:
-        exchange.error_type = error.error_type
+    except GatewayError as error:  # the upstream went silent, or past its total timeout
+        _failed(exchange, error, "stream_timeout" if isinstance(error, UpstreamTimeout) else "stream_protocol")
         tail = relay.fail(error)
-    except UpstreamError:
-        exchange.error_type = "api_error"
-        tail = relay.fail(GatewayError("the model's backend dropped the connection mid-stream"))
+    except UpstreamError as exc:
+        error = GatewayError("the model's backend dropped the connection mid-stream")
+        _failed(exchange, error, "stream_protocol" if isinstance(exc, BadResponse) else "stream_reset")
+        tail = relay.fail(error)
     except _ClientGone:
         raise
     except asyncio.CancelledError:
@@ -250,4 +253,14 @@ async def _pump(
         tail = relay.fail(GatewayError("internal error in the gateway"))
     finally:
         silence.stop()
+    if relay.failure is not None:  # the relay's own: a broken chunk, an in-band error, an early end
+        _failed(exchange, relay.failure, relay.failure.upstream_failure or "stream_error")
     return tail if head is None else head + tail
+
+
+def _failed(exchange: Exchange, error: GatewayError, kind: str) -> None:
+    """The stream failed by the upstream's doing: the client's error type, and the kind
+    of failure the deployment's breaker is told (`dispatch.stream_ended`)."""
+    exchange.error_type = error.error_type
+    if exchange.stream_failure is None:
+        exchange.stream_failure = error.upstream_failure or kind

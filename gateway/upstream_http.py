@@ -8,9 +8,15 @@ answer or relay a stream of bytes, with connect, first-byte and total timeouts, 
 gzip or deflate answers. This is that, at about a sixth of the cost.
 
 - **Connections** are kept per (scheme, host, port) and reused newest first; one idle for
-  longer than `keepalive` seconds, or that the server closed, is never used again. An
-  answer read to its end gives its connection back at once; one abandoned midway (a
-  client that left) closes it, so the upstream stops generating.
+  longer than `keepalive` seconds (per call: each backend sets its own, below its
+  server's idle timeout), or that the server closed, is never used again. An answer read
+  to its end gives its connection back at once; one abandoned midway (a client that
+  left) closes it, so the upstream stops generating.
+- **A stale pooled connection**: a server may close an idle connection just as it is
+  reused (its FIN crosses the request). When a reused connection ends before a single
+  byte of the answer came back, the request is sent again at once on a new connection,
+  once: the server never read it, so this is not an upstream failure, and the caller
+  never sees it.
 - **Timeouts**, one timer per call: `connect` bounds opening a connection (TLS
   included); `first_byte` bounds the silence before the answer's headers, and for a
   whole answer (`stream=False`) between any two reads of it; `total` bounds the call.
@@ -36,7 +42,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 HIGH_WATER = 256 * 1024
-KEEPALIVE = 15.0  # seconds an idle connection is kept (aiohttp's default)
+# Seconds an idle connection is kept: below the 5 s idle timeout of uvicorn, which vLLM and
+# many OpenAI-compatible servers run behind, so the server is not the one to close it.
+KEEPALIVE = 4.0
 _COMPRESSED = ("gzip", "x-gzip", "deflate")
 
 
@@ -50,6 +58,10 @@ class CannotConnect(UpstreamError):
 
 class Disconnected(UpstreamError):
     """The connection ended before the answer's headers."""
+
+    # Not one byte of an answer came back before the end (the server may not have read
+    # the request at all).
+    silent: bool = False
 
 
 class CutShort(Disconnected):
@@ -66,7 +78,7 @@ class Response:
 
     __slots__ = (
         "status", "headers", "_conn", "_loop", "_chunks", "_size", "_complete", "_error", "_waiter", "_inflate",
-        "_paused", "_timer", "_read_timeout", "_deadline", "_stream", "_until_close", "last_io",
+        "_paused", "_timer", "_read_timeout", "_deadline", "_stream", "_until_close", "last_io", "heard",
     )
 
     def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop, *, stream: bool, read_timeout: float,
@@ -87,6 +99,7 @@ class Response:
         self._read_timeout: float | None = read_timeout
         self._deadline = deadline
         self.last_io = loop.time()
+        self.heard = False  # a byte of the answer came back
         self._timer = loop.call_at(min(deadline, self.last_io + read_timeout), self._check)
 
     # ---------------------------------------------------------------- reading
@@ -213,7 +226,9 @@ class Response:
         elif self.status:
             self._fail(CutShort("the upstream closed the connection in the middle of the answer"))
         else:
-            self._fail(Disconnected("the upstream closed the connection without answering"))
+            error = Disconnected("the upstream closed the connection without answering")
+            error.silent = not self.heard
+            self._fail(error)
 
     def _check(self) -> None:
         now = self._loop.time()
@@ -316,6 +331,7 @@ class _Connection(asyncio.Protocol):
             self.drop()
             return
         response.last_io = self._loop.time()
+        response.heard = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -387,9 +403,11 @@ class UpstreamClient:
         self._closed = False
 
     async def post(self, url: URL, body: bytes, headers: Mapping[str, str], *, connect: float, first_byte: float,
-                   total: float, stream: bool = False) -> Response:
+                   total: float, stream: bool = False, keepalive: float | None = None) -> Response:
         """POST `body` and wait for the answer's status and headers (the body is the
-        caller's to read). Raises `UpstreamError` or `TimeoutError`."""
+        caller's to read). `keepalive`: the longest a pooled connection may have been
+        idle to be reused for this call (default: the client's). Raises `UpstreamError`
+        or `TimeoutError`."""
         if self._closed:
             raise CannotConnect("the upstream client is closed")
         loop = asyncio.get_running_loop()
@@ -398,9 +416,20 @@ class UpstreamClient:
         if lines is None:
             lines = self._request_lines(url)
         data = lines + _header_block(headers, len(body))
-        conn = self._idle_connection(url, loop.time())
-        if conn is None:
-            conn = await self._connect(url, loop, connect, deadline)
+        conn = self._idle_connection(url, loop.time(), self._keepalive if keepalive is None else keepalive)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, data, body, loop, stream, first_byte, deadline)
+            except Disconnected as exc:
+                if not exc.silent or type(exc) is not Disconnected:
+                    raise
+                # The server closed the pooled connection as the request went out: send it
+                # again on a new one (`post` runs no further than this once).
+        conn = await self._connect(url, loop, connect, deadline)
+        return await self._exchange(conn, data, body, loop, stream, first_byte, deadline)
+
+    async def _exchange(self, conn: _Connection, data: bytes, body: bytes, loop: asyncio.AbstractEventLoop,
+                        stream: bool, first_byte: float, deadline: float) -> Response:
         response = Response(conn, loop, stream=stream, read_timeout=first_byte, deadline=deadline)
         conn.send(response, data, body)
         try:
@@ -422,11 +451,11 @@ class UpstreamClient:
 
     # ---------------------------------------------------------------- connections
 
-    def _idle_connection(self, url: URL, now: float) -> _Connection | None:
+    def _idle_connection(self, url: URL, now: float, keepalive: float) -> _Connection | None:
         idle = self._idle.get((url.scheme, url.host, url.port))
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self._keepalive:
+            if not conn.closed and now - conn.idle_since < keepalive:
                 return conn
             conn.drop()
         return None

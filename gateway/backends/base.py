@@ -64,7 +64,7 @@ async def post_json(
     try:
         response = await client.post(
             url, orjson.dumps(body), headers, connect=timeouts.connect, first_byte=timeouts.first_byte,
-            total=timeouts.total,
+            total=timeouts.total, keepalive=timeouts.keepalive,
         )
         try:
             raw = await response.read()
@@ -87,7 +87,7 @@ async def open_upstream_stream(
     try:
         return await client.post(
             url, body, headers, connect=timeouts.connect, first_byte=timeouts.first_byte, total=timeouts.total,
-            stream=True,
+            stream=True, keepalive=timeouts.keepalive,
         )
     except (UpstreamError, TimeoutError) as exc:
         raise transport_error(exc, backend) from None

@@ -333,16 +333,74 @@ async def test_a_cooling_deployment_of_a_model_leaves_the_other_to_serve(start, 
     assert len(providers.one.requests) == 1
 
 
-async def test_every_deployment_cooling_without_fallback_is_a_529(start, http, providers):
+async def test_every_deployment_cooling_is_routed_to_the_first_to_reopen(start, http, providers):
+    """The outage this replaced: both deployments of `pair` failed once, and every team
+    got 529 for the 30 s cooldown while the upstreams were already fine again."""
     gateway = await start("{retries: 0, cooldown: {failures: 1, window: 30, seconds: 30}}")
     providers.one.script(error(500, "down"))
-    providers.two.script(error(500, "down"), error(500, "down"))
-    await post(http, gateway, "pair")  # one fails, and with retries: 0 that is it
-    await post(http, gateway, "pair")  # two fails (one is cooling)
+    providers.two.script(error(500, "down"))
+    assert (await post(http, gateway, "pair"))[0] == 500  # one fails, and with retries: 0 that is it
+    assert (await post(http, gateway, "pair"))[0] == 500  # two fails (one is cooling)
+    assert (states(gateway)["a-pair"], states(gateway)["b-pair"]) == ("open", "open")
     status, headers, body = await post(http, gateway, "pair")
-    assert status == 529 and body["error"]["type"] == "overloaded_error"
+    assert (status, headers[BACKEND]) == (200, "one")  # `one` opened first: its cooldown ends first
+    assert states(gateway)["a-pair"] == "closed" and states(gateway)["b-pair"] == "open"
+    assert (len(providers.one.requests), len(providers.two.requests)) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "error_type"), [(500, 529, "overloaded_error"), (429, 429, "rate_limit_error")]
+)
+async def test_refusing_when_all_are_open_says_why_and_for_how_long(start, http, providers, status, answer, error_type):
+    gateway = await start("{retries: 0, cooldown: {failures: 1, window: 30, seconds: 30, when_all_open: refuse}}")
+    providers.one.script(error(status, "down"))
+    providers.two.script(error(status, "down"))
+    await post(http, gateway, "pair")
+    await post(http, gateway, "pair")
+    code, headers, body = await post(http, gateway, "pair")
+    assert code == answer and body["error"]["type"] == error_type
+    assert "cooling down" in body["error"]["message"]
     assert 1 <= int(headers["retry-after"]) <= 30
     assert len(providers.one.requests) + len(providers.two.requests) == 2
+
+
+async def test_an_upstream_429_that_outlasts_the_retries_reaches_the_client_as_429(start, http, providers):
+    gateway = await start("{retries: 1, backoff_base: 0.01, deadline: 5, cooldown: {failures: 0}}")
+    providers.one.script(*[error(429, "slow down", headers={"retry-after": "0.05"})] * 2)
+    providers.two.script(*[error(429, "slow down", headers={"retry-after": "7"})] * 2)
+    status, headers, body = await post(http, gateway, "solo-b")
+    assert (status, body["error"]["type"], headers["retry-after"]) == (429, "rate_limit_error", "7")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        {"sse": [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}], "reset_after": 1},
+        {"sse": [{"choices": [{"index": 0, "delta": {"content": "hi"}}]}, "not json"]},
+        {"sse": [{"choices": [{"index": 0, "delta": {"content": "hi"}}]}, {"error": {"message": "overloaded"}}]},
+        {"sse": [{"choices": [{"index": 0, "delta": {"content": "hi"}}]}], "stall_after": 1},
+    ],
+    ids=["reset", "garbage", "in-band-error", "stall"],
+)
+async def test_a_stream_that_fails_after_it_started_counts_against_its_deployment(start, http, providers, failure):
+    gateway = await start("{retries: 0, cooldown: {failures: 2, window: 30, seconds: 30}}")
+    providers.one.script(failure, failure)
+    for _ in range(2):
+        status, _, events = await stream(http, gateway, "solo-a")
+        assert status == 200 and events[-1]["type"] == "error"
+    assert states(gateway)["a-solo"] == "open"
+
+
+async def test_a_stream_whose_client_leaves_says_nothing_of_its_deployment(start, http, providers):
+    gateway = await start("{retries: 0, cooldown: {failures: 1, window: 30, seconds: 30}}")
+    providers.one.script({"sse": chat_chunks({"content": "a"}, {"content": "b"}), "chunk_delay": 0.5})
+    async with http.post(
+        f"{gateway.url}/v1/messages", json={"model": "solo-a", **ASK, "stream": True}, headers=FULL
+    ) as response:
+        await response.content.readline()  # the stream began; now the client goes
+    await gateway.settled()
+    assert states(gateway)["a-solo"] == "closed"
+    assert gateway.app[RUNTIME].router.breaker(gateway.app[RUNTIME].router.resolve("solo-a").primary).pristine
 
 
 # ============================================================ weights

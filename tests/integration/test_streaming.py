@@ -224,6 +224,85 @@ async def test_native_failure_mid_stream_is_an_error_event(gateway, upstream):
     assert raw.endswith(b"\n\n")
 
 
+def native_message_stream() -> list[dict]:
+    message = {
+        "id": "msg_native1", "type": "message", "role": "assistant", "model": "upstream-native-model", "content": [],
+        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1},
+    }
+    events = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 6}},
+        {"type": "message_stop"},
+    ]
+    return [{"event": e["type"], "data": e} for e in events]
+
+
+TWO_TEXTS = chat_chunks({"content": "Hello"}, {"content": " world"})[:3]
+
+
+@pytest.mark.parametrize("one_write", [True, False], ids=["one-write", "item-by-item"])
+@pytest.mark.parametrize(
+    ("bad", "error_type"),
+    [("data: {this is not json\n\n", "api_error"),
+     ({"error": {"message": "overloaded", "type": "server_error"}}, "overloaded_error")],
+    ids=["garbage", "error-chunk"],
+)
+async def test_text_before_a_mid_stream_failure_reaches_the_client(gateway, client, upstream, bad, error_type, one_write):
+    """`role`, two text chunks, then a failure, all in one write over a real socket (the
+    gateway reads them at once) or item by item: the client gets both deltas, then the
+    error. The same bytes split at every boundary are in tests/unit/test_relay_failures.py."""
+    upstream.script({"sse": [*TWO_TEXTS, bad], "one_write": one_write})
+    _, events, _ = await raw_stream(gateway.url, {"model": "chat-model", **ASK})
+    check_stream(events)
+    assert [e["type"] for e in events] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"]
+    assert "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta") == "Hello world"
+    assert events[-1]["error"]["type"] == error_type
+
+    upstream.script({"sse": [*TWO_TEXTS, bad], "one_write": one_write})
+    seen = []
+    with pytest.raises(anthropic.APIStatusError):
+        async with client.messages.stream(model="chat-model", **ASK) as stream:
+            async for text in stream.text_stream:
+                seen.append(text)
+    assert "".join(seen) == "Hello world"  # what the SDK showed before it raised
+
+
+async def test_native_text_before_a_mid_stream_failure_reaches_the_client(gateway, upstream):
+    items = native_message_stream()[:5] + ["event: message_delta\ndata: {broken\n\n"]
+    upstream.script({"sse": items, "one_write": True})
+    _, events, _ = await raw_stream(gateway.url, {"model": "native-model", **ASK})
+    check_stream(events)
+    assert [e["type"] for e in events] == [
+        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta", "error"]
+    assert events[0]["message"]["model"] == "native-model"
+
+
+@pytest.mark.parametrize(
+    ("model", "items"),
+    [
+        ("native-model", native_message_stream()[:-1] + ['event: message_stop\ndata: {"type":"message_stop"}\n']),
+        ("native-model", native_message_stream()[:-1] + ['event: message_stop\ndata: {"type":"message_stop"}']),
+        ("chat-model", chat_chunks({"content": "Hi there"}, done=False) + ["data: [DONE]\n"]),
+    ],
+    ids=["native-lf", "native-bare", "chat-done"],
+)
+async def test_a_last_event_without_its_blank_line_completes_the_stream(gateway, client, upstream, model, items):
+    """The official SDK reads these bytes as a complete message; so does the gateway."""
+    upstream.script({"sse": items})
+    _, events, raw = await raw_stream(gateway.url, {"model": model, **ASK})
+    check_stream(events)
+    assert events[-1]["type"] == "message_stop" and raw.endswith(b"\n\n")
+    upstream.script({"sse": items})
+    async with client.messages.stream(model=model, **ASK) as stream:
+        assert (await stream.get_final_message()).content[0].text == "Hi there"
+
+
 async def test_client_disconnect_cancels_the_upstream(gateway, upstream):
     upstream.script({"sse": chat_chunks({"content": "never finished"}), "stall_after": 2})
     async with aiohttp.ClientSession() as http:
@@ -249,24 +328,6 @@ async def test_stream_options_refused_then_remembered(client, upstream):
     async with client.messages.stream(model="chat-model", **ASK) as stream:
         await stream.get_final_message()
     assert "stream_options" not in upstream.requests[2].body
-
-
-def native_message_stream() -> list[dict]:
-    message = {
-        "id": "msg_native1", "type": "message", "role": "assistant", "model": "upstream-native-model", "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1},
-    }
-    events = [
-        {"type": "message_start", "message": message},
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        {"type": "ping"},
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}},
-        {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 6}},
-        {"type": "message_stop"},
-    ]
-    return [{"event": e["type"], "data": e} for e in events]
 
 
 def encode_native(item: dict) -> bytes:

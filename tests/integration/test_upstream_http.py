@@ -18,9 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
 from yarl import URL
 
+from gateway.keys import RUNTIME
 from gateway.upstream_http import (
     HIGH_WATER,
     BadResponse,
@@ -322,6 +325,129 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve, ht
     await asyncio.sleep(0.1)
     assert await read_all(http, server.url()) == (200, b"ok")
     assert server.accepted == 2
+
+
+def closing_as_reused(answers_first: int = 1, *, reset: bool = False) -> Script:
+    """A server that answers `answers_first` requests on a connection, then reads the next
+    one and closes (or resets) without a byte of answer: its idle timeout and the client's
+    reuse crossed on the wire. New connections are answered in full."""
+
+    async def script(peer: Peer) -> None:
+        for _ in range(answers_first):
+            if await peer.request() is None:
+                return
+            await peer.send(answer(b"ok"))
+        if await peer.request() is None:
+            return
+        if reset:
+            peer.writer.transport.abort()
+        else:
+            peer.close()
+
+    return script
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "reset"])
+async def test_a_pooled_connection_closed_as_it_is_reused_is_retried_once_on_a_new_one(serve, http, reset):
+    server = await serve(closing_as_reused(reset=reset))
+    assert await read_all(http, server.url()) == (200, b"ok")
+    assert await read_all(http, server.url()) == (200, b"ok")  # the first connection died under it
+    assert server.accepted == 2
+    assert [len(peer.requests) for peer in server.peers] == [2, 1]  # sent again, once, on the new one
+
+
+async def test_a_new_connection_that_closes_without_answering_is_not_retried(serve, http):
+    async def close_at_once(peer: Peer) -> None:
+        await peer.request()
+        peer.close()
+
+    server = await serve(close_at_once)
+    with pytest.raises(Disconnected):
+        await read_all(http, server.url())
+    assert server.accepted == 1  # the server read the request on a fresh connection: its answer
+
+
+async def test_a_reused_connection_that_closes_after_some_bytes_is_not_retried(serve, http):
+    async def half_then_close(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(answer(b"ok"))
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-")
+        peer.close()
+
+    server = await serve(half_then_close)
+    assert await read_all(http, server.url()) == (200, b"ok")
+    with pytest.raises(Disconnected):
+        await read_all(http, server.url())
+    assert server.accepted == 1  # an answer had begun: the request may have run
+
+
+async def test_a_stale_connection_is_retried_only_once(serve, http):
+    """Both the pooled connection and the new one close without a byte: the second is the
+    server's answer, not a stale pool."""
+    calls = 0
+
+    async def script(peer: Peer) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await peer.request()
+            await peer.send(answer(b"ok"))
+        await peer.request()
+        peer.close()
+
+    server = await serve(script)
+    assert await read_all(http, server.url()) == (200, b"ok")
+    with pytest.raises(Disconnected):
+        await read_all(http, server.url())
+    assert server.accepted == 2
+
+
+async def test_through_the_gateway_a_stale_pooled_connection_is_no_upstream_failure(serve):
+    """With a breaker that opens on one failure and no retries, the race between the
+    server's idle close and the gateway's reuse would have cost a 5xx and a cooldown."""
+    from tests.support.servers import CLIENT_HEADERS, gateway_config, start_gateway
+
+    completion = orjson.dumps({
+        "id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    })
+
+    async def script(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(answer(completion, headers=("Content-Type: application/json",)))
+        await peer.request()
+        peer.close()
+
+    server = await serve(script)
+    base = f"http://127.0.0.1:{server.port}"
+    running = await start_gateway(gateway_config(base, routing="{retries: 0, cooldown: {failures: 1}}"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):
+                async with session.post(f"{running.url}/v1/messages", headers=CLIENT_HEADERS, json={
+                    "model": "chat-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                }) as response:
+                    assert response.status == 200, await response.text()
+        router = running.app[RUNTIME].router
+        assert router.breaker(router.resolve("chat-model").primary).pristine
+        assert server.accepted == 2
+    finally:
+        await running.runner.cleanup()
+
+
+async def test_keepalive_is_chosen_per_call(serve):
+    server = await serve(answering(answer(b"ok")))
+    client = UpstreamClient(keepalive=60)
+    try:
+        assert await read_all(client, server.url()) == (200, b"ok")
+        response = await client.post(server.url(), b"{}", {}, connect=2, first_byte=2, total=5, keepalive=0)
+        await response.read()
+        response.close()
+        assert server.accepted == 2  # keepalive 0: never reuse
+    finally:
+        await client.close()
 
 
 async def test_a_connection_idle_longer_than_keepalive_is_not_reused(serve):

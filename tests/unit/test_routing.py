@@ -603,18 +603,118 @@ async def test_failures_open_the_breaker_and_the_next_deployment_or_fallback_ser
     assert states["a-big"] == states["b-big"] == "open"
 
 
-async def test_every_deployment_cooling_and_no_fallback_is_a_529_with_retry_after(fake, sleeps):
+async def test_every_deployment_cooling_is_routed_to_the_one_that_reopens_first(fake, sleeps):
+    """The bug: one model, one deployment, three failures (the SDK's own retries were
+    enough), and every team got 529 for the whole cooldown, whatever the upstream did
+    meanwhile. Now the request goes to the deployment anyway, as its probe."""
     clock = Clock()
     cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
     r = router(cfg, clock=clock)
-    r.breaker(r.resolve("solo").primary).failure()
+    solo = r.resolve("solo").primary
+    r.breaker(solo).failure()
     clock.now += 10.4
     script = Script()
-    with pytest.raises(Overloaded) as caught:
+    result, deployment, exchange = await run(r, cfg, "solo", script)
+    assert script.calls == ["a-solo"] and result == "ok from a-solo" and exchange.panic
+    assert r.breaker(solo).state is State.CLOSED  # the upstream is back: so is the deployment
+
+
+async def test_panic_picks_across_the_model_and_its_fallbacks_by_the_cooldown_left(fake, sleeps):
+    clock = Clock()
+    cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
+    r = router(cfg, clock=clock)
+    # big (a, b) falls back to medium (c) and small (d); all four open, c opened first.
+    order = [r.resolve("medium").primary, r.resolve("big").deployments[0], r.resolve("big").deployments[1],
+             r.resolve("small").primary]
+    for deployment in order:
+        r.breaker(deployment).failure()
+        clock.now += 1
+    script = Script()
+    result, deployment, exchange = await run(r, cfg, "big", script)
+    assert script.calls == ["c-medium"] and exchange.fallbacks == ["medium"] and exchange.panic
+
+
+async def test_a_failed_panic_attempt_answers_its_own_error_and_reopens(fake, sleeps):
+    clock = Clock()
+    cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
+    r = router(cfg, clock=clock)
+    solo = r.resolve("solo").primary
+    r.breaker(solo).failure()
+    clock.now += 10
+    exchange = fake.exchange()
+    with pytest.raises(GatewayError) as caught:
+        await run(r, cfg, "solo", Script(a_solo=[upstream(500)]), exchange)
+    assert caught.value.status == 500 and exchange.upstream_errors == [("a", "status_5xx")]
+    assert r.breaker(solo).retry_in() == 30
+
+
+@pytest.mark.parametrize(
+    ("status", "refusal", "status_code"), [(503, Overloaded, 529), (500, Overloaded, 529), (429, RateLimited, 429)]
+)
+async def test_refuse_when_all_open_says_why_and_when(fake, sleeps, status, refusal, status_code):
+    clock = Clock()
+    cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30, when_all_open: refuse}}")
+    r = router(cfg, clock=clock)
+    with pytest.raises(GatewayError):
+        await run(r, cfg, "solo", Script(a_solo=[upstream(status)]))
+    clock.now += 10.4
+    script = Script()
+    with pytest.raises(refusal) as caught:
         await run(r, cfg, "solo", script)
     assert script.calls == []
-    assert caught.value.headers["retry-after"] == "20"
+    assert caught.value.status == status_code and caught.value.headers["retry-after"] == "20"
     assert "cooling down" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "error_type"),
+    [(429, 429, "rate_limit_error"), (500, 500, "api_error"), (502, 529, "overloaded_error"),
+     (503, 529, "overloaded_error"), (529, 529, "overloaded_error"), (504, 504, "timeout_error")],
+)
+async def test_when_retries_are_spent_the_client_gets_the_last_failures_class(fake, sleeps, status, answer, error_type):
+    cfg = config("{retries: 2, backoff_base: 0, cooldown: {failures: 2, seconds: 30}}")
+    r = router(cfg)
+    script = Script(a_solo=[upstream(status, retry_after="7") for _ in range(3)])
+    with pytest.raises(GatewayError) as caught:
+        await run(r, cfg, "solo", script)
+    assert len(script.calls) == 2  # the second failure opened the breaker: no third attempt
+    assert (caught.value.status, caught.value.error_type) == (answer, error_type)
+    if status == 429:
+        assert caught.value.headers["retry-after"] == "7"  # the upstream's
+
+
+async def test_a_stream_is_judged_when_it_ends(fake, sleeps):
+    cfg = config("{retries: 0, cooldown: {failures: 2, seconds: 30}}")
+    r = router(cfg)
+    solo = r.resolve("solo").primary
+
+    async def stream_once(kind: str | None, *, completed: bool = True, error_type: str | None = None) -> None:
+        exchange = fake.exchange()
+        _, deployment = await dispatch.run(r, cfg.routing, r.resolve("solo"), Script(), exchange, judged_later=True)
+        exchange.stream_failure, exchange.error_type = kind, error_type
+        r.finished(deployment)
+        dispatch.stream_ended(r, deployment, exchange, completed=completed)
+        if kind:
+            assert exchange.upstream_errors == [("a", kind)]
+
+    await stream_once("stream_reset")
+    await stream_once(None, completed=False)  # the client left: says nothing
+    await stream_once(None, error_type="client_disconnected")
+    assert r.breaker(solo).state is State.CLOSED
+    await stream_once("stream_error")  # the second failure in the window
+    assert r.breaker(solo).state is State.OPEN
+
+
+async def test_a_clean_stream_clears_past_failures(fake, sleeps):
+    cfg = config("{retries: 0, cooldown: {failures: 2, seconds: 30}}")
+    r = router(cfg)
+    solo = r.resolve("solo").primary
+    r.breaker(solo).failure()
+    exchange = fake.exchange()
+    _, deployment = await dispatch.run(r, cfg.routing, r.resolve("solo"), Script(), exchange, judged_later=True)
+    assert not r.breaker(solo).pristine  # not judged yet
+    dispatch.stream_ended(r, deployment, exchange, completed=True)
+    assert r.breaker(solo).pristine
 
 
 async def test_a_cooling_model_goes_straight_to_its_fallback(fake, sleeps):
@@ -628,7 +728,7 @@ async def test_a_cooling_model_goes_straight_to_its_fallback(fake, sleeps):
 
 async def test_the_half_open_probe_is_claimed_and_its_success_closes_the_breaker(fake, sleeps):
     clock = Clock()
-    cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30}}")
+    cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30, when_all_open: refuse}}")
     r = router(cfg, clock=clock)
     solo = r.resolve("solo").primary
     r.breaker(solo).failure()
