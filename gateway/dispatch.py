@@ -130,7 +130,7 @@ async def run(
     # tried: refusing now would turn one bad minute into an outage for every team. The one
     # whose cooldown ends first takes the request as its probe (Envoy's panic routing),
     # unless the operator chose to refuse.
-    current, deployment = _first_to_reopen(router, cooling)
+    current, deployment = router.first_to_reopen(cooling)
     if config.cooldown.when_all_open == "refuse":
         raise _refusal(router, current, deployment)
     if time.perf_counter() > deadline:
@@ -185,12 +185,6 @@ def stream_ended(router: Router, deployment: Deployment, exchange: Exchange, *, 
         breaker.success()
     else:
         breaker.release_probe()
-
-
-def _first_to_reopen(router: Router, plans: list[Plan]) -> tuple[Plan, Deployment]:
-    return min(
-        ((p, d) for p in plans for d in p.deployments), key=lambda pd: router.breaker(pd[1]).retry_in()
-    )
 
 
 def _refusal(router: Router, plan: Plan, deployment: Deployment) -> GatewayError:

@@ -22,6 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# Every error type a Messages client knows (the API's own list, wider than this tree's).
+MESSAGES_ERROR_TYPES = frozenset({
+    "invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
+    "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error",
+})
+
 
 class GatewayError(Exception):
     """Base: an unexpected failure inside the gateway or upstream. 500 `api_error`."""

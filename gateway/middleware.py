@@ -155,6 +155,8 @@ def access_line(exchange: Exchange, elapsed: float) -> dict:
         line["retries"] = exchange.retries
     if exchange.fallbacks:
         line["fallbacks"] = exchange.fallbacks
+    if exchange.panic:  # every deployment was cooling down: sent to the first to reopen
+        line["panic"] = True
     if exchange.upstream_errors:
         line["upstream_errors"] = [f"{backend}:{kind}" for backend, kind in exchange.upstream_errors]
     if exchange.rejected_limit is not None:

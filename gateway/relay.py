@@ -23,9 +23,9 @@ import re
 
 import orjson
 
-from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
+from gateway.errors import MESSAGES_ERROR_TYPES, GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.sse import DONE, SseDecoder, SseEvent, encode, encode_json
-from gateway.translate.chat_errors import scrub
+from gateway.translate.chat_errors import upstream_message
 from gateway.translate.chat_request import ChatCall
 from gateway.translate.chat_stream import ChatStreamTranslator
 
@@ -206,11 +206,6 @@ def _raw_event(sse: SseEvent) -> bytes:
     return head + lines + b"\n"
 
 
-# The Messages error types a client knows; another upstream type is sent as api_error.
-_ERROR_TYPES = frozenset({
-    "invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
-    "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error",
-})
 _WATCHED = frozenset({"message_start", "message_delta", "error", "message_stop"})
 
 
@@ -296,7 +291,7 @@ class NativeRelay:
         except orjson.JSONDecodeError:
             raise UpstreamProtocolError(f"the model's backend sent a {kind} event that is not JSON") from None
         if kind == "error":
-            self.failure = _upstream_error(payload)
+            self.failure = _upstream_error(payload, data)
             self.finished = True
             return False
         if not isinstance(payload, dict):
@@ -377,15 +372,14 @@ def _ended_early() -> GatewayError:
     return error
 
 
-def _upstream_error(payload: object) -> GatewayError:
+def _upstream_error(payload: object, data: str) -> GatewayError:
     """An upstream `error` event as the gateway error it stands for: its Messages type kept
     when it is one (overloaded stays overloaded), its message scrubbed of secrets."""
     error = payload.get("error") if isinstance(payload, dict) else None
     kind = error.get("type") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    text = scrub(message)[:1000] if isinstance(message, str) and message else "the model's backend failed mid-stream"
+    text = upstream_message(data.encode()) or "the model's backend failed mid-stream"
     failure = Overloaded(text) if kind == "overloaded_error" else GatewayError(text)
-    if isinstance(kind, str) and kind in _ERROR_TYPES:
+    if isinstance(kind, str) and kind in MESSAGES_ERROR_TYPES:
         failure.error_type = kind
     failure.upstream_failure = "stream_error"
     return failure

@@ -144,10 +144,12 @@ class Router:
             del self._breakers[key]
         self._prune_at = max(PRUNE_AT, 2 * len(self._breakers))
 
-    def cooling_for(self, plan: Plan) -> float:
-        """Seconds until the first of the plan's deployments may be tried again."""
-        waits = [self.breaker(d).retry_in() for d in plan.deployments]
-        return min(waits) if waits else 0.0
+    def first_to_reopen(self, plans: list[Plan]) -> tuple[Plan, Deployment]:
+        """Of the plans' deployments, the one whose breaker lets a request through soonest
+        (the first listed on a tie), with its plan."""
+        return min(
+            ((plan, d) for plan in plans for d in plan.deployments), key=lambda pd: self.breaker(pd[1]).retry_in()
+        )
 
     def started(self, deployment: Deployment) -> None:
         key = _id(deployment)

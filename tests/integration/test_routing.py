@@ -10,6 +10,7 @@ bounds.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from dataclasses import dataclass, field
@@ -333,9 +334,11 @@ async def test_a_cooling_deployment_of_a_model_leaves_the_other_to_serve(start, 
     assert len(providers.one.requests) == 1
 
 
-async def test_every_deployment_cooling_is_routed_to_the_first_to_reopen(start, http, providers):
+async def test_every_deployment_cooling_is_routed_to_the_first_to_reopen(start, http, providers, caplog, monkeypatch):
     """The outage this replaced: both deployments of `pair` failed once, and every team
     got 529 for the 30 s cooldown while the upstreams were already fine again."""
+    monkeypatch.setattr(logging.getLogger("gateway.access"), "propagate", True)  # as `gateway serve` may have left it
+    caplog.set_level(logging.INFO, logger="gateway.access")
     gateway = await start("{retries: 0, cooldown: {failures: 1, window: 30, seconds: 30}}")
     providers.one.script(error(500, "down"))
     providers.two.script(error(500, "down"))
@@ -346,6 +349,9 @@ async def test_every_deployment_cooling_is_routed_to_the_first_to_reopen(start, 
     assert (status, headers[BACKEND]) == (200, "one")  # `one` opened first: its cooldown ends first
     assert states(gateway)["a-pair"] == "closed" and states(gateway)["b-pair"] == "open"
     assert (len(providers.one.requests), len(providers.two.requests)) == (2, 1)
+    await gateway.settled()
+    lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert [line.get("panic", False) for line in lines] == [False, False, True]  # the log says which
 
 
 @pytest.mark.parametrize(
@@ -388,6 +394,7 @@ async def test_a_stream_that_fails_after_it_started_counts_against_its_deploymen
     for _ in range(2):
         status, _, events = await stream(http, gateway, "solo-a")
         assert status == 200 and events[-1]["type"] == "error"
+    await gateway.settled()  # the stream is judged once its handler ends, after the client read it
     assert states(gateway)["a-solo"] == "open"
 
 

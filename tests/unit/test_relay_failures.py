@@ -13,6 +13,8 @@ input (as the official SDKs read it), and one cut short is an early end.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import orjson
 import pytest
 
@@ -21,6 +23,8 @@ from gateway.protocols.sse import SseDecoder
 from gateway.relay import ChatRelay, NativeRelay
 from gateway.translate.chat_request import to_chat_request
 from tests.support.grammar import check_stream
+
+R = TypeVar("R", ChatRelay, NativeRelay)
 
 CALL = to_chat_request(
     {"model": "m", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}],
@@ -46,26 +50,23 @@ def events(raw: bytes) -> list[dict]:
     return [orjson.loads(e.data) for e in decoder.feed(raw) + decoder.flush()]
 
 
-def run_chat(pieces: list[bytes]) -> tuple[list[dict], ChatRelay]:
-    relay = ChatRelay(CALL, input_tokens=3)
+def relay_all(relay: R, pieces: list[bytes]) -> tuple[list[dict], R]:
+    """What the client gets when the pump hands `relay` these reads, then the end."""
     out = [relay.start()]
     for piece in pieces:
-        if relay.finished:
+        if relay.finished:  # the pump stops reading
             break
         out.append(relay.feed(piece))
     out.append(relay.end())
     return events(b"".join(out)), relay
+
+
+def run_chat(pieces: list[bytes]) -> tuple[list[dict], ChatRelay]:
+    return relay_all(ChatRelay(CALL, input_tokens=3), pieces)
 
 
 def run_native(pieces: list[bytes]) -> tuple[list[dict], NativeRelay]:
-    relay = NativeRelay("client-model")
-    out = [relay.start()]
-    for piece in pieces:
-        if relay.finished:
-            break
-        out.append(relay.feed(piece))
-    out.append(relay.end())
-    return events(b"".join(out)), relay
+    return relay_all(NativeRelay("client-model"), pieces)
 
 
 def data(obj: object) -> bytes:

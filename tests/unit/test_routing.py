@@ -206,12 +206,13 @@ def test_cooling_deployments_are_left_out_until_half_open():
     r.breaker(a).failure()
     for _ in range(50):
         assert names(r.order(plan)) == ["b:b-big"]
-    assert r.cooling_for(plan) == 0.0  # b is usable
+    assert r.breaker(r.first_to_reopen([plan])[1]).retry_in() == 0.0  # b is usable
     r.breaker(plan.deployments[1]).failure()
     r.breaker(plan.deployments[1]).failure()
     assert r.order(plan) == []
     clock.now += 12
-    assert r.cooling_for(plan) == pytest.approx(18.0)
+    assert r.first_to_reopen([plan])[1] is a  # a opened first
+    assert r.breaker(a).retry_in() == pytest.approx(18.0)
     clock.now += 18
     assert sorted(names(r.order(plan))) == ["a:a-big", "b:b-big"]  # both half-open
     r.breaker(a).claim()
@@ -603,16 +604,23 @@ async def test_failures_open_the_breaker_and_the_next_deployment_or_fallback_ser
     assert states["a-big"] == states["b-big"] == "open"
 
 
+def cooled_solo(routing: str, after: float) -> tuple[Clock, Config, Router, Deployment]:
+    """A router whose `solo` deployment failed once (opening a `failures: 1` breaker)
+    `after` seconds ago."""
+    clock = Clock()
+    cfg = config(routing)
+    r = router(cfg, clock=clock)
+    solo = r.resolve("solo").primary
+    r.breaker(solo).failure()
+    clock.now += after
+    return clock, cfg, r, solo
+
+
 async def test_every_deployment_cooling_is_routed_to_the_one_that_reopens_first(fake, sleeps):
     """The bug: one model, one deployment, three failures (the SDK's own retries were
     enough), and every team got 529 for the whole cooldown, whatever the upstream did
     meanwhile. Now the request goes to the deployment anyway, as its probe."""
-    clock = Clock()
-    cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
-    r = router(cfg, clock=clock)
-    solo = r.resolve("solo").primary
-    r.breaker(solo).failure()
-    clock.now += 10.4
+    _, cfg, r, solo = cooled_solo("{retries: 2, cooldown: {failures: 1, seconds: 30}}", 10.4)
     script = Script()
     result, deployment, exchange = await run(r, cfg, "solo", script)
     assert script.calls == ["a-solo"] and result == "ok from a-solo" and exchange.panic
@@ -635,12 +643,7 @@ async def test_panic_picks_across_the_model_and_its_fallbacks_by_the_cooldown_le
 
 
 async def test_a_failed_panic_attempt_answers_its_own_error_and_reopens(fake, sleeps):
-    clock = Clock()
-    cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
-    r = router(cfg, clock=clock)
-    solo = r.resolve("solo").primary
-    r.breaker(solo).failure()
-    clock.now += 10
+    _, cfg, r, solo = cooled_solo("{retries: 2, cooldown: {failures: 1, seconds: 30}}", 10)
     exchange = fake.exchange()
     with pytest.raises(GatewayError) as caught:
         await run(r, cfg, "solo", Script(a_solo=[upstream(500)]), exchange)
@@ -727,12 +730,7 @@ async def test_a_cooling_model_goes_straight_to_its_fallback(fake, sleeps):
 
 
 async def test_the_half_open_probe_is_claimed_and_its_success_closes_the_breaker(fake, sleeps):
-    clock = Clock()
-    cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30, when_all_open: refuse}}")
-    r = router(cfg, clock=clock)
-    solo = r.resolve("solo").primary
-    r.breaker(solo).failure()
-    clock.now += 30
+    _, cfg, r, solo = cooled_solo("{retries: 0, cooldown: {failures: 1, seconds: 30, when_all_open: refuse}}", 30)
     gate = asyncio.Event()
 
     async def slow(deployment: Deployment) -> str:
@@ -751,12 +749,7 @@ async def test_the_half_open_probe_is_claimed_and_its_success_closes_the_breaker
 
 
 async def test_a_failed_probe_reopens_and_a_non_retryable_one_releases_it(fake, sleeps):
-    clock = Clock()
-    cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30}}")
-    r = router(cfg, clock=clock)
-    solo = r.resolve("solo").primary
-    r.breaker(solo).failure()
-    clock.now += 30
+    clock, cfg, r, solo = cooled_solo("{retries: 0, cooldown: {failures: 1, seconds: 30}}", 30)
     with pytest.raises(GatewayError):
         await run(r, cfg, "solo", Script(a_solo=[upstream(503)]))
     assert r.breaker(solo).state is State.OPEN and r.breaker(solo).retry_in() == 30
@@ -767,12 +760,7 @@ async def test_a_failed_probe_reopens_and_a_non_retryable_one_releases_it(fake, 
 
 
 async def test_a_cancelled_attempt_gives_back_its_in_flight_count_and_probe(fake, sleeps):
-    clock = Clock()
-    cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30}}")
-    r = router(cfg, clock=clock)
-    solo = r.resolve("solo").primary
-    r.breaker(solo).failure()
-    clock.now += 30
+    clock, cfg, r, solo = cooled_solo("{retries: 0, cooldown: {failures: 1, seconds: 30}}", 30)
 
     async def forever(deployment: Deployment) -> str:
         await asyncio.Event().wait()
