@@ -1,4 +1,4 @@
-"""The gateway's benchmark: `python -m bench [run|soak|idle|scale] [options]` (bench/README.md).
+"""The gateway's benchmark: `python -m bench [run|soak|idle|scale|profile|worst] [options]` (bench/README.md).
 
     python -m bench                                   everything, ~2 minutes (2 CPUs)
     python -m bench --quick                           c1 and c16 only, 2 s runs
@@ -7,6 +7,7 @@
     python -m bench idle --streams 2000               RSS with 2,000 open streams
     python -m bench scale                             req/s with --workers 1 and 2
     python -m bench profile --scenario stream-b2b     where the gateway's CPU goes (py-spy)
+    python -m bench worst                             worst-case shapes at n, 2n, 4n: linear?
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from pathlib import Path
 
 import orjson
 
-from bench import matrix, modes
+from bench import matrix, modes, worst
 from bench import profile as profiling
 from bench.load import LoadGenerator
 from bench.processes import Cores, Processes, raise_fd_limit
 from bench.stack import machine
 from bench.targets import SCENARIOS
 
-COMMANDS = ("run", "soak", "idle", "scale", "profile")
+COMMANDS = ("run", "soak", "idle", "scale", "profile", "worst")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +83,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     prof.add_argument("--save", type=Path, metavar="FILE", help="also keep py-spy's folded stacks")
     _common(prof)
 
+    bad = commands.add_parser("worst", help="the largest and deepest requests at n, 2n, 4n: time linear in size?")
+    bad.add_argument("--repeat", type=int, default=3, help="requests per size, keeping the median (default 3)")
+    _common(bad)
+
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
     return parser.parse_args(argv)
@@ -108,6 +113,7 @@ MODES: dict[str, Callable] = {
     "idle": modes.idle,
     "scale": modes.scale,
     "profile": profiling.profile,
+    "worst": worst.worst,
 }
 
 

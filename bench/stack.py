@@ -54,12 +54,14 @@ def start_floor(procs: Processes, cores: Cores, upstream: Service) -> Service:
 
 
 def start_gateway(procs: Processes, cores: Cores, upstream: Service, *, name: str, redis_url: str | None,
-                  limited: bool, workers: int = 1, cpus: str | None = None) -> Service:
+                  limited: bool, workers: int = 1, cpus: str | None = None, server: dict | None = None) -> Service:
     """`gateway serve` at its default log level (info: the per-request log line is part of
-    what production pays), pinned to the core under test unless `cpus` says otherwise."""
+    what production pays), pinned to the core under test unless `cpus` says otherwise;
+    `server`: settings of the config's `server:` beyond its address."""
     port = free_port()
     config = procs.scratch / f"{name}.yaml"
-    config.write_text(gateway_config(port=port, upstream_port=upstream.port, redis_url=redis_url, limited=limited))
+    config.write_text(gateway_config(port=port, upstream_port=upstream.port, redis_url=redis_url, limited=limited,
+                                     server=server))
     argv = ["gateway", "serve", "--config", str(config), "--workers", str(workers)]
     started = procs.python(name, argv, cpus=cpus or cores.under_test, port=port, ready_text=GATEWAY_READY)
     return Service(started, port)

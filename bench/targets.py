@@ -132,15 +132,17 @@ def messages_request(base_url: str, scenario: Scenario, key: str) -> Request:
     return Request(f"{base_url}/v1/messages", messages_body(scenario), headers)
 
 
-def gateway_config(*, port: int, upstream_port: int, redis_url: str | None, limited: bool) -> str:
+def gateway_config(*, port: int, upstream_port: int, redis_url: str | None, limited: bool,
+                   server: dict | None = None) -> str:
     """The gateway's YAML: one backend and model per scenario (the backend's `headers:` ask
     the upstream for the stream shape), the bench team and its key from the `teams:`
-    bootstrap, and with `limited` every limit set (see HIGH_LIMITS)."""
+    bootstrap, with `limited` every limit set (see HIGH_LIMITS), and `server` settings
+    beyond the listening address."""
     store = f"{{type: redis, url: '{redis_url}'}}" if redis_url else "{type: memory}"
     limits = f"\n    limits: {orjson.dumps(HIGH_LIMITS).decode()}" if limited else ""
     key = LIMITED_KEY if limited else BENCH_KEY
     lines = [
-        f"server: {{host: 127.0.0.1, port: {port}}}",
+        f"server: {orjson.dumps({'host': '127.0.0.1', 'port': port, **(server or {})}).decode()}",
         f"store: {store}",
         "teams:",
         "  - id: bench",

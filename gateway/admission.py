@@ -4,6 +4,13 @@
 `max_tokens`, cost from the model's pricing); `Admission` holds the tickets in flight,
 renews their concurrency leases, and settles each exactly once in the background, so
 settlement never delays a response and a client that disconnects still gets settled.
+`count_demand` is a count_tokens request's: its own bucket, nothing to settle.
+
+Neither side trusts a number it did not make: the reservation is bounded by what the
+model's routes may be asked for (a client's `max_tokens` of 10^19 would otherwise hold a
+team's whole budget while it runs), and every usage figure an upstream reports is
+clamped to [0, MAX_TOKEN_COUNT] before it is settled (a negative one would refund a
+budget; one past int64 would fail the settlement script half-way, its lease still held).
 """
 
 from __future__ import annotations
@@ -11,33 +18,45 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.backends.base import Deployment
 from gateway.config import Pricing
 from gateway.identity import Principal
-from gateway.limiter import Demand, Limiter, MemoryLimiter, Ticket, Usage
+from gateway.limiter import COUNT_TOKENS, Demand, Limiter, MemoryLimiter, Ticket, Usage
+from gateway.protocols.usage import token_count
 from gateway.routing import Plan
 
 log = logging.getLogger(__name__)
 
+# What a request's output is reserved as at most, on a route with no `max_output_tokens`:
+# the most any model served through the Messages API writes in one answer today.
+UNCAPPED_OUTPUT_RESERVATION = 128_000
 
-def output_reservation(body: dict, plan: Plan, deployment: Deployment) -> int:
+
+def output_reservation(body: dict, plan: Plan) -> int:
+    """The output tokens admission holds for a request: its `max_tokens` (or the model's
+    default), at most what the model's routes send upstream (`max_output_tokens`, or
+    UNCAPPED_OUTPUT_RESERVATION for a route without one). Any of them may serve, so the
+    largest; settlement then charges what was really written."""
     wanted = body.get("max_tokens") or plan.model.default_max_tokens
-    cap = deployment.route.max_output_tokens
-    return min(wanted, cap) if cap else wanted
+    cap = max(d.route.max_output_tokens or UNCAPPED_OUTPUT_RESERVATION for d in plan.deployments)
+    return min(wanted, cap)
 
 
-def cost(pricing: Pricing | None, *, input: int, output: int, cache_read: int = 0, cache_write: int = 0) -> float:
+def cost(
+    pricing: Pricing | None, *, input: int, output: int, cache_read: int = 0, cache_write: int = 0, web_searches: int = 0
+) -> float:
     if pricing is None:
         return 0.0
     read = pricing.cache_read_per_mtok if pricing.cache_read_per_mtok is not None else pricing.input_per_mtok
     write = pricing.cache_write_per_mtok if pricing.cache_write_per_mtok is not None else pricing.input_per_mtok
-    return (input * pricing.input_per_mtok + output * pricing.output_per_mtok + cache_read * read + cache_write * write) / 1e6
+    tokens = input * pricing.input_per_mtok + output * pricing.output_per_mtok + cache_read * read + cache_write * write
+    return tokens / 1e6 + web_searches * pricing.web_search_per_thousand / 1000
 
 
-def demand_for(principal: Principal, plan: Plan, deployment: Deployment, body: dict, input_tokens: int) -> Demand:
-    """`input_tokens`: the request's estimate (`tokens.estimate_input_tokens`), made once by the caller."""
+def demand_for(principal: Principal, plan: Plan, body: dict, input_tokens: int) -> Demand:
+    """`plan`: the first model that may serve; `input_tokens`: the request's estimate
+    (`tokens.estimate_input_tokens`), made once by the caller."""
     pricing = plan.model.pricing
-    output_tokens = output_reservation(body, plan, deployment)
+    output_tokens = output_reservation(body, plan)
     input_cost = cost(pricing, input=input_tokens, output=0)
     return Demand(
         team=principal.team,
@@ -50,14 +69,23 @@ def demand_for(principal: Principal, plan: Plan, deployment: Deployment, body: d
     )
 
 
+def count_demand(principal: Principal, plan: Plan) -> Demand:
+    """A count_tokens request: one unit of its team's and key's `count_tokens_per_minute`
+    buckets, and nothing else (never a messages request, never tokens)."""
+    return Demand(
+        team=principal.team, key=principal.key, model=plan.model.name, input_tokens=0, output_tokens=0,
+        operation=COUNT_TOKENS,
+    )
+
+
 def usage_of(messages_usage: dict | None, pricing: Pricing | None) -> Usage:
-    """A Messages `usage` object (or None: nothing was generated) as the limiter's `Usage`."""
+    """A Messages `usage` object (or None: nothing was generated) as the limiter's `Usage`,
+    each figure clamped (`token_count`) whoever made the object."""
     if not messages_usage:
         return Usage()
     numbers = {
-        name: value if isinstance(value, int) and not isinstance(value, bool) else 0
+        name: token_count(messages_usage.get(name))
         for name in ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-        for value in (messages_usage.get(name),)
     }
     return Usage(
         **numbers,
@@ -67,8 +95,17 @@ def usage_of(messages_usage: dict | None, pricing: Pricing | None) -> Usage:
             output=numbers["output_tokens"],
             cache_read=numbers["cache_read_input_tokens"],
             cache_write=numbers["cache_creation_input_tokens"],
+            web_searches=web_searches(messages_usage),
         ),
     )
+
+
+def web_searches(messages_usage: dict) -> int:
+    """Server-side web searches the answer ran (`usage.server_tool_use`, native backends
+    only), charged per search on top of the tokens. Like output, they are settled, not
+    reserved: a request's count is known only once it ended."""
+    tools = messages_usage.get("server_tool_use")
+    return token_count(tools.get("web_search_requests")) if isinstance(tools, dict) else 0
 
 
 class Admission:
@@ -84,6 +121,11 @@ class Admission:
         ticket = await self.limiter.admit(demand)
         self._live[id(ticket)] = ticket
         return ticket
+
+    async def admit_count(self, demand: Demand) -> Ticket:
+        """A `count_demand`: admitted or refused like any, then done with (it holds no
+        lease and uses no tokens: there is nothing to renew or settle)."""
+        return await self.limiter.admit(demand)
 
     def settle(self, ticket: Ticket, usage: Usage) -> None:
         """Settle in the background, once: the response (or the cancellation) goes on."""

@@ -21,11 +21,13 @@ from gateway.access_log import AccessLog
 from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.backends import Backend, build_backend
+from gateway.bearer import FailureThrottle
 from gateway.config import Config
 from gateway.keys import RUNTIME
 from gateway.limiter import open_limiter
 from gateway.metrics import METRICS, Metrics
 from gateway.middleware import edge, on_response_prepare
+from gateway.passthrough import Policy, team_policies
 from gateway.routes import add_routes
 from gateway.routing import Router
 from gateway.store import ALL, Store, open_store
@@ -48,12 +50,20 @@ class Runtime:
     access_log: AccessLog = field(default_factory=AccessLog)
     # The tasks serving requests now (the edge keeps it): what a shutdown drains.
     in_flight: set[asyncio.Task] = field(default_factory=set)
+    # The hosts `gateway serve` listens on (client, admin; None: the config's own), which
+    # a reloaded file's secrets must be strong enough for (`config.exposure_problems`).
+    listen_hosts: tuple[str | None, str | None] = (None, None)
+    # Recent wrong admin and metrics tokens, per source address (gateway/bearer.py).
+    operator_failures: FailureThrottle = field(default_factory=FailureThrottle)
+    # Team id → its narrowing of the native backends' passthrough (teams the file narrows).
+    team_passthrough: dict[str, Policy] = field(default_factory=dict)
 
     def build_router(self, config: Config) -> Router:
         assert self.client is not None
         backends = {name: build_backend(name, spec, self.client) for name, spec in config.backends.items()}
         router = Router(config, backends)
         self.config, self.backends, self.router = config, backends, router
+        self.team_passthrough = team_policies(config.teams)
         return router
 
 
@@ -82,7 +92,11 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
         raise
     runtime.store = store
     runtime.auth = auth = Authenticator(
-        store, cache_ttl=config.auth.cache_ttl, serve_stale=config.limits.on_store_error == "fail_open"
+        store,
+        cache_ttl=config.auth.cache_ttl,
+        serve_stale=config.limits.on_store_error == "fail_open",
+        negative_cache_ttl=config.auth.negative_cache_ttl,
+        negative_cache_size=config.auth.negative_cache_size,
     )
     tasks = [
         asyncio.create_task(_follow_invalidations(store, auth), name="invalidations"),

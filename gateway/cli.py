@@ -7,20 +7,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from gateway import cli_accounts as ca
 from gateway.accounts import USAGE_GROUPS
-from gateway.config import ConfigError, load
+from gateway.config import Config, ConfigError, exposure_problems, host_port, load
 
 
-def _load_or_exit(path: str):
+def _load_or_exit(path: str) -> Config:
     try:
         return load(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        sys.exit(1)
+        _refuse(path, exc.problems)
+
+
+def _refuse(path: str, problems: list[str]) -> NoReturn:
+    print(f"{path}: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _servable_or_exit(path: str, host: str | None, admin_listen: str | None) -> Config:
+    """The config, refused (exit 1) also when a secret is too weak for the addresses it
+    would be served on (`config.exposure_problems`)."""
+    config = _load_or_exit(path)
+    admin_host = host_port(admin_listen)[0] if admin_listen else None
+    problems = exposure_problems(config, host, admin_host)
+    if problems:
+        _refuse(path, problems)
+    return config
+
+
+def _host_port(text: str) -> str:
+    try:
+        host_port(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be host:port (127.0.0.1:9091; [::1]:9091 for IPv6)") from None
+    return text
 
 
 def _workers(text: str) -> int:
@@ -115,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--config", required=True, help="YAML configuration file")
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    serve.add_argument("--admin-listen", type=_host_port, metavar="HOST:PORT",
+                       help="serve /admin and /metrics only on this address (default: server.admin_listen)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--workers", type=_workers, default=None, metavar="N",
@@ -126,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
 
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file")
+    check.add_argument("--host", help="the address `serve --host` will listen on (default: server.host)")
+    check.add_argument("--admin-listen", type=_host_port, metavar="HOST:PORT",
+                       help="the address `serve --admin-listen` will use (default: server.admin_listen)")
 
     fake = commands.add_parser("fake-upstream", help="run the scripted demo upstream (OpenAI and Messages)")
     fake.add_argument("--host", default="127.0.0.1")
@@ -142,10 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         from gateway.server import setup_logging
 
         setup_logging(args.log_level)
-        run(_load_or_exit(args.config), host=args.host, port=args.port, config_path=args.config,
-            workers=args.workers, ready_fd=args.ready_fd, log_level=args.log_level)
+        config = _servable_or_exit(args.config, args.host, args.admin_listen)
+        run(config, host=args.host, port=args.port, config_path=args.config, workers=args.workers,
+            admin_listen=args.admin_listen, ready_fd=args.ready_fd, log_level=args.log_level)
     elif args.command == "check-config":
-        config = _load_or_exit(args.file)
+        config = _servable_or_exit(args.file, args.host, args.admin_listen)
         print(f"{args.file}: ok ({len(config.backends)} backends, {len(config.models)} models)")
     elif args.command == "fake-upstream":
         from gateway.fake_upstream import main as fake_main

@@ -43,6 +43,7 @@ LIMIT_FLAGS = {
     "--tokens-per-day": "tokens_per_day",
     "--tokens-per-month": "tokens_per_month",
     "--cost-per-month": "cost_per_month_usd",
+    "--count-tokens-rpm": "count_tokens_per_minute",
 }
 assert set(LIMIT_FLAGS.values()) == set(Limits.model_fields), "a Limits field has no CLI flag"
 
@@ -157,10 +158,10 @@ async def _teams(store: Store, args: argparse.Namespace) -> Outcome:
         return Outcome(view, f"created team {view['id']}\n{cli_output.team_details(view)}")
     if action == "update":
         spec = _validated(TeamUpdate, _common(args))
-        view = accounts.team_view(await accounts.update_team(store, args.id, spec))
+        view = accounts.team_view(await accounts.update_team(store, args.id, spec, source=args.config))
         return Outcome(view, f"updated team {view['id']}\n{cli_output.team_details(view)}")
     if action == "delete":
-        await accounts.delete_team(store, args.id)
+        await accounts.delete_team(store, args.id, source=args.config)
         return Outcome({"id": args.id, "deleted": True}, f"deleted team {args.id}")
     raise AssertionError(action)
 
@@ -181,14 +182,14 @@ async def _keys(store: Store, args: argparse.Namespace) -> Outcome:
         return Outcome({**view, "key": raw}, cli_output.new_key(view, raw), cli_output.NEW_KEY_WARNING)
     if action == "update":
         spec = _validated(KeyUpdate, _common(args) | ({"teams": [t for g in args.team for t in g]} if args.team else {}))
-        view = accounts.key_view(await accounts.update_key(store, args.id, spec))
+        view = accounts.key_view(await accounts.update_key(store, args.id, spec, source=args.config))
         return Outcome(view, f"updated key {view['id']}\n{cli_output.key_details(view)}")
     if action == "revoke":
         view = accounts.key_view(await accounts.revoke_key(store, args.id))
         return Outcome(view, f"revoked key {view['id']} at {cli_output.when(view['revoked_at'])}")
     if action == "rotate":
         spec = _validated(KeyRotate, {"grace_seconds": args.grace})
-        record, raw = await accounts.rotate_key(store, args.id, spec.grace_seconds)
+        record, raw = await accounts.rotate_key(store, args.id, spec.grace_seconds, source=args.config)
         view = accounts.key_view(record)
         until = (record.rotated_at or time.time()) + spec.grace_seconds
         payload = {**view, "key": raw, "previous_key_expires_at": until}

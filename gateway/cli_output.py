@@ -21,6 +21,7 @@ LIMIT_LABELS = {
     "tokens_per_day": "tokens-per-day",
     "tokens_per_month": "tokens-per-month",
     "cost_per_month_usd": "cost-per-month",
+    "count_tokens_per_minute": "count-tokens-rpm",
 }
 
 # A usage report's numbers: field → column header.
@@ -90,6 +91,7 @@ def team_details(team: dict) -> str:
             ("limits", limits_text(team["limits"])),
             ("metadata", metadata),
             ("created", when(team["created_at"])),
+            ("managed by", "the configuration file" if team.get("managed_by") == "config" else "the admin API"),
         ]
     )
 
@@ -133,6 +135,7 @@ def key_details(key: dict) -> str:
             ("rotated", when(key["rotated_at"])),
             ("last used", when(key["last_used_at"])),
             ("created", when(key["created_at"])),
+            ("managed by", "the configuration file" if key.get("managed_by") == "config" else "the admin API"),
         ]
     )
 

@@ -12,6 +12,7 @@ held as `SecretStr`; no message here ever includes one.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -32,7 +33,9 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.identity import TEAM_ID, Limits
+from gateway.identity import DEFAULT_COUNT_TOKENS_PER_MINUTE, KEY_FORMAT, TEAM_ID, Limits, well_formed_key
+from gateway.passthrough import DEFAULT_BETAS, DEFAULT_FIELDS, DEFAULT_TOOLS
+from gateway.protocols.messages import DEFAULT_CAPS, MAX_TOKENS
 
 
 class ConfigError(Exception):
@@ -57,6 +60,52 @@ class ServerConfig(_Strict):
     # On SIGTERM: how long requests and streams in flight may run on after the listening
     # socket closes; what is left then is cancelled (a stream ends with an `error` event).
     drain_seconds: Annotated[float, Field(ge=0)] = 30.0
+    # Slow clients (gateway/connections.py): seconds to send a request's headers (from the
+    # accept, or from a kept-alive connection's next first byte) and then its body; past
+    # either, 408 and the connection closes. Neither applies while the answer streams.
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout: Annotated[float, Field(gt=0)] = 60.0
+    # Seconds an idle kept-alive connection stays open; keep it longer than the idle
+    # timeout of a proxy's pooled connections to the gateway.
+    keepalive_timeout: Annotated[float, Field(gt=0)] = 75.0
+    # Open connections per listener per worker process; past it, 503 overloaded_error.
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    # host:port of a second listener that alone serves /admin and /metrics (and the
+    # probes); the client listener then answers them 404. Absent: one listener serves all.
+    admin_listen: str | None = None
+    # `Authorization: Bearer <token>` for /metrics. Absent or empty: /metrics is open.
+    metrics_token: SecretStr | None = None
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                host_port(value)
+            except ValueError:
+                raise ValueError("must be host:port (127.0.0.1:9091; [::1]:9091 for IPv6)") from None
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _empty_is_off(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _admin_port_of_its_own(self) -> ServerConfig:
+        if self.admin_listen is not None and host_port(self.admin_listen)[1] == self.port:
+            raise ValidationError.from_exception_data("server", [InitErrorDetails(
+                type=PydanticCustomError("server", "needs a port of its own, not server.port"),
+                loc=("admin_listen",), input=None,
+            )])
+        return self
+
+    # A request's shape (`protocols.messages.RequestCaps`): past these, a 400 naming the
+    # setting. Depth at most 200: the translation nests one level deeper, and orjson
+    # encodes no deeper than 254.
+    max_messages: Annotated[int, Field(ge=1)] = DEFAULT_CAPS.max_messages
+    max_blocks_per_message: Annotated[int, Field(ge=1)] = DEFAULT_CAPS.max_blocks_per_message
+    max_json_depth: Annotated[int, Field(ge=8, le=200)] = DEFAULT_CAPS.max_json_depth
 
 
 class Timeouts(_Strict):
@@ -95,6 +144,11 @@ class _BackendBase(_Strict):
     api_key: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    # What the gateway holds of one answer, so a broken or hostile upstream cannot exhaust
+    # a worker's memory: bytes of a whole answer (error bodies too) after decompression,
+    # and of one line or event of a stream. Past either, the answer is a protocol error.
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    max_event_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
 
     @field_validator("base_url")
     @classmethod
@@ -102,6 +156,55 @@ class _BackendBase(_Strict):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+
+def _pattern(value: str) -> str:
+    if not value.removeprefix("!"):
+        raise ValueError("a pattern must not be empty")
+    return value
+
+
+# An fnmatch pattern; a leading `!` refuses what it matches (gateway/passthrough.py).
+Pattern = Annotated[str, AfterValidator(_pattern)]
+
+
+class PassthroughConfig(_Strict):
+    """What a native backend lets through to its upstream, which holds the operator's
+    organisation key (`gateway/passthrough.py`): pattern lists, read in order, the last
+    match deciding (`!` refuses; no match refuses)."""
+
+    # `anthropic-beta` values; tool types (`custom`: client tools); body fields the gateway does not read.
+    betas: list[Pattern] = Field(default_factory=lambda: list(DEFAULT_BETAS))
+    tools: list[Pattern] = Field(default_factory=lambda: list(DEFAULT_TOOLS))
+    fields: list[Pattern] = Field(default_factory=lambda: list(DEFAULT_FIELDS))
+    # Content that refers to Files API objects (`file_id`): the organisation's files.
+    files: bool = False
+
+
+class TeamPassthrough(_Strict):
+    """A team's narrowing of its native backends' `passthrough`: a value must pass both.
+    Absent parts narrow nothing; `files: true` cannot widen a backend's `false`."""
+
+    betas: list[Pattern] | None = None
+    tools: list[Pattern] | None = None
+    fields: list[Pattern] | None = None
+    files: bool | None = None
+
+
+class ImageUrlGuard(_Strict):
+    """Which image URLs a backend's server may be sent to fetch (`translate/image_urls.py`):
+    by default https only, to public addresses, the names resolved and checked first."""
+
+    schemes: Annotated[list[Literal["https", "http"]], Field(min_length=1)] = Field(
+        default_factory=lambda: ["https"]
+    )
+    # Also private, loopback, link-local... addresses and local names (`localhost`,
+    # `*.internal`, single labels), and no DNS check: for servers fetching inside a trusted network.
+    allow_private: bool = False
+    # When given, the only hosts allowed (fnmatch patterns: `*.cdn.example.com`).
+    hosts: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # URL images (and documents, on native backends) in one request; past it, a 400.
+    max_per_request: Annotated[int, Field(ge=0)] = 100
 
 
 class OpenAIBackend(_BackendBase):
@@ -114,6 +217,7 @@ class OpenAIBackend(_BackendBase):
     api_version: str | None = None
     # A tokenizer endpoint that counts exactly (vLLM: `{base}/tokenize`, without the /v1).
     tokenize_url: str | None = None
+    image_url_guard: ImageUrlGuard = Field(default_factory=ImageUrlGuard)
 
 
 class AnthropicBackend(_BackendBase):
@@ -122,6 +226,10 @@ class AnthropicBackend(_BackendBase):
     type: Literal["anthropic"]
     # Sent when the client sent none.
     anthropic_version: str = "2023-06-01"
+    passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)
+    # Absent: URLs pass unchecked, as Anthropic fetches them from its own network; set it
+    # for a self-hosted server that speaks Messages and fetches them from the operator's.
+    image_url_guard: ImageUrlGuard | None = None
 
 
 BackendConfig = OpenAIBackend | AnthropicBackend
@@ -140,7 +248,7 @@ class RouteConfig(_Strict):
     weight: Annotated[float, Field(gt=0)] = 1.0
     # Clamp a client's `max_tokens` to what the upstream model accepts (Claude Code asks
     # for 128000 whatever the model).
-    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
 
 
 class Pricing(_Strict):
@@ -150,6 +258,9 @@ class Pricing(_Strict):
     output_per_mtok: Annotated[float, Field(ge=0)] = 0.0
     cache_read_per_mtok: Annotated[float, Field(ge=0)] | None = None  # default: the input price
     cache_write_per_mtok: Annotated[float, Field(ge=0)] | None = None  # default: the input price
+    # USD per 1000 server-side web searches (`usage.server_tool_use.web_search_requests`);
+    # Anthropic's price. Searches run only on native backends.
+    web_search_per_thousand: Annotated[float, Field(ge=0)] = 10.0
 
 
 class ModelConfig(_Strict):
@@ -159,7 +270,7 @@ class ModelConfig(_Strict):
     # RFC 3339; shown in `/v1/models` (clients sort by it).
     created_at: str = "2025-01-01T00:00:00Z"
     # Used when a request has no `max_tokens` and the backend needs one (native backends).
-    default_max_tokens: Annotated[int, Field(ge=1)] = 4096
+    default_max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] = 4096
     pricing: Pricing | None = None
     routes: Annotated[list[RouteConfig], Field(min_length=1)]
     # How a deployment is picked: by weight, or the one with the fewest requests in flight
@@ -268,6 +379,12 @@ class RedisStoreConfig(_Strict):
     # Every key the gateway writes starts with this (identity data under one hash tag:
     # `{gw}:...`); two gateways may share one Redis with different prefixes.
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")] = "gw"
+    # The key store's connections, per process (the limiter keeps its own): seconds to
+    # wait for an answer (also for a free connection) and for a connect, and how many it
+    # may hold, so a slow Redis or a flood of lookups cannot use up Redis's `maxclients`.
+    socket_timeout: Annotated[float, Field(gt=0)] = 2.0
+    socket_connect_timeout: Annotated[float, Field(gt=0)] = 2.0
+    max_connections: Annotated[int, Field(ge=1)] = 32
 
     @model_validator(mode="after")
     def _one_shape(self) -> RedisStoreConfig:
@@ -327,6 +444,11 @@ class AuthConfig(_Strict):
     cache_ttl: Annotated[float, Field(ge=0)] = 10.0
     # Seconds between writes of keys' last-used times (batched, off the request path).
     last_used_interval: Annotated[float, Field(gt=0)] = 5.0
+    # Keys the store did not know are refused without asking it again for this many
+    # seconds, at most this many of them per process (0: none kept). A new key clears
+    # them: in its own process at once, in the others through the change feed.
+    negative_cache_ttl: Annotated[float, Field(ge=0)] = 5.0
+    negative_cache_size: Annotated[int, Field(ge=0)] = 4096
 
 
 class LimitsConfig(_Strict):
@@ -339,6 +461,10 @@ class LimitsConfig(_Strict):
     # A concurrency slot is a lease: a process that dies mid-request frees its slots when
     # their leases run out. Live requests renew theirs every third of this.
     lease_seconds: Annotated[float, Field(ge=3)] = 60.0
+    # `count_tokens_per_minute` of a team whose limits set none (null: no such limit). A
+    # count is cheap for the gateway, not for an upstream tokenizer every tenant shares;
+    # 300 a minute takes Claude Code's `/context` (about 26 at once) ten times a minute.
+    default_count_tokens_per_minute: Annotated[int, Field(ge=0)] | None = DEFAULT_COUNT_TOKENS_PER_MINUTE
 
 
 class AdminConfig(_Strict):
@@ -364,9 +490,12 @@ class KeyBootstrap(_Strict):
 
     @field_validator("key")
     @classmethod
-    def _not_empty(cls, value: SecretStr) -> SecretStr:
+    def _well_formed(cls, value: SecretStr) -> SecretStr:
+        # What a client could not send is refused here, never silently unusable.
         if len(value.get_secret_value()) < 8:
             raise ValueError("a key must be at least 8 characters long")
+        if not well_formed_key(value.get_secret_value()):
+            raise ValueError(f"a key must be {KEY_FORMAT}")
         return value
 
 
@@ -377,6 +506,8 @@ class TeamBootstrap(_Strict):
     limits: Limits = Field(default_factory=Limits)
     metadata: dict[str, str] = Field(default_factory=dict)
     keys: list[KeyBootstrap] = Field(default_factory=list)
+    # Narrower than the native backends' own; none: theirs as they are.
+    passthrough: TeamPassthrough | None = None
 
 
 class Config(_Strict):
@@ -511,6 +642,7 @@ def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
     if config is not None:
         config = config.model_copy(update={"backends": backends})
         problems.extend(_check_secrets(config))
+        problems.extend(_check_key_names(config))
     if problems:
         raise ConfigError(problems)
     assert config is not None
@@ -564,6 +696,9 @@ def _check_secrets(config: Config) -> list[str]:
     let any team hand itself keys. Bootstrap keys must also differ from one another."""
     problems = []
     admin = config.admin.token.get_secret_value() if config.admin.token else None
+    metrics = config.server.metrics_token.get_secret_value() if config.server.metrics_token else None
+    if metrics is not None and metrics == admin:  # whoever scrapes would hold the admin API
+        problems.append("server.metrics_token: must not be the same as admin.token")
     seen: dict[str, str] = {}
     for i, team in enumerate(config.teams):
         for j, key in enumerate(team.keys):
@@ -575,6 +710,87 @@ def _check_secrets(config: Config) -> list[str]:
                 problems.append(f"{where}: the same key is already declared at {seen[value]}")
             else:
                 seen[value] = where
+    return problems
+
+
+def _check_key_names(config: Config) -> list[str]:
+    """A named key is known across loads by its team and name: a new value under the same
+    name replaces the old one, so two keys of a team may not share a name."""
+    problems = []
+    for i, team in enumerate(config.teams):
+        seen: dict[str, int] = {}
+        for j, key in enumerate(team.keys):
+            if not key.name:
+                continue
+            if key.name in seen:
+                problems.append(
+                    f"teams[{i}].keys[{j}].name: '{key.name}' is already the name of teams[{i}].keys[{seen[key.name]}]"
+                    " (a name identifies a key across loads)"
+                )
+            else:
+                seen[key.name] = j
+    return problems
+
+
+# ---------------------------------------------------------------------------- exposure
+
+# A secret that guards a listener on a non-loopback address must be at least this long
+# (`openssl rand -hex 32` gives 64 characters).
+MIN_SECRET_LENGTH = 32
+# Values this repository has shipped in its configs and docs, and the words that mark a
+# value as one to replace: on a non-loopback address they are anybody's.
+PUBLISHED_SECRETS = frozenset({"gk-demo-change-me", "admin-change-me"})
+PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "replaceme", "replace-me", "replace_me", "placeholder")
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect to `host` (127.0.0.0/8, ::1, localhost). Any other
+    name, `0.0.0.0` and `::` included, counts as reachable from the network."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _weakness(value: str) -> str | None:
+    lowered = value.lower()
+    if lowered in PUBLISHED_SECRETS or any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "a placeholder or a value published with the gateway"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"too short ({len(value)} characters; at least {MIN_SECRET_LENGTH})"
+    return None
+
+
+def exposure_problems(config: Config, host: str | None = None, admin_host: str | None = None) -> list[str]:
+    """Secrets too weak for the addresses the gateway serves on: a placeholder, a value
+    this repository published, or one shorter than `MIN_SECRET_LENGTH`, guarding a
+    listener that is not on loopback (where the quick start's demo key is fine).
+
+    `host`, `admin_host`: the client and admin listeners' addresses when they are not the
+    configuration's own (`gateway serve --host`, `--admin-listen`). The admin and metrics
+    tokens are judged by the listener that serves them, the client keys by the client
+    one. No message includes a secret's value."""
+    host = config.server.host if host is None else host
+    if admin_host is None and config.server.admin_listen is not None:
+        admin_host = host_port(config.server.admin_listen)[0]
+    operator_host = host if admin_host is None else admin_host
+    guarded: list[tuple[str, SecretStr, str]] = []
+    for where, secret in (("admin.token", config.admin.token), ("server.metrics_token", config.server.metrics_token)):
+        if secret is not None:
+            guarded.append((where, secret, operator_host))
+    for i, team in enumerate(config.teams):
+        for j, key in enumerate(team.keys):
+            guarded.append((f"teams[{i}].keys[{j}].key", key.key, host))
+    problems = []
+    for where, secret, exposed in guarded:
+        weakness = None if is_loopback(exposed) else _weakness(secret.get_secret_value())
+        if weakness is not None:
+            problems.append(
+                f"{where}: {weakness}: refused on a non-loopback address ({exposed or 'every interface'}); "
+                f"set a random value (openssl rand -hex 32), or listen on 127.0.0.1"
+            )
     return problems
 
 

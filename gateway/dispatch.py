@@ -6,8 +6,9 @@ byte reaches the client (after that, a failure is the stream's to report in-band
   not yet tried, else the same one after an exponential backoff with full jitter (or the
   upstream's `retry-after`, when it fits in the deadline). `routing.retries` bounds the
   extra attempts per model; `routing.deadline` bounds them all.
-- When a model's attempts are spent, its `fallbacks` are tried in order (those the team
-  may use); a request refused as too long goes to `context_fallbacks` instead.
+- When a model's attempts are spent, the next of the request's models is tried: its
+  fallbacks, in order, those the team may use (`routing.permitted` chose them before
+  admission); a request refused as too long goes to `context_fallbacks` instead.
 - Anything else (the client's own 4xx) is answered at once.
 - When retries are spent, the client gets the last upstream failure's class (429 with
   the upstream's `retry-after`, 500 `api_error`, 502/503/529 as 529).
@@ -23,7 +24,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from gateway.backends.base import Deployment
@@ -57,27 +58,30 @@ def failure_kind(error: GatewayError) -> str:
 async def run(
     router: Router,
     config: RoutingConfig,
-    plan: Plan,
+    plans: Sequence[Plan],
     attempt: Callable[[Deployment], Awaitable[T]],
     exchange: Exchange,
     *,
-    allowed: Callable[[str], bool] = lambda name: True,
+    allowed: Callable[[Plan], bool] = lambda plan: True,
     rng: random.Random | None = None,
     judged_later: bool = False,
 ) -> tuple[T, Deployment]:
-    """The first successful `attempt` and the deployment that gave it. The caller must call
+    """The first successful `attempt` and the deployment that gave it. `plans`: the models
+    that may serve, in order (`routing.permitted`: the first, then its fallbacks the team
+    may use); `allowed`: whether the team may use a context fallback. The caller must call
     `router.finished(deployment)` when it is done with the answer (a stream: at its end).
     `judged_later`: a success here says nothing yet about the deployment's health (a
     stream, which may still break); the caller reports it with `stream_ended`."""
     rng = rng or router.rng
     deadline = exchange.started + config.deadline
     last: GatewayError | None = None
-    plans = [plan]
+    plan = plans[0]
+    queue = list(plans)
     cooling: list[Plan] = []  # plans skipped because every deployment was cooling down
     context_switched = False
     attempts = 0
-    while plans:
-        current = plans.pop(0)
+    while queue:
+        current = queue.pop(0)
         tried: set[tuple[str, str]] = set()
         for n in range(config.retries + 1):
             candidates = router.order(current)
@@ -117,11 +121,9 @@ async def run(
                     context_switched = True
                     exchange.upstream_errors.append((deployment.backend_name, "context_length"))
                     last = error
-                    plans = _fallbacks(router, current.model.context_fallbacks, allowed)
+                    queue = _fallbacks(router, current.model.context_fallbacks, allowed)
                     break
                 raise
-        if not context_switched and current is plan:
-            plans = _fallbacks(router, plan.model.fallbacks, allowed)
     if last is not None:  # the class of the last upstream failure: 429 stays 429, 500 stays 500
         raise last
     if not cooling:  # the deadline passed before any attempt could start
@@ -198,8 +200,8 @@ def _refusal(router: Router, plan: Plan, deployment: Deployment) -> GatewayError
     return Overloaded(f"every deployment of model '{name}' is cooling down after failures", headers=headers)
 
 
-def _fallbacks(router: Router, names: list[str], allowed: Callable[[str], bool]) -> list[Plan]:
-    return [router.resolve(name) for name in names if allowed(name)]
+def _fallbacks(router: Router, names: list[str], allowed: Callable[[Plan], bool]) -> list[Plan]:
+    return [plan for plan in (router.resolve(name) for name in names) if allowed(plan)]
 
 
 def _delay(config: RoutingConfig, n: int, error: GatewayError | None, rng: random.Random) -> float:

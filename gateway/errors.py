@@ -2,16 +2,20 @@
 
     GatewayError                      500 api_error
     ├── InvalidRequest                400 invalid_request_error
-    │   └── MethodNotAllowed          405 invalid_request_error
+    │   ├── MethodNotAllowed          405 invalid_request_error
+    │   └── RequestTimedOut           408 invalid_request_error
     ├── AuthenticationFailed          401 authentication_error
     ├── PermissionDenied              403 permission_error
     ├── NotFound                      404 not_found_error
     ├── Conflict                      409 invalid_request_error
     ├── RequestTooLarge               413 request_too_large
     ├── RateLimited                   429 rate_limit_error
+    ├── UpstreamProtocolError         500 api_error
+    │   └── UpstreamTooLarge          502 api_error
     ├── UpstreamTimeout               504 timeout_error
     └── Overloaded                    529 overloaded_error
-        └── StoreUnavailable          529 overloaded_error
+        ├── StoreUnavailable          529 overloaded_error
+        └── TooManyConnections        503 overloaded_error
 
 Status and type are decided here, once, as class attributes. Only the HTTP edge
 (`middleware.py`) and the stream pump turn an error into bytes; this module imports
@@ -74,6 +78,13 @@ class MethodNotAllowed(InvalidRequest):
     status = 405
 
 
+class RequestTimedOut(InvalidRequest):
+    """The client did not send its request's headers or body within the server's
+    deadline (`server.header_timeout`, `server.body_timeout`); the connection closes."""
+
+    status = 408
+
+
 class AuthenticationFailed(GatewayError):
     status = 401
     error_type = "authentication_error"
@@ -119,9 +130,26 @@ class Overloaded(GatewayError):
 
 
 class UpstreamProtocolError(GatewayError):
-    """The upstream answered something that is not its protocol (bad JSON, wrong shape)."""
+    """The upstream answered something that is not its protocol (bad JSON, wrong shape):
+    a bad gateway, never the client's to fix (and never a 500, which reads as a bug here)."""
+
+    status = 502
+
+
+class UpstreamTooLarge(UpstreamProtocolError):
+    """The upstream's answer went past what the gateway reads of one (a backend's
+    `max_response_bytes`): a broken or hostile upstream, as a bad gateway."""
+
+    status = 502
 
 
 class StoreUnavailable(Overloaded):
     """The key store cannot be reached: a dependency is down, not the client's key wrong
     (a 401 here would make every client think its key was revoked)."""
+
+
+class TooManyConnections(Overloaded):
+    """A worker already holds `server.max_connections` open connections on the listener.
+    503, as load balancers expect of a full backend (they may try another)."""
+
+    status = 503

@@ -9,6 +9,10 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.passthrough import Policy
 
 
 def new_request_id() -> str:
@@ -25,6 +29,8 @@ class Exchange:
     path: str = ""
     team_id: str | None = None
     key_id: str | None = None  # the key's id, never the key
+    # The team's narrowing of what native backends pass on (`teams[].passthrough`), if any.
+    team_passthrough: Policy | None = None
     model: str | None = None  # as the client asked
     served_model: str | None = None  # the configured model that answered (after aliases, fallbacks)
     backend: str | None = None

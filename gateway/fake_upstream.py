@@ -19,14 +19,20 @@ A reply is a JSON-able dict:
               "stall_after": n (send n items, then hang), "reset_after": n (send n items, then drop
               the connection), "body": "raw text" (instead of json), "one_write": true (the whole
               stream in one write, so the gateway reads it at once)
+    hostile:  "repeat": n (the last `sse` item, or the body, written n more times; "forever": until
+              the client leaves, the answer then never ends), "gzip": true (the answer gzip-compressed
+              as it is written, each piece flushed: with "repeat", a small gzip bomb)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import time
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,18 +149,24 @@ class FakeUpstream:
             await asyncio.sleep(reply["delay"])
         status = reply.get("status", 200)
         headers = reply.get("headers", {})
-        if "sse" not in reply:
+        if "sse" not in reply and not reply.get("repeat") and not reply.get("gzip"):
             if "body" in reply:
                 return web.Response(status=status, text=reply["body"], headers=headers)
             return web.Response(
                 status=status, body=orjson.dumps(reply.get("json", {})), content_type="application/json", headers=headers
             )
-        response = web.StreamResponse(status=status, headers={"content-type": "text/event-stream", **headers})
+        if "sse" in reply:
+            content_type, items = "text/event-stream", [_encode_item(item) for item in reply["sse"]]
+        elif "body" in reply:
+            content_type, items = "text/plain; charset=utf-8", [reply["body"].encode()]
+        else:
+            content_type, items = "application/json", [orjson.dumps(reply.get("json", {}))]
+        response = web.StreamResponse(status=status, headers={"content-type": content_type, **headers})
+        body = _Body(response, gzip=bool(reply.get("gzip")))
         await response.prepare(request)
-        items = reply["sse"]
         if reply.get("one_write"):
-            await response.write(b"".join(map(_encode_item, items)))
-            await response.write_eof()
+            await body.write(b"".join(items))
+            await body.end()
             self.completed_streams += 1
             return response
         try:
@@ -167,13 +179,44 @@ class FakeUpstream:
                     await asyncio.sleep(3600)
                 if n and reply.get("chunk_delay"):
                     await asyncio.sleep(reply["chunk_delay"])
-                await response.write(_encode_item(item))
-            await response.write_eof()
+                await body.write(item)
+            for item in _repeated(items[-1], reply.get("repeat")):
+                await body.write(item)
+                await asyncio.sleep(0)  # the gateway may share this loop: let it read
+            await body.end()
             self.completed_streams += 1
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnects += 1
             raise
         return response
+
+
+class _Body:
+    """An answer written piece by piece; gzip-compressed if asked, each piece flushed so
+    it leaves at once (a gzip bomb, fed to the gateway as it inflates)."""
+
+    def __init__(self, response: web.StreamResponse, *, gzip: bool) -> None:
+        self._response = response
+        self._zlib = zlib.compressobj(wbits=31) if gzip else None
+        if gzip:
+            response.headers["content-encoding"] = "gzip"
+
+    async def write(self, data: bytes) -> None:
+        if self._zlib is not None:
+            data = self._zlib.compress(data) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+        await self._response.write(data)
+
+    async def end(self) -> None:
+        if self._zlib is not None:
+            await self._response.write(self._zlib.flush())
+        await self._response.write_eof()
+
+
+def _repeated(item: bytes, repeat: int | str | None) -> Iterable[bytes]:
+    """`item` again `repeat` times, or without end for "forever"."""
+    if repeat == "forever":
+        return itertools.repeat(item)
+    return itertools.repeat(item, int(repeat or 0))
 
 
 def _encode_item(item: Any) -> bytes:

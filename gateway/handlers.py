@@ -8,16 +8,18 @@ import orjson
 from aiohttp import web
 
 from gateway import dispatch, streaming
-from gateway.admission import demand_for, usage_of
+from gateway.admission import count_demand, demand_for, usage_of
+from gateway.auth import TEAM_HEADER
 from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS, Deployment
-from gateway.errors import InvalidRequest, NotFound, PermissionDenied
+from gateway.config import ModelConfig
+from gateway.errors import InvalidRequest, NotFound
 from gateway.exchange import Exchange
 from gateway.identity import Principal
 from gateway.keys import EXCHANGE, RUNTIME
 from gateway.limiter import LimitExceeded, rate_limit_headers
 from gateway.limiter.rules import needs_input_estimate
 from gateway.protocols.messages import unknown_fields, validate_request
-from gateway.routing import Plan, Router
+from gateway.routing import Plan, Router, allowed, may_ask, permitted
 from gateway.streaming import BACKEND_HEADER
 from gateway.tokens import estimate_input_tokens
 
@@ -47,24 +49,35 @@ def client_headers(request: web.Request) -> dict[str, str]:
     return {name: request.headers[name] for name in FORWARDED_ANTHROPIC_HEADERS if name in request.headers}
 
 
+# Client headers the gateway takes as text: forwarded to native backends, or echoed in an
+# answer. HTTP lets a value carry bytes past ASCII, which aiohttp hands over decoded (as
+# UTF-8, surrogate-escaped when they are not); none of these headers has a use for them,
+# and they must not reach an upstream or break the encoding of an error body.
+TEXT_HEADERS = (*FORWARDED_ANTHROPIC_HEADERS, TEAM_HEADER)
+
+
+def check_text_headers(request: web.Request) -> None:
+    for name in TEXT_HEADERS:
+        for value in request.headers.getall(name, ()):
+            if not (value.isascii() and value.isprintable()):
+                raise InvalidRequest(f"{name}: a header value must be printable ASCII")
+
+
 async def authenticate(request: web.Request) -> Principal:
-    principal = await request.app[RUNTIME].auth.authenticate(request.headers)
+    check_text_headers(request)  # first: auth reads x-team-id
+    runtime = request.app[RUNTIME]
+    principal = await runtime.auth.authenticate(request.headers)
     exchange = request[EXCHANGE]
     exchange.team_id, exchange.key_id = principal.team_id, principal.key_id
+    exchange.team_passthrough = runtime.team_passthrough.get(principal.team_id)
     return principal
-
-
-def authorize(principal: Principal, plan: Plan, asked: str) -> None:
-    """One check, after aliases are resolved: the name asked for or the model it names."""
-    if not principal.may_use(asked, plan.model.name):
-        raise PermissionDenied(f"team '{principal.team_id}' may not use model '{asked}'")
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     exchange = request[EXCHANGE]
     runtime = request.app[RUNTIME]
     principal = await authenticate(request)
-    body = validate_request(await read_json(request))
+    body = validate_request(await read_json(request), runtime.config.server)
     exchange.model = body["model"]
     exchange.stream = bool(body.get("stream"))
     if log.isEnabledFor(logging.DEBUG):
@@ -73,15 +86,15 @@ async def messages(request: web.Request) -> web.StreamResponse:
             log.debug("request %s has undocumented fields %s; kept for native backends", exchange.request_id, extra)
     # This request's routes and routing settings: a reload meanwhile does not change them.
     router, config = runtime.router, runtime.config
-    plan = router.resolve(body["model"])
-    authorize(principal, plan, body["model"])
+    plans = permitted(router, principal, body["model"])
+    plan = plans[0]
     exchange.served_model = plan.model.name
     try:
         # Made here only when a limit counts it; else later, if a stream's message_start
         # or an answer without usage needs it (a 30–100 KB request takes ~50 µs).
         if needs_input_estimate(principal.team.limits, principal.key.limits):
             exchange.input_estimate = estimate_input_tokens(body)
-        demand = demand_for(principal, plan, plan.primary, body, exchange.input_estimate or 0)
+        demand = demand_for(principal, plan, body, exchange.input_estimate or 0)
         ticket = await runtime.admission.admit(demand)
     except LimitExceeded as refused:
         exchange.rejected_limit = refused.limit
@@ -89,14 +102,14 @@ async def messages(request: web.Request) -> web.StreamResponse:
     exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
     headers = client_headers(request)
 
-    def allowed(name: str) -> bool:  # fallbacks the team may not use are skipped
-        return principal.may_use(name, router.resolve(name).model.name)
+    def may_use(plan: Plan) -> bool:  # context fallbacks the team may not use are skipped
+        return allowed(principal, plan)
 
     try:
         if exchange.stream:
             (upstream, relay), deployment = await dispatch.run(
-                router, config.routing, plan,
-                lambda d: d.backend.open_stream(body, d, headers, exchange), exchange, allowed=allowed,
+                router, config.routing, plans,
+                lambda d: d.backend.open_stream(body, d, headers, exchange), exchange, allowed=may_use,
                 judged_later=True,
             )
             served_by(exchange, deployment)
@@ -109,7 +122,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 router.finished(deployment)
                 dispatch.stream_ended(router, deployment, exchange, completed=completed)
         answer, deployment = await dispatch.run(
-            router, config.routing, plan, lambda d: d.backend.send(body, d, headers, exchange), exchange, allowed=allowed
+            router, config.routing, plans, lambda d: d.backend.send(body, d, headers, exchange), exchange,
+            allowed=may_use,
         )
         router.finished(deployment)
         served_by(exchange, deployment)
@@ -121,9 +135,16 @@ async def messages(request: web.Request) -> web.StreamResponse:
     finally:
         # Exactly once, whatever happened: an upstream error settles what was used (nothing),
         # a client that left settles what it was sent.
-        served = plan.model if exchange.served_model == plan.model.name else router.resolve(exchange.served_model).model
-        pricing = served.pricing
-        runtime.admission.settle(ticket, usage_of(exchange.usage, pricing))
+        runtime.admission.settle(ticket, usage_of(exchange.usage, served_model(router, plans, exchange).pricing))
+
+
+def served_model(router: Router, plans: list[Plan], exchange: Exchange) -> ModelConfig:
+    """The configured model that answered (for its prices): one of the request's, or a
+    context fallback."""
+    for plan in plans:
+        if plan.model.name == exchange.served_model:
+            return plan.model
+    return router.resolve(exchange.served_model or plans[0].model.name).model
 
 
 def served_by(exchange: Exchange, deployment: Deployment) -> None:
@@ -134,15 +155,24 @@ def served_by(exchange: Exchange, deployment: Deployment) -> None:
 
 
 async def count_tokens(request: web.Request) -> web.Response:
+    exchange = request[EXCHANGE]
     runtime = request.app[RUNTIME]
     principal = await authenticate(request)
-    body = validate_request(await read_json(request))
-    request[EXCHANGE].model = body["model"]
-    plan = runtime.router.resolve(body["model"])
-    authorize(principal, plan, body["model"])
+    body = validate_request(await read_json(request), runtime.config.server)
+    exchange.model = body["model"]
+    # Counted by the model that would serve the same request to /v1/messages.
+    plan = permitted(runtime.router, principal, body["model"])[0]
+    try:
+        ticket = await runtime.admission.admit_count(count_demand(principal, plan))
+    except LimitExceeded as refused:
+        exchange.rejected_limit = refused.limit
+        raise
+    exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
     deployment = plan.primary
-    request[EXCHANGE].backend = deployment.backend_name
-    return json_response(await deployment.backend.count_tokens(body, deployment, client_headers(request)))
+    exchange.backend = deployment.backend_name
+    response = json_response(await deployment.backend.count_tokens(body, deployment, client_headers(request), exchange))
+    response.headers.update(exchange.ratelimit_headers)
+    return response
 
 
 def _model_entry(router: Router, name: str) -> dict:
@@ -156,7 +186,7 @@ async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     principal = await authenticate(request)
     router = runtime.router
-    names = [name for name in router.names() if principal.may_use(name, router.resolve(name).model.name)]
+    names = [name for name in router.names() if may_ask(router, principal, name)]
     query = request.query
     try:
         limit = int(query.get("limit", "20"))
@@ -189,8 +219,7 @@ async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     principal = await authenticate(request)
     name = request.match_info["model_id"]
-    plan = runtime.router.resolve(name)
-    if not principal.may_use(name, plan.model.name):
+    if not may_ask(runtime.router, principal, name):
         raise NotFound(f"model: {name}")  # what a team may not use, it does not see
     return json_response(_model_entry(runtime.router, name))
 

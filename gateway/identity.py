@@ -15,7 +15,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,11 +23,26 @@ KEY_PREFIX = "gk-"
 SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 TEAM_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _TEAM_ID = re.compile(TEAM_ID)
+# What a client may send as a key: printable ASCII without spaces, at most this long
+# (a made key is 46). Checked before any lookup, so junk costs no store round trip.
+MAX_KEY_LENGTH = 256
+KEY_FORMAT = f"1 to {MAX_KEY_LENGTH} printable ASCII characters without spaces"
+
+# Who owns a record: "config" for the teams and keys the YAML declares (each load of the
+# file restores them as declared), None for those made through the admin API or the CLI.
+ManagedBy = Literal["config"]
+CONFIG: ManagedBy = "config"
+
+
+# A team's `count_tokens_per_minute` when its limits set none (the gateway's
+# `limits.default_count_tokens_per_minute`).
+DEFAULT_COUNT_TOKENS_PER_MINUTE = 300
 
 
 class Limits(BaseModel):
-    """Every field optional; absent = unlimited. The same shape for teams and keys, in the
-    YAML bootstrap, the admin API and the CLI."""
+    """Every field optional; absent = unlimited (but a team's `count_tokens_per_minute`:
+    the gateway's default). The same shape for teams and keys, in the YAML bootstrap, the
+    admin API and the CLI."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,6 +53,9 @@ class Limits(BaseModel):
     tokens_per_day: Annotated[int, Field(ge=0)] | None = None
     tokens_per_month: Annotated[int, Field(ge=0)] | None = None
     cost_per_month_usd: Annotated[float, Field(ge=0)] | None = None
+    # `/v1/messages/count_tokens` requests, in a bucket of their own (never the messages'
+    # `requests_per_minute`).
+    count_tokens_per_minute: Annotated[int, Field(ge=0)] | None = None
 
 
 class Team(BaseModel):
@@ -50,6 +68,7 @@ class Team(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     metadata: dict[str, str] = Field(default_factory=dict)
     created_at: float = 0.0
+    managed_by: ManagedBy | None = None
 
 
 class ApiKey(BaseModel):
@@ -72,9 +91,16 @@ class ApiKey(BaseModel):
     created_at: float = 0.0
     rotated_at: float | None = None
     last_used_at: float | None = None
+    managed_by: ManagedBy | None = None
 
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def declared_in_config(self) -> bool:
+        """Whether the YAML owns this key. Records stored before ownership was recorded
+        carry no marker; the YAML's were then named after their hash (`key_id_for_hash`),
+        which a key made through the admin API never is (its id is random)."""
+        return self.managed_by == CONFIG or (self.managed_by is None and self.id == key_id_for_hash(self.hash))
 
 
 def new_key() -> str:
@@ -99,13 +125,18 @@ def shown_prefix(key: str) -> str:
     return key[:SHOWN_PREFIX_LENGTH]
 
 
+def well_formed_key(value: str) -> bool:
+    # (String methods: faster than a regular expression, and this runs on every request.)
+    return 0 < len(value) <= MAX_KEY_LENGTH and value.isascii() and value.isprintable() and " " not in value
+
+
 def valid_team_id(value: str) -> bool:
     return bool(_TEAM_ID.match(value))
 
 
 def models_allow(patterns: tuple[str, ...] | None, *names: str) -> bool:
-    """Whether any of `names` (the model asked for, the model it resolved to) matches."""
-    if patterns is None:
+    """Whether any of `names` (those of one configured model: `routing.Plan.names`) matches."""
+    if patterns is None or "*" in patterns:  # (every request of most teams: no pattern to match)
         return True
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
 

@@ -93,6 +93,9 @@ LIMITER_OUTAGES = "gateway_limiter_outages_total"
 LIMITER_FALLBACK_ADMISSIONS = "gateway_limiter_fallback_admissions_total"
 LIMITER_REFUSED_ADMISSIONS = "gateway_limiter_refused_admissions_total"
 LIMITER_LOST_SETTLEMENTS = "gateway_limiter_lost_settlements_total"
+OPEN_CONNECTIONS = "gateway_open_connections"
+CONNECTIONS_REFUSED = "gateway_connections_refused_total"
+CLIENT_TIMEOUTS = "gateway_client_timeouts_total"
 BUILD_INFO = "gateway_build_info"
 
 # ---------------------------------------------------------------------------- labels
@@ -111,6 +114,9 @@ TOKEN_LABELS = ("team", "model", "token_type")
 DEPLOYMENT_LABELS = ("model", "backend", "upstream_model", "state")
 REDIS_LABELS = ("component", "operation")
 REDIS_ERROR_LABELS = ("component", "operation", "kind")
+# The listeners (gateway/connections.py) and the parts of a request a deadline cuts.
+LISTENERS = ("client", "admin")
+CLIENT_TIMEOUT_PHASES = ("headers", "body")
 
 # The value that stands for every name the configuration does not declare.
 OTHER = "other"
@@ -392,6 +398,33 @@ class RedisObserver:
             m.limiter_lost_settlements.inc()
 
 
+# ---------------------------------------------------------------------------- connections
+
+
+class ConnectionObserver:
+    """What the listeners' connections (`connections.py`) report, by listener: opened and
+    closed, refused past `server.max_connections`, cut at a head or body deadline."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._open = {name: metrics.open_connections.labels(name) for name in LISTENERS}
+        self._refused = {name: metrics.connections_refused.labels(name) for name in LISTENERS}
+        self._timeouts = {
+            (name, phase): metrics.client_timeouts.labels(name, phase) for name in LISTENERS for phase in CLIENT_TIMEOUT_PHASES
+        }
+
+    def opened(self, listener: str) -> None:
+        self._open[listener].inc()
+
+    def closed(self, listener: str) -> None:
+        self._open[listener].dec()
+
+    def refused(self, listener: str) -> None:
+        self._refused[listener].inc()
+
+    def timed_out(self, listener: str, phase: str) -> None:
+        self._timeouts[(listener, phase)].inc()
+
+
 # ---------------------------------------------------------------------------- the metrics
 
 
@@ -518,7 +551,20 @@ class Metrics:
         self.limiter_lost_settlements = Counter(
             LIMITER_LOST_SETTLEMENTS, "Settlements that timed out (their usage may be missing).", registry=own,
         )
+        self.open_connections = Gauge(
+            OPEN_CONNECTIONS, "Connections open, by listener (client, admin).", ("listener",),
+            registry=own, multiprocess_mode="livesum",
+        )
+        self.connections_refused = Counter(
+            CONNECTIONS_REFUSED, "Connections answered 503 at once: the process had server.max_connections open "
+            "on the listener.", ("listener",), registry=own,
+        )
+        self.client_timeouts = Counter(
+            CLIENT_TIMEOUTS, "Requests cut because the client did not send its headers (server.header_timeout) or "
+            "body (server.body_timeout) in time, by listener and phase.", ("listener", "phase"), registry=own,
+        )
         self.redis = RedisObserver(self)
+        self.connections = ConnectionObserver(self)
 
         self._vocabulary: Vocabulary | None = None
         self._series: dict[tuple, _Series] = {}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 
 import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, RequestTooLarge
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, new_request_id
 from gateway.keys import EXCHANGE, RUNTIME
 from gateway.metrics import METRICS
 
@@ -41,6 +42,24 @@ def error_response(error: GatewayError, exchange: Exchange) -> web.Response:
     )
 
 
+def raw_error_response(error: GatewayError) -> bytes:
+    """A whole HTTP/1.1 answer, for the connection layer (`connections.py`) to write
+    where no request object exists: a connection refused at accept, or one whose
+    headers never arrived. It always closes the connection."""
+    request_id = new_request_id()
+    body = orjson.dumps(error.body(request_id))
+    headers = {
+        **error.response_headers(),
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+        "request-id": request_id,
+        "connection": "close",
+    }
+    head = f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return head.encode("latin-1") + b"\r\n" + body
+
+
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> GatewayError:
     if exc.status == 404:
         return NotFound(f"{request.method} {request.path}: no such endpoint")
@@ -50,6 +69,15 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> Gatewa
         limit = request.app[RUNTIME].config.server.max_body_bytes
         return RequestTooLarge(f"request body is larger than the gateway accepts ({limit} bytes)")
     return InvalidRequest(exc.reason or f"HTTP {exc.status}")
+
+
+def _served_here(request: web.Request) -> bool:
+    """Whether the listener the request came in on answers its path: with
+    `server.admin_listen` set, the operator's paths are served on that listener only
+    (`connections.Listener.serves`)."""
+    listener = getattr(request.protocol, "listener", None)
+    serves = listener.serves if listener is not None else None
+    return serves is None or serves(request.path)
 
 
 @web.middleware
@@ -64,6 +92,8 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
     operation = metrics.request_started(exchange.path)
     try:
         try:
+            if not _served_here(request):
+                raise NotFound(f"{request.method} {request.path}: no such endpoint")
             response = await handler(request)
         except GatewayError as error:
             response = error_response(error, exchange)

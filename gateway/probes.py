@@ -1,5 +1,6 @@
-"""Endpoints for machines, none of which needs a client key: `/metrics` for Prometheus,
-`/healthz` and `/readyz` for Kubernetes probes.
+"""Endpoints for machines, none of which needs a client key: `/metrics` for Prometheus
+(behind `server.metrics_token` when one is set), `/healthz` and `/readyz` for Kubernetes
+probes.
 
 - `/healthz`: the process is serving (always 200 while it answers at all).
 - `/readyz`: it should get traffic: startup finished (configuration loaded, store,
@@ -14,6 +15,7 @@ import asyncio
 import orjson
 from aiohttp import web
 
+from gateway.bearer import check_bearer
 from gateway.errors import GatewayError
 from gateway.keys import RUNTIME
 from gateway.metrics import METRICS
@@ -28,6 +30,13 @@ def _json(payload: dict, status: int = 200) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    token = runtime.config.server.metrics_token
+    if token is not None:
+        check_bearer(
+            request, token, runtime.operator_failures, realm="gateway metrics",
+            wrong="/metrics: missing or wrong metrics token (send `Authorization: Bearer <server.metrics_token>`)",
+        )
     body, content_type = request.app[METRICS].exposition(request.headers.get("accept", ""))
     return web.Response(body=body, headers={"content-type": content_type, "cache-control": "no-store"})
 

@@ -4,7 +4,8 @@ master Sentinel names (`sentinels` + `service`), Redis Cluster (`url` or `nodes`
 The store and the limiter each say how their client must behave (`Profile`): the store
 retries a command once after a connection error or a timeout (everything it sends may
 run twice); the limiter retries only connection errors (a timeout may mean the script
-ran, and an admission run twice charges twice) and bounds its connections.
+ran, and an admission run twice charges twice). Both bound their connections and the
+wait for an answer.
 
 What redis-py's async RedisCluster does not do, and how the callers get it anyway:
 
@@ -74,8 +75,13 @@ class Profile:
     retry_timeouts: bool = True
     # Per server (per node on a cluster); None: no limit, as redis-py's default pool.
     max_connections: int | None = None
-    # Seconds for a connect and for an answer; None: redis-py's default (no limit).
+    # Seconds for an answer, and for a connect unless `socket_connect_timeout` says;
+    # None: redis-py's default (no limit).
     socket_timeout: float | None = None
+    socket_connect_timeout: float | None = None
+
+    def connect_timeout(self) -> float | None:
+        return self.socket_connect_timeout if self.socket_connect_timeout is not None else self.socket_timeout
 
     def retry(self) -> Retry:
         errors = (RedisConnectionError, RedisTimeoutError) if self.retry_timeouts else (RedisConnectionError,)
@@ -124,7 +130,9 @@ def _settings(config: RedisStoreConfig, profile: Profile, *, tls: bool) -> dict[
     if profile.max_connections is not None:
         settings["max_connections"] = profile.max_connections
     if profile.socket_timeout is not None:
-        settings["socket_timeout"] = settings["socket_connect_timeout"] = profile.socket_timeout
+        settings["socket_timeout"] = profile.socket_timeout
+    if profile.connect_timeout() is not None:
+        settings["socket_connect_timeout"] = profile.connect_timeout()
     if tls:
         settings["ssl"] = True
     if config.tls_ca_file is not None:
@@ -154,7 +162,9 @@ def _sentinel_master(config: RedisStoreConfig, profile: Profile) -> Redis:
     if config.sentinel_password is not None:
         asking["password"] = config.sentinel_password.get_secret_value()
     if profile.socket_timeout is not None:
-        asking["socket_timeout"] = asking["socket_connect_timeout"] = profile.socket_timeout
+        asking["socket_timeout"] = profile.socket_timeout
+    if profile.connect_timeout() is not None:
+        asking["socket_connect_timeout"] = profile.connect_timeout()
     if sentinel_tls:
         asking["ssl"] = True
         if config.tls_ca_file is not None:

@@ -15,6 +15,9 @@ to judge the deployment (a stream that failed midway is an upstream failure).
 - `NativeRelay`: Messages SSE relayed as the upstream wrote it (bytes not re-encoded, only
   cut at event boundaries), watched for usage; the one `message_start` is rewritten so
   its `model` is the name the client asked for.
+
+Each holds at most `max_event` bytes of an event not yet complete (the backend's
+`max_event_bytes`): a line or an event past it fails the stream as `stream_protocol`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import re
 import orjson
 
 from gateway.errors import MESSAGES_ERROR_TYPES, GatewayError, Overloaded, UpstreamProtocolError
-from gateway.protocols.sse import DONE, SseDecoder, SseEvent, encode, encode_json
+from gateway.protocols.sse import DONE, MAX_EVENT, SseDecoder, SseEvent, SseOverflow, encode, encode_json
+from gateway.protocols.usage import clamped_usage
 from gateway.translate.chat_errors import upstream_message
 from gateway.translate.chat_request import ChatCall
 from gateway.translate.chat_stream import ChatStreamTranslator
@@ -33,8 +37,8 @@ _ENDED_EARLY = "the model's backend ended the stream early"
 
 
 class ChatRelay:
-    def __init__(self, call: ChatCall, *, input_tokens: int = 0) -> None:
-        self._decoder = SseDecoder()
+    def __init__(self, call: ChatCall, *, input_tokens: int = 0, max_event: int = MAX_EVENT) -> None:
+        self._decoder = SseDecoder(max_event)
         self._translator = ChatStreamTranslator(call, input_tokens=input_tokens)
         self.done = False  # the upstream said `[DONE]`
         self.has_content = False
@@ -59,16 +63,20 @@ class ChatRelay:
 
     def feed(self, data: bytes) -> bytes:
         payloads = self._decoder.data_only(data)
-        if payloads is None:
-            payloads = [sse.data for sse in self._decoder.feed(data)]
-        return self._translate(payloads)
+        if payloads is not None:
+            return self._translate(payloads)
+        try:
+            events = self._decoder.feed(data)
+        except SseOverflow as overflow:
+            return self._translate([sse.data for sse in overflow.events], overflow)
+        return self._translate([sse.data for sse in events])
 
-    def _translate(self, payloads: list[bytes] | list[str]) -> bytes:
-        """Each event's data → Messages SSE. A chunk that only continues the open text
-        block (most of them) is written from a template, byte for byte what encoding its
-        event would give, without building the event; one shaped like the last such
-        chunk (`_shape`) is not even parsed. State the pump reads (`has_content`)
-        changes only once the whole read translated."""
+    def _translate(self, payloads: list[bytes] | list[str], failure: GatewayError | None = None) -> bytes:
+        """Each event's data → Messages SSE, then `failure` if the read ended in one. A
+        chunk that only continues the open text block (most of them) is written from a
+        template, byte for byte what encoding its event would give, without building the
+        event; one shaped like the last such chunk (`_shape`) is not even parsed. State
+        the pump reads (`has_content`) changes only once the whole read translated."""
         translator = self._translator
         if translator.finished:  # `feed` never finishes it: once per read is enough
             if DONE_BYTES in payloads or DONE in payloads:
@@ -77,6 +85,8 @@ class ChatRelay:
         out: list[bytes] = []
         try:
             content = self._each(payloads, out)
+            if failure is not None:
+                raise failure
         except GatewayError as error:
             # What came before the failure is the client's: it leaves first, then the error.
             content = self.has_content or _has_delta_bytes(out)
@@ -147,7 +157,10 @@ class ChatRelay:
         """The upstream closed the stream. A last event whose lines are whole counts even
         without the blank line that should end it (`data: [DONE]` and EOF), as the
         official SDKs read it."""
-        tail = self._translate([sse.data for sse in self._decoder.flush()])
+        try:
+            tail = self._translate([sse.data for sse in self._decoder.flush()])
+        except SseOverflow as overflow:
+            tail = self._translate([sse.data for sse in overflow.events], overflow)
         if self._translator.finished:
             return tail
         if self.done or self._translator.finish_reason is not None:
@@ -210,13 +223,16 @@ _WATCHED = frozenset({"message_start", "message_delta", "error", "message_stop"}
 
 
 class NativeRelay:
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, max_event: int = MAX_EVENT) -> None:
         self._model = model
-        self._decoder = SseDecoder()
+        self._decoder = SseDecoder(max_event)
+        self._max_event = max_event
         # Bytes after the last event boundary, in pieces (joined once a boundary comes, so
         # an event that arrives in many reads costs its length, not its length squared),
-        # and their last three bytes, where a boundary that the next read ends may begin.
+        # their size, and their last three bytes, where a boundary that the next read ends
+        # may begin.
         self._held: list[bytes] = []
+        self._held_size = 0
         self._tail = b""
         self._started = False
         self.finished = False  # message_stop or error relayed
@@ -240,14 +256,28 @@ class NativeRelay:
         cut = _last_boundary(tail + data if tail else data)
         if cut < 0:
             self._held.append(data)
+            self._held_size += len(data)
             self._tail = (tail + data)[-3:]
-            return b""
+            return self._too_long() if self._held_size > self._max_event else b""
         cut -= len(tail)  # in `data`: a boundary the held bytes did not complete ends in it
         complete = b"".join((*self._held, data[:cut])) if self._held else data[:cut]
         rest = data[cut:]
         self._held = [rest] if rest else []
+        self._held_size = len(rest)
         self._tail = rest[-3:]
-        return self._relay(complete, self._decoder.feed(complete))
+        try:
+            out = self._relay(complete, self._decoder.feed(complete))
+        except SseOverflow as overflow:
+            return self._relay(None, overflow.events) + self._failed(overflow)
+        if self._held_size > self._max_event:
+            return out + self._too_long()
+        return out
+
+    def _too_long(self) -> bytes:
+        """The event under way is past `max_event` before its end: the stream fails, and
+        what is held of it is let go."""
+        self._held, self._held_size, self._tail = [], 0, b""
+        return self._failed(SseOverflow(self._max_event, []))
 
     def _relay(self, complete: bytes | None, events: list[SseEvent]) -> bytes:
         """`complete`'s bytes as they came, when nothing in them needs changing; else its
@@ -312,7 +342,11 @@ class NativeRelay:
 
     def _count(self, usage: object) -> None:
         if isinstance(usage, dict):
+            usage = clamped_usage(usage)  # the request is settled with these (`protocols/usage.py`)
             self.usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
+            # Web searches are priced per search (`admission.web_searches`); cumulative, as the counts.
+            if isinstance(usage.get("server_tool_use"), dict):
+                self.usage["server_tool_use"] = usage["server_tool_use"]
 
     def _with_model(self, data: str) -> dict:
         payload = orjson.loads(data)
@@ -333,7 +367,8 @@ class NativeRelay:
         if self.finished:
             return b""
         rest = b"".join(self._held)
-        self._held, self._tail = [], b""
+        self._held, self._held_size, self._tail = [], 0, b""
+        # Within the cap (`feed` saw to it), so no line or event here can be past it.
         events = self._decoder.feed(rest) + self._decoder.flush() if rest else []
         whole = []
         for sse in events:

@@ -11,8 +11,13 @@ single pipelined connection to one server, on an `asyncio.Protocol`:
   every command on it fails with `TimeoutError` (it may have run: callers must not
   repeat it blindly, as an admission run twice charges twice).
 - A lost connection fails every command in flight with `ConnectionError`; the next
-  command opens a new connection (AUTH and SELECT first). A command never written is
-  not lost: connecting failed, and the caller may try again.
+  command opens a new connection. A command never written is not lost: connecting
+  failed, and the caller may try again.
+- Opening a connection is one exchange, bounded by `timeout` with the connect itself:
+  AUTH, SELECT and CLIENT SETNAME (those that apply) leave in one write, and the
+  connection is used only once all their replies are in. Commands issued meanwhile wait
+  for it, so none runs before AUTH or on the wrong database. Each connection matches
+  replies to its own commands only: a reply never reaches a caller of another one.
 
 Errors are redis-py's exception classes, so callers handle one set of errors whichever
 client they run on. Used for one server or a Sentinel-discovered master; a cluster's
@@ -102,24 +107,60 @@ def _reply_error(message: str) -> ResponseError:
 
 
 class _Protocol(asyncio.Protocol):
+    """One connection: its replies, matched in order to the commands written on it."""
+
     def __init__(self, connection: RespConnection) -> None:
         self._connection = connection
         self._reader = hiredis.Reader(replyError=_reply_error)
+        self.transport: asyncio.Transport | None = None
+        # (future, time written) per command in flight on this connection, oldest first.
+        self.waiting: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
+
+    async def handshake(self, commands: list[bytes]) -> None:
+        """Send the connection's first commands in one write and wait for all their
+        replies; raise the first error among them (AUTH refused: SELECT then fails too)."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in commands]
+        now = loop.time()
+        self.waiting.extend((future, now) for future in futures)
+        self.transport.write(b"".join(commands))
+        for reply in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(reply, BaseException):
+                raise reply
+
+    def fail(self, error: Exception) -> None:
+        """Close this connection; every command in flight on it fails with `error`."""
+        if self.transport is not None:
+            self.transport.abort()
+        waiting, self.waiting = self.waiting, collections.deque()
+        for future, _ in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    def _broken(self, error: Exception) -> None:
+        if self._connection.uses(self):
+            self._connection.abandon(error)
+        else:  # still opening, or already replaced
+            self.fail(error)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
-        waiting = self._connection.waiting
+        waiting = self.waiting
         while True:
             try:
                 reply = reader.gets()
             except hiredis.ProtocolError as exc:
-                self._connection.abandon(RedisConnectionError(f"Redis sent a malformed reply: {exc}"))
+                self._broken(RedisConnectionError(f"Redis sent a malformed reply: {exc}"))
                 return
             if reply is False:
                 return
             if not waiting:  # nobody asked: the stream is out of step
-                self._connection.abandon(RedisConnectionError("Redis sent a reply nobody asked for"))
+                self._broken(RedisConnectionError("Redis sent a reply nobody asked for"))
                 return
             future = waiting.popleft()[0]
             if not future.done():
@@ -128,11 +169,11 @@ class _Protocol(asyncio.Protocol):
                 else:
                     future.set_result(reply)
             if isinstance(reply, ReadOnlyError):
-                self._connection.abandon(RedisConnectionError("the Redis master became a replica"))
+                self._broken(RedisConnectionError("the Redis master became a replica"))
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connection.abandon(RedisConnectionError(f"Redis closed the connection ({exc or 'end of stream'})"))
+        self._broken(RedisConnectionError(f"Redis closed the connection ({exc or 'end of stream'})"))
 
 
 Address = tuple[str, int]
@@ -155,15 +196,17 @@ class RespConnection:
         db: int = 0,
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 1.0,
+        client_name: str | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._locate = locate
         self._username, self._password, self._db, self._ssl = username, password, db, ssl
+        self._client_name = client_name
         self._timeout = timeout
+        # The connection in use (both None while there is none, and while one opens).
+        self._protocol: _Protocol | None = None
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future | None = None
-        # (future, time written) per command in flight, oldest first.
-        self.waiting: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -199,7 +242,11 @@ class RespConnection:
         loop = self._loop
         assert loop is not None
         future = loop.create_future()
-        self.waiting.append((future, loop.time()))
+        protocol = self._protocol
+        if protocol is None:  # lost between its open and this command
+            future.set_exception(RedisConnectionError("the connection to Redis closed before a command left"))
+            return future
+        protocol.waiting.append((future, loop.time()))
         self._outgoing.append(command)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -250,11 +297,12 @@ class RespConnection:
     def _check(self) -> None:
         """The oldest command's deadline (one timer for the connection, moved along)."""
         self._watchdog = None
-        if not self.waiting:
+        protocol = self._protocol
+        if protocol is None or not protocol.waiting:
             return
         loop = self._loop
         assert loop is not None
-        due = self.waiting[0][1] + self._timeout
+        due = protocol.waiting[0][1] + self._timeout
         if loop.time() >= due:
             self.abandon(RedisTimeoutError(f"Redis did not answer within {self._timeout}s"))
             return
@@ -278,64 +326,74 @@ class RespConnection:
             task.exception()  # retrieved here; each waiter raises it from its own await
 
     async def _open(self) -> None:
+        """Connect and handshake, within `timeout`; only then is the connection the one
+        commands go to."""
         loop = self._loop
         assert loop is not None
+        protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 if self._locate is not None:
                     self.host, self.port = await self._locate()
-                transport, _ = await loop.create_connection(
+                _, protocol = await loop.create_connection(
                     lambda: _Protocol(self), self.host, self.port, ssl=self._ssl
                 )
-            self._transport = transport  # type: ignore[assignment]
-            if self._password is not None:
-                auth = (self._username, self._password) if self._username else (self._password,)
-                await self._hello("AUTH", *auth)
-            if self._db:
-                await self._hello("SELECT", self._db)
+                commands = self._handshake()
+                if commands:
+                    await protocol.handshake(commands)
         except AuthenticationError:
-            self._drop_transport()
+            _close(protocol)
             raise
         except (OSError, TimeoutError, RedisConnectionError) as exc:
-            self._drop_transport()
+            _close(protocol)
             raise RedisConnectionError(
-                f"cannot connect to Redis at {self.host}:{self.port}: {exc or 'timed out'}"
+                f"cannot connect to Redis at {self.host}:{self.port}: {str(exc) or 'timed out'}"
             ) from None
         except BaseException:
-            self._drop_transport()
+            _close(protocol)
             raise
+        if self._closed:  # closed while it opened
+            _close(protocol)
+            raise RedisConnectionError("the connection was closed")
+        if protocol.transport is None or protocol.transport.is_closing():
+            raise RedisConnectionError(f"Redis at {self.host}:{self.port} closed the connection as it opened")
+        self._protocol, self._transport = protocol, protocol.transport
 
-    def _drop_transport(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-            self._transport = None
+    def _handshake(self) -> list[bytes]:
+        """The commands a new connection sends before any other."""
+        commands = []
+        if self._password is not None:
+            auth = (self._username, self._password) if self._username else (self._password,)
+            commands.append(encode_command(("AUTH", *auth)))
+        if self._db:
+            commands.append(encode_command(("SELECT", self._db)))
+        if self._client_name:
+            commands.append(encode_command(("CLIENT", "SETNAME", self._client_name)))
+        return commands
 
-    async def _hello(self, *args: Arg) -> None:
-        """A command during the connect, before others may queue theirs."""
-        loop = self._loop
-        assert loop is not None and self._transport is not None
-        future = loop.create_future()
-        self.waiting.append((future, loop.time()))
-        self._transport.write(encode_command(args))
-        await future
+    def uses(self, protocol: _Protocol) -> bool:
+        """Whether `protocol` is the connection commands go to now."""
+        return self._protocol is protocol
 
     def abandon(self, error: Exception) -> None:
         """Fail every command in flight with `error` and drop the connection."""
-        transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.abort()
+        protocol, self._protocol, self._transport = self._protocol, None, None
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
         self._outgoing.clear()
-        waiting, self.waiting = self.waiting, collections.deque()
-        for future, _ in waiting:
-            if not future.done():
-                future.set_exception(error)
+        if protocol is not None:
+            protocol.fail(error)
 
     async def close(self) -> None:
         self._closed = True
         self.abandon(RedisConnectionError("the connection was closed"))
+
+
+def _close(protocol: _Protocol | None) -> None:
+    """Drop a connection that did not open."""
+    if protocol is not None:
+        protocol.fail(RedisConnectionError("the connection to Redis did not open"))
 
 
 def lean_connection(client: object, timeout: float) -> RespConnection | None:
@@ -365,4 +423,5 @@ def lean_connection(client: object, timeout: float) -> RespConnection | None:
         db=int(settings.get("db") or 0),
         ssl=context,
         timeout=timeout,
+        client_name=settings.get("client_name"),
     )

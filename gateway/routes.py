@@ -20,3 +20,20 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", probes.metrics)
     app.router.add_get("/healthz", probes.healthz)
     app.router.add_get("/readyz", probes.readyz)
+
+
+# The operator's paths. With `server.admin_listen` set, the admin listener serves them and
+# the probes, and the client listener serves everything but them (gateway/connections.py).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/health"})
+
+
+def operator_path(path: str) -> bool:
+    return path == "/metrics" or path == "/admin" or path.startswith("/admin/")
+
+
+def client_listener_serves(path: str) -> bool:
+    return not operator_path(path)
+
+
+def admin_listener_serves(path: str) -> bool:
+    return operator_path(path) or path in PROBE_PATHS

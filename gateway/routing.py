@@ -5,6 +5,11 @@ request keeps the routes it started with. Names resolve in this order: a configu
 or alias; the longest wildcard prefix (`openai/*` takes `openai/gpt-4o`, and its routes'
 `*` becomes `gpt-4o`); the configured default model; else 404.
 
+A team is authorized for the model that serves, never for the name it asked for: a name
+nobody configured may match a team's `models` pattern (`cheap-*`) and still reach
+`default_model`. `permitted` gives the models a request may be served by, by their own
+names (`Plan.names`); the handlers ask nothing else.
+
 Each deployment has a circuit breaker and an in-flight count, both of this process.
 """
 
@@ -18,7 +23,8 @@ from dataclasses import dataclass
 from gateway.backends import Backend, Deployment
 from gateway.breaker import Breaker, State
 from gateway.config import Config, CooldownConfig, ModelConfig
-from gateway.errors import NotFound
+from gateway.errors import NotFound, PermissionDenied
+from gateway.identity import Principal
 
 # Breakers are made on first use; a wildcard lets clients name any number of upstream
 # models, so past this many the ones with nothing to remember are forgotten.
@@ -31,6 +37,10 @@ class Plan:
 
     model: ModelConfig
     deployments: tuple[Deployment, ...]
+    # What a team's `models` patterns are matched against: the model's name and aliases,
+    # or for a wildcard the name it took (that name picks the upstream model). Never a
+    # name that reached the model only through `default_model`.
+    names: tuple[str, ...]
 
     @property
     def primary(self) -> Deployment:
@@ -60,8 +70,8 @@ class Router:
             if model.name.endswith("*"):
                 self._wildcards.append((model.name[:-1], model))
                 continue
-            plan = Plan(model=model, deployments=self._deployments(model))
-            for name in (model.name, *model.aliases):
+            plan = Plan(model=model, deployments=self._deployments(model), names=(model.name, *model.aliases))
+            for name in plan.names:
                 self._plans[name] = plan
                 self._names.append(name)
         self._wildcards.sort(key=lambda item: len(item[0]), reverse=True)
@@ -85,10 +95,18 @@ class Router:
             return plan
         for prefix, model in self._wildcards:
             if name.startswith(prefix) and len(name) > len(prefix):
-                return Plan(model=model, deployments=self._deployments(model, name[len(prefix) :]))
+                return Plan(model=model, deployments=self._deployments(model, name[len(prefix) :]), names=(name,))
         if self._default is not None and name != self._default:
             return self.resolve(self._default)
         raise NotFound(f"model: {name}")
+
+    def candidates(self, name: str) -> list[Plan]:
+        """The models that may serve a request for `name`, in the order they are tried:
+        the one it resolves to, then that model's fallbacks."""
+        plan = self.resolve(name)
+        if not plan.model.fallbacks:
+            return [plan]
+        return [plan, *(self.resolve(fallback) for fallback in plan.model.fallbacks)]
 
     def names(self) -> list[str]:
         """Every name a client may ask for (wildcards excepted): models, each followed by its aliases."""
@@ -182,6 +200,28 @@ class Router:
                     "in_flight": self._in_flight.get(key, 0),
                 }
         return list(seen.values())
+
+
+def allowed(principal: Principal, plan: Plan) -> bool:
+    """Whether the team and the key may use the plan's model (by any of its names)."""
+    return principal.may_use(*plan.names)
+
+
+def permitted(router: Router, principal: Principal, asked: str) -> list[Plan]:
+    """The models that may serve `principal`'s request for `asked`, in order: the model the
+    name resolves to and its fallbacks, less those the team or the key may not use (a
+    forbidden one is skipped, never served). 403 naming `asked` when none is left, 404
+    when nothing takes the name."""
+    plans = [plan for plan in router.candidates(asked) if allowed(principal, plan)]
+    if not plans:
+        raise PermissionDenied(f"team '{principal.team_id}' may not use model '{asked}'")
+    return plans
+
+
+def may_ask(router: Router, principal: Principal, name: str) -> bool:
+    """Whether `permitted` would serve a request for `name` (what `/v1/models` lists and
+    shows: a team sees exactly what it may ask for)."""
+    return any(allowed(principal, plan) for plan in router.candidates(name))
 
 
 def _id(deployment: Deployment) -> tuple[str, str]:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, ServerConfig, host_port
+from gateway.connections import GuardedSite, Listener
 from gateway.keys import RUNTIME
-from gateway.metrics import setup_multiprocess, teardown_multiprocess, worker_exited
+from gateway.metrics import METRICS, setup_multiprocess, teardown_multiprocess, worker_exited
 from gateway.reload import reload
+from gateway.routes import admin_listener_serves, client_listener_serves
 
 log = logging.getLogger("gateway")
 
@@ -78,6 +80,36 @@ def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """`_socket`, or exit 1 saying which address could not be had (in use, not this host's)."""
+    try:
+        return _socket(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", address(host, port), exc.strerror or exc)
+        sys.exit(1)
+
+
+def listeners(server: ServerConfig, *, admin: bool) -> tuple[Listener, Listener]:
+    """The client listener's rules and the admin listener's. `admin`: an admin listener is
+    open, so each serves only its own paths (gateway/routes.py); else the client listener
+    serves every path."""
+
+    def listener(name: str, serves) -> Listener:
+        return Listener(name, server.header_timeout, server.body_timeout, server.keepalive_timeout,
+                        server.max_connections, serves)
+
+    return listener("client", client_listener_serves if admin else None), listener("admin", admin_listener_serves)
+
+
+def address(host: str, port: int) -> str:
+    """host:port, an IPv6 address in brackets (as `server.admin_listen` takes it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def url(host: str, port: int) -> str:
+    return f"http://{address(host, port)}"
+
+
 def default_workers() -> int:
     """One worker per CPU this process may run on (its affinity, not the machine's cores)."""
     try:
@@ -93,6 +125,7 @@ def serve(
     config_path: str | None = None,
     workers: int | None = None,
     *,
+    admin_listen: str | None = None,
     ready_fd: int | None = None,
     log_level: str = "info",
 ) -> None:
@@ -100,10 +133,16 @@ def serve(
 
     `workers`: None is one per CPU (one with the memory store, which lives in one process);
     1 serves in this process; more starts a supervisor (`_supervise`) that runs that many
-    `gateway serve` processes on the same port. `ready_fd`: this process is one of those
-    workers; it writes to that pipe once it is serving."""
+    `gateway serve` processes on the same port (and admin port). `admin_listen`: host:port
+    of the admin listener, instead of `server.admin_listen`. `ready_fd`: this process is
+    one of those workers; it writes to that pipe once it is serving."""
     host = host or config.server.host
     port = config.server.port if port is None else port
+    admin_listen = admin_listen or config.server.admin_listen
+    admin = host_port(admin_listen) if admin_listen else None
+    if admin is not None and admin[1] == port:
+        log.error("the admin listener (%s) needs a port of its own, not the client listener's", admin_listen)
+        sys.exit(1)
     memory = config.store.type == "memory"
     if workers is None:
         workers = 1 if memory else default_workers()
@@ -118,27 +157,32 @@ def serve(
     if workers > 1:
         if config_path is None:
             raise ValueError("several workers need the config file's path (each worker loads it)")
-        _supervise(config, host, port, config_path, workers, log_level)
+        _supervise(config, (host, port), admin, config_path, workers, log_level)
         return
     _install_uvloop()
     multiprocess = setup_multiprocess(1)
     if multiprocess.directory is not None and ready_fd is None:
         log.info("metrics: multiprocess mode, values kept in %s", multiprocess.directory)
     app = build_app(config, config_path, access_stream=sys.stderr.buffer)
+    app[RUNTIME].listen_hosts = (host, admin[0] if admin else None)
     if config_path is not None:
         app.on_startup.append(_reload_on_sighup)
+    client, admin_rules = listeners(config.server, admin=admin is not None)
 
-    def listening(sock: socket.socket) -> None:
+    def listening(sockets: list[socket.socket]) -> None:
+        client_port = sockets[0].getsockname()[1]
         if ready_fd is not None:  # a worker: the supervisor says when all of them listen
-            log.info("worker %d serving on http://%s:%d", os.getpid(), host, sock.getsockname()[1])
+            log.info("worker %d serving on %s", os.getpid(), url(host, client_port))
             with contextlib.suppress(OSError):
                 os.write(ready_fd, b"r")
                 os.close(ready_fd)
             return
         log.info(
-            "gateway listening on http://%s:%d (%d models, %d backends, store: %s)",
-            host, sock.getsockname()[1], len(config.models), len(config.backends), config.store.type,
+            "gateway listening on %s (%d models, %d backends, store: %s)",
+            url(host, client_port), len(config.models), len(config.backends), config.store.type,
         )
+        if admin is not None:
+            log.info("admin listening on %s (/admin, /metrics)", url(admin[0], sockets[1].getsockname()[1]))
         if memory:
             log.info(
                 "the memory store lives in this process only: run one process, or configure "
@@ -146,17 +190,22 @@ def serve(
             )
 
     try:
-        sock = _socket(host, port, reuse_port=ready_fd is not None)
-        asyncio.run(_run(app, sock, config.server.drain_seconds, listening))
+        with contextlib.ExitStack() as bound:
+            reuse_port = ready_fd is not None
+            sockets = [(bound.enter_context(_bound(host, port, reuse_port=reuse_port)), client)]
+            if admin is not None:
+                sockets.append((bound.enter_context(_bound(*admin, reuse_port=reuse_port)), admin_rules))
+            asyncio.run(_run(app, sockets, config.server.drain_seconds, listening))
     finally:
         teardown_multiprocess(multiprocess)
 
 
-async def _run(app: web.Application, sock: socket.socket, drain_seconds: float, listening) -> None:
-    """Serve `app` on `sock` until SIGTERM or SIGINT; then stop accepting (the listening
-    socket closes, so new connections are refused), let requests and streams in flight
-    finish for up to `drain_seconds`, cancel what is left (a stream then ends with an
-    `error` event, gateway/streaming.py) and clean up."""
+async def _run(app: web.Application, sockets: list[tuple[socket.socket, Listener]], drain_seconds: float,
+               listening) -> None:
+    """Serve `app` on `sockets` (the client listener's first) until SIGTERM or SIGINT;
+    then stop accepting (the listening sockets close, so new connections are refused), let
+    requests and streams in flight finish for up to `drain_seconds`, cancel what is left
+    (a stream then ends with an `error` event, gateway/streaming.py) and clean up."""
     loop = asyncio.get_running_loop()
     in_flight = app[RUNTIME].in_flight  # kept by the edge middleware
     # handler_cancellation: a client that disconnects cancels its handler, and with it
@@ -165,14 +214,17 @@ async def _run(app: web.Application, sock: socket.socket, drain_seconds: float, 
     runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        site = web.SockSite(runner, sock)
-        await site.start()
+        events = app[METRICS].connections
+        sites = [GuardedSite(runner, sock, listener, events) for sock, listener in sockets]
+        for site in sites:
+            await site.start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        listening(sock)
+        listening([sock for sock, _ in sockets])
         await stop.wait()
-        await site.stop()
+        for site in sites:
+            await site.stop()
         busy = {task for task in in_flight if not task.done()}
         log.info("stopping: no new connections; draining %d request(s) for up to %gs", len(busy), drain_seconds)
         if busy:
@@ -217,13 +269,23 @@ def _describe(code: int) -> str:
     return f"status {code}"
 
 
-def _supervise(config: Config, host: str, port: int, config_path: str, workers: int, log_level: str) -> None:
-    """Run `workers` worker processes (`gateway serve ... --workers 1`, each binding
-    host:port with SO_REUSEPORT and running its own event loop), replace one that dies,
-    forward SIGHUP (each reloads the file) and, on SIGTERM/SIGINT, SIGTERM (each drains)."""
-    # Held, never listening: it reserves the port (and resolves port 0) for the workers.
-    holder = _socket(host, port, reuse_port=True)
+def _supervise(config: Config, client: tuple[str, int], admin: tuple[str, int] | None, config_path: str,
+               workers: int, log_level: str) -> None:
+    """Run `workers` worker processes (`gateway serve ... --workers 1`, each binding the
+    client host:port, and the admin one if any, with SO_REUSEPORT and running its own
+    event loop), replace one that dies, forward SIGHUP (each reloads the file) and, on
+    SIGTERM/SIGINT, SIGTERM (each drains). Every worker serves the admin listener too:
+    the admin API's state is in the store, and any worker's /metrics adds up all of them."""
+    host, port = client
+    # Held, never listening: they reserve the ports (and resolve port 0) for the workers.
+    holder = _bound(host, port, reuse_port=True)
     port = holder.getsockname()[1]
+    admin_holder = None
+    admin_args: list[str] = []
+    if admin is not None:
+        admin_holder = _bound(*admin, reuse_port=True)
+        admin = (admin[0], admin_holder.getsockname()[1])
+        admin_args = ["--admin-listen", address(*admin)]
     multiprocess = setup_multiprocess(workers)
     if multiprocess.directory is not None:
         log.info("metrics: multiprocess mode, values kept in %s", multiprocess.directory)
@@ -234,7 +296,7 @@ def _supervise(config: Config, host: str, port: int, config_path: str, workers: 
         read, write = os.pipe()
         argv = [
             sys.executable, "-m", "gateway", "serve", "--config", config_path, "--host", host, "--port", str(port),
-            "--workers", "1", "--log-level", log_level, "--ready-fd", str(write),
+            "--workers", "1", "--log-level", log_level, "--ready-fd", str(write), *admin_args,
         ]
         try:
             process = subprocess.Popen(argv, pass_fds=(write,), preexec_fn=_die_with_parent)
@@ -300,9 +362,11 @@ def _supervise(config: Config, host: str, port: int, config_path: str, workers: 
                 return
         if not stopping:
             log.info(
-                "gateway listening on http://%s:%d (%d workers, %d models, %d backends, store: %s)",
-                host, port, workers, len(config.models), len(config.backends), config.store.type,
+                "gateway listening on %s (%d workers, %d models, %d backends, store: %s)",
+                url(host, port), workers, len(config.models), len(config.backends), config.store.type,
             )
+            if admin is not None:
+                log.info("admin listening on %s (/admin, /metrics)", url(*admin))
         backoff = {slot: _RESTART_BACKOFF for slot in range(workers)}
         restart_at: dict[int, float] = {}
         while not stopping:
@@ -333,6 +397,8 @@ def _supervise(config: Config, host: str, port: int, config_path: str, workers: 
     finally:
         _stop_workers(running.values(), config.server.drain_seconds, multiprocess)
         holder.close()
+        if admin_holder is not None:
+            admin_holder.close()
         teardown_multiprocess(multiprocess)
         if failed:
             sys.exit(1)

@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, Overloaded, UpstreamTimeout
 from gateway.exchange import Exchange
 from gateway.keys import RUNTIME
 from gateway.protocols.sse import encode_json
-from gateway.upstream_http import BadResponse, Response, UpstreamError
+from gateway.upstream_http import BadResponse, Response, TooLarge, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,10 @@ async def _pump(
         _failed(exchange, error, "stream_timeout" if isinstance(error, UpstreamTimeout) else "stream_protocol")
         tail = relay.fail(error)
     except UpstreamError as exc:
-        error = GatewayError("the model's backend dropped the connection mid-stream")
+        error = GatewayError(
+            f"the model's backend sent more at once than the gateway holds ({exc.limit} bytes, max_response_bytes)"
+            if isinstance(exc, TooLarge) else "the model's backend dropped the connection mid-stream"
+        )
         _failed(exchange, error, "stream_protocol" if isinstance(exc, BadResponse) else "stream_reset")
         tail = relay.fail(error)
     except _ClientGone:

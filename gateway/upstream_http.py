@@ -24,7 +24,14 @@ gzip or deflate answers. This is that, at about a sixth of the cost.
   meanwhile). A timeout raises `TimeoutError`.
 - **Errors**: `CannotConnect` (refused, unresolvable, TLS failed), `Disconnected` (the
   connection ended before the answer's headers), `CutShort` (in its body), `BadResponse` (not HTTP/1.x, or an encoding
-  this client cannot decode); all are `UpstreamError`s.
+  this client cannot decode), `TooLarge` (past `max_body`, below); all are `UpstreamError`s.
+- **Size**: an answer is held in this process, so a broken or hostile upstream must not
+  decide how much: past `max_body` bytes (per call, counted after decompression) the
+  answer fails with `TooLarge` and its connection is dropped. A whole answer (`read`, and
+  any answer that is not a stream's 200) counts all its body; a stream counts what it
+  holds unread, which flow control keeps near `HIGH_WATER` unless one read inflates past
+  the cap. gzip and deflate are inflated in pieces of `_PIECE` bytes, so a small bomb
+  fails at the cap rather than after expanding whole.
 - **Flow control**: a stream whose reader falls behind by `HIGH_WATER` bytes stops
   reading from the upstream until it catches up (a slow client holds its upstream's
   bytes in the kernel, not in this process).
@@ -42,6 +49,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 HIGH_WATER = 256 * 1024
+# The default cap on an answer's decoded bytes: far above any real answer (a long
+# non-streamed reply is a few MB), well below what would hurt a worker.
+MAX_BODY = 64 * 1024 * 1024
+# Bytes inflated at a time: a compression bomb is refused at most this far past its cap.
+_PIECE = 64 * 1024
 # Seconds an idle connection is kept: below the 5 s idle timeout of uvicorn, which vLLM and
 # many OpenAI-compatible servers run behind, so the server is not the one to close it.
 KEEPALIVE = 4.0
@@ -72,6 +84,18 @@ class BadResponse(UpstreamError):
     pass
 
 
+class TooLarge(BadResponse):
+    """The answer's body went past the call's `max_body`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than {limit} bytes")
+        self.limit = limit
+
+
+class _Overflow(Exception):
+    """Inflating went past the bytes the answer had left (`_Inflater.decompress`)."""
+
+
 class Response:
     """An answer: `status` and `headers` once `UpstreamClient.post` returns, then the body,
     read whole (`read`) or as it comes (`take`, `read_some`, `at_eof`). `close()` when done."""
@@ -79,10 +103,11 @@ class Response:
     __slots__ = (
         "status", "headers", "_conn", "_loop", "_chunks", "_size", "_complete", "_error", "_waiter", "_inflate",
         "_paused", "_timer", "_read_timeout", "_deadline", "_stream", "_until_close", "last_io", "heard",
+        "_max_body", "_received", "_whole",
     )
 
     def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop, *, stream: bool, read_timeout: float,
-                 deadline: float) -> None:
+                 deadline: float, max_body: int = MAX_BODY) -> None:
         self.status = 0
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self._conn: _Connection | None = conn
@@ -98,6 +123,9 @@ class Response:
         self._until_close = False  # no length and not chunked: the body ends with the connection
         self._read_timeout: float | None = read_timeout
         self._deadline = deadline
+        self._max_body = max_body
+        self._received = 0  # body bytes, decoded
+        self._whole = True  # read whole: `max_body` bounds all of it, not only what is unread
         self.last_io = loop.time()
         self.heard = False  # a byte of the answer came back
         self._timer = loop.call_at(min(deadline, self.last_io + read_timeout), self._check)
@@ -175,17 +203,30 @@ class Response:
         self.status = status
         if self._stream and status == 200:  # from here on, the reader judges silence (an error is read whole)
             self._read_timeout = None
+            self._whole = False
         self._wake()
 
+    def _room(self) -> int:
+        """Body bytes this answer may still take in (`max_body`)."""
+        return self._max_body - (self._received if self._whole else self._size)
+
     def _feed(self, data: bytes) -> None:
+        budget = self._room()
         if self._inflate is not None:
             try:
-                data = self._inflate.decompress(data)
+                data = self._inflate.decompress(data, budget)
             except zlib.error:
                 self._fail(BadResponse("the answer's compressed body is corrupt"))
                 return
+            except _Overflow:
+                self._fail(TooLarge(self._max_body))
+                return
             if not data:
                 return
+        elif len(data) > budget:
+            self._fail(TooLarge(self._max_body))
+            return
+        self._received += len(data)
         self._chunks.append(data)
         self._size += len(data)
         self._wake()
@@ -202,6 +243,9 @@ class Response:
                 rest = self._inflate.end()
             except zlib.error:
                 self._fail(BadResponse("the answer's compressed body ends early"))
+                return
+            if len(rest) > self._room():
+                self._fail(TooLarge(self._max_body))
                 return
             if rest:
                 self._chunks.append(rest)
@@ -252,7 +296,9 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 class _Inflater:
     """gzip, or deflate with its zlib header or without one (servers send both); a body
-    that stops before its compressed stream's end is an error (`end`)."""
+    that stops before its compressed stream's end is an error (`end`). Output comes in
+    pieces of at most `_PIECE` bytes, counted as they come: a few KB of input can stand
+    for GBs of output, which must never be made whole to be refused."""
 
     __slots__ = ("_zlib", "_head")
 
@@ -260,7 +306,8 @@ class _Inflater:
         self._zlib = None if encoding == "deflate" else zlib.decompressobj(wbits=31)
         self._head = b""  # deflate: bytes kept until the header can be told
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, budget: int) -> bytes:
+        """`data` inflated; raises `_Overflow` once that is more than `budget` bytes."""
         if self._zlib is None:
             data = self._head + data
             if len(data) < 2:
@@ -269,7 +316,20 @@ class _Inflater:
             # A zlib header: CM 8 in the low nibble, and the first two bytes a multiple of 31.
             header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
             self._zlib = zlib.decompressobj(wbits=15 if header else -15)
-        return self._zlib.decompress(data)
+        inflater = self._zlib
+        pieces: list[bytes] = []
+        size = 0
+        while True:
+            piece = inflater.decompress(data, _PIECE)
+            size += len(piece)
+            if size > budget:
+                raise _Overflow
+            pieces.append(piece)
+            data = inflater.unconsumed_tail
+            # A full piece may leave output inside zlib even with no input left: ask again.
+            if inflater.eof or (not data and len(piece) < _PIECE):
+                break
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def end(self) -> bytes:
         if self._zlib is None:
@@ -403,10 +463,12 @@ class UpstreamClient:
         self._closed = False
 
     async def post(self, url: URL, body: bytes, headers: Mapping[str, str], *, connect: float, first_byte: float,
-                   total: float, stream: bool = False, keepalive: float | None = None) -> Response:
+                   total: float, stream: bool = False, keepalive: float | None = None,
+                   max_body: int = MAX_BODY) -> Response:
         """POST `body` and wait for the answer's status and headers (the body is the
         caller's to read). `keepalive`: the longest a pooled connection may have been
-        idle to be reused for this call (default: the client's). Raises `UpstreamError`
+        idle to be reused for this call (default: the client's); `max_body`: the most
+        bytes of its answer this call holds (see **Size** above). Raises `UpstreamError`
         or `TimeoutError`."""
         if self._closed:
             raise CannotConnect("the upstream client is closed")
@@ -419,18 +481,18 @@ class UpstreamClient:
         conn = self._idle_connection(url, loop.time(), self._keepalive if keepalive is None else keepalive)
         if conn is not None:
             try:
-                return await self._exchange(conn, data, body, loop, stream, first_byte, deadline)
+                return await self._exchange(conn, data, body, loop, stream, first_byte, deadline, max_body)
             except Disconnected as exc:
                 if not exc.silent or type(exc) is not Disconnected:
                     raise
                 # The server closed the pooled connection as the request went out: send it
                 # again on a new one (`post` runs no further than this once).
         conn = await self._connect(url, loop, connect, deadline)
-        return await self._exchange(conn, data, body, loop, stream, first_byte, deadline)
+        return await self._exchange(conn, data, body, loop, stream, first_byte, deadline, max_body)
 
     async def _exchange(self, conn: _Connection, data: bytes, body: bytes, loop: asyncio.AbstractEventLoop,
-                        stream: bool, first_byte: float, deadline: float) -> Response:
-        response = Response(conn, loop, stream=stream, read_timeout=first_byte, deadline=deadline)
+                        stream: bool, first_byte: float, deadline: float, max_body: int) -> Response:
+        response = Response(conn, loop, stream=stream, read_timeout=first_byte, deadline=deadline, max_body=max_body)
         conn.send(response, data, body)
         try:
             while not response.status:

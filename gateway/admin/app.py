@@ -9,14 +9,13 @@ bodies, access log); this app adds the token check, and refuses unknown query pa
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
 from gateway.admin.handlers import OPENAPI, ROUTE_TABLE
 from gateway.admin.openapi import Handler, Route
 from gateway.admin.routes import ROUTES
-from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound
+from gateway.bearer import check_bearer
+from gateway.errors import InvalidRequest, NotFound
 from gateway.keys import RUNTIME
 
 
@@ -24,17 +23,16 @@ from gateway.keys import RUNTIME
 async def admin_token(request: web.Request, handler) -> web.StreamResponse:
     """Runs for every path under the mount point, unknown ones and wrong methods included,
     so without the token nothing about the admin API can be learnt."""
-    token = request.config_dict[RUNTIME].config.admin.token
+    runtime = request.config_dict[RUNTIME]
+    token = runtime.config.admin.token
     if token is None:
         # The admin API is off: answer as for any path the gateway does not serve.
         raise NotFound(f"{request.method} {request.path}: no such endpoint")
-    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-    # Constant time, so the token cannot be guessed a character at a time from timings.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.get_secret_value().encode()):
-        raise AuthenticationFailed(
-            "admin API: missing or wrong admin token (send `Authorization: Bearer <admin.token>`)",
-            headers={"www-authenticate": 'Bearer realm="gateway admin"'},
-        )
+    # Repeated failures from one address are throttled (429) before the token is compared.
+    check_bearer(
+        request, token, runtime.operator_failures, realm="gateway admin",
+        wrong="admin API: missing or wrong admin token (send `Authorization: Bearer <admin.token>`)",
+    )
     return await handler(request)
 
 

@@ -38,6 +38,19 @@ def store(request: web.Request) -> Store:
     return found
 
 
+def source(request: web.Request) -> str | None:
+    """The configuration file, named when a change is refused because it owns the record."""
+    return request.config_dict[RUNTIME].config_path
+
+
+def forget_unknown(request: web.Request) -> None:
+    """A key was added: this process stops refusing its hash from the cache of unknown ones
+    at once (the others hear it through the store's change feed)."""
+    auth = request.config_dict[RUNTIME].auth
+    if auth is not None:
+        auth.forget_unknown()
+
+
 def limiter(request: web.Request) -> Limiter:
     admission = request.config_dict[RUNTIME].admission
     if admission is None:
@@ -78,12 +91,13 @@ async def get_team(request: web.Request) -> web.Response:
 
 async def update_team(request: web.Request) -> web.Response:
     spec = await body(request, TeamUpdate)
-    return answer(accounts.team_view(await accounts.update_team(store(request), request.match_info["team_id"], spec)))
+    team = await accounts.update_team(store(request), request.match_info["team_id"], spec, source=source(request))
+    return answer(accounts.team_view(team))
 
 
 async def delete_team(request: web.Request) -> web.Response:
     team_id = request.match_info["team_id"]
-    await accounts.delete_team(store(request), team_id)
+    await accounts.delete_team(store(request), team_id, source=source(request))
     return answer({"id": team_id, "deleted": True})
 
 
@@ -92,6 +106,7 @@ async def delete_team(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     record, raw = await accounts.create_key_from(store(request), await body(request, KeyCreate))
+    forget_unknown(request)
     return answer({**accounts.key_view(record), "key": raw}, status=201)
 
 
@@ -106,7 +121,8 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def update_key(request: web.Request) -> web.Response:
     spec = await body(request, KeyUpdate)
-    return answer(accounts.key_view(await accounts.update_key(store(request), request.match_info["key_id"], spec)))
+    key = await accounts.update_key(store(request), request.match_info["key_id"], spec, source=source(request))
+    return answer(accounts.key_view(key))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -115,7 +131,10 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def rotate_key(request: web.Request) -> web.Response:
     spec = await body(request, KeyRotate)
-    record, raw = await accounts.rotate_key(store(request), request.match_info["key_id"], spec.grace_seconds)
+    record, raw = await accounts.rotate_key(
+        store(request), request.match_info["key_id"], spec.grace_seconds, source=source(request)
+    )
+    forget_unknown(request)
     rotated_at = record.rotated_at if record.rotated_at is not None else record.created_at
     return answer(
         {**accounts.key_view(record), "key": raw, "previous_key_expires_at": rotated_at + spec.grace_seconds}

@@ -92,7 +92,10 @@ def _number_type(annotation: Any) -> type:
 LimitsInput = create_model(
     "LimitsInput",
     __config__=ConfigDict(extra="forbid"),
-    __doc__="Per-team or per-key limits; every field optional, absent or null = unlimited.",
+    __doc__=(
+        "Per-team or per-key limits; every field optional, absent or null = unlimited (a team's "
+        "count_tokens_per_minute: the gateway's limits.default_count_tokens_per_minute)."
+    ),
     **{
         name: (Annotated[_number_type(field.annotation), Field(ge=0, le=MAX_COUNT)] | None, None)
         for name, field in Limits.model_fields.items()
@@ -161,6 +164,9 @@ class TeamView(BaseModel):
     limits: Limits
     metadata: dict[str, str]
     created_at: float
+    managed_by: Literal["config"] | None = Field(
+        description="`config`: declared in the configuration file, which owns it (changes here are refused)"
+    )
 
 
 class KeyView(BaseModel):
@@ -180,6 +186,9 @@ class KeyView(BaseModel):
     rotated_at: float | None
     last_used_at: float | None
     status: Literal["active", "revoked", "expired"]
+    managed_by: Literal["config"] | None = Field(
+        description="`config`: declared in the configuration file, which owns all but `expires_at` and revocation"
+    )
 
 
 class NewKey(KeyView):

@@ -2,10 +2,11 @@
 
 Nothing here is written per route by hand: each `Route` names its body and answer
 models, and the error statuses follow from its shape (every route may refuse its input
-with 400 and needs the admin token, an id in the path can be unknown), plus the extra
-statuses it lists. Schemas come from `model_json_schema` (request bodies in validation
-mode, answers in serialization mode), so the document cannot disagree with what the
-handlers accept and return; schemathesis holds the server to it.
+with 400 and needs the admin token, whose guessing is throttled with 429; an id in the
+path can be unknown), plus the extra statuses it lists. Schemas come from
+`model_json_schema` (request bodies in validation mode, answers in serialization mode),
+so the document cannot disagree with what the handlers accept and return; schemathesis
+holds the server to it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ ERROR_MEANINGS = {
     401: "missing or wrong admin token",
     404: "no such id",
     409: "a conflict: the id is taken, or the team still has keys",
+    429: "too many failed admin-token attempts from this address: retry after `retry-after` seconds",
 }
 
 
@@ -49,7 +51,8 @@ class Route:
     query: dict[str, str] = field(default_factory=dict)  # optional string parameters → description
 
     def error_statuses(self) -> list[int]:
-        statuses = {400, 401, *self.errors}  # 400: a bad body, or an unknown query parameter
+        # 400: a bad body, or an unknown query parameter; 429: token guesses throttled (gateway/bearer.py).
+        statuses = {400, 401, 429, *self.errors}
         if _PATH_PARAM.search(self.path):
             statuses.add(404)
         return sorted(statuses)

@@ -15,10 +15,10 @@ import orjson
 from yarl import URL
 
 from gateway.config import RouteConfig, Timeouts
-from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout
+from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout, UpstreamTooLarge
 from gateway.exchange import Exchange
 from gateway.translate.chat_errors import error_from_upstream
-from gateway.upstream_http import CannotConnect, CutShort, Response, UpstreamClient, UpstreamError
+from gateway.upstream_http import MAX_BODY, CannotConnect, CutShort, Response, TooLarge, UpstreamClient, UpstreamError
 
 # Client headers a native backend may see; everything else (credentials above all) stays here.
 FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -53,18 +53,22 @@ class Backend(Protocol):
         relay that turns its bytes into Messages SSE (`relay.py`). A refusal raises before
         anything reaches the client."""
 
-    async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
+    async def count_tokens(
+        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> dict:
         """Answer `/v1/messages/count_tokens` with `{"input_tokens": N}`."""
 
 
 async def post_json(
-    client: UpstreamClient, url: URL, body: Any, headers: dict[str, str], timeouts: Timeouts, backend: str
+    client: UpstreamClient, url: URL, body: Any, headers: dict[str, str], timeouts: Timeouts, backend: str,
+    *, max_body: int = MAX_BODY,
 ) -> Any:
-    """POST a JSON body and return the parsed JSON answer; any failure as a `GatewayError`."""
+    """POST a JSON body and return the parsed JSON answer (at most `max_body` bytes of it);
+    any failure as a `GatewayError`."""
     try:
         response = await client.post(
             url, orjson.dumps(body), headers, connect=timeouts.connect, first_byte=timeouts.first_byte,
-            total=timeouts.total, keepalive=timeouts.keepalive,
+            total=timeouts.total, keepalive=timeouts.keepalive, max_body=max_body,
         )
         try:
             raw = await response.read()
@@ -79,7 +83,7 @@ async def post_json(
 
 async def open_upstream_stream(
     client: UpstreamClient, url: URL, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
-    exchange: Exchange,
+    exchange: Exchange, *, max_body: int = MAX_BODY,
 ) -> Response:
     """POST and wait for the response headers (bounded by `first_byte`); the caller owns the
     response. The wait counts as upstream time, so the gateway's own overhead leaves it out."""
@@ -87,7 +91,7 @@ async def open_upstream_stream(
     try:
         return await client.post(
             url, body, headers, connect=timeouts.connect, first_byte=timeouts.first_byte, total=timeouts.total,
-            stream=True, keepalive=timeouts.keepalive,
+            stream=True, keepalive=timeouts.keepalive, max_body=max_body,
         )
     except (UpstreamError, TimeoutError) as exc:
         raise transport_error(exc, backend) from None
@@ -96,9 +100,12 @@ async def open_upstream_stream(
 
 
 async def read_error(response: Response) -> bytes:
-    """The body of a refused request; the response is closed either way."""
+    """The body of a refused request; the response is closed either way. One past the
+    call's `max_body` is the upstream's failure, not a refusal to pass on."""
     try:
         return await response.read()
+    except TooLarge as exc:
+        raise too_large(exc) from None
     except (UpstreamError, TimeoutError):
         return b""
     finally:
@@ -112,6 +119,8 @@ def transport_error(exc: BaseException, backend: str) -> GatewayError:
         error = UpstreamTimeout(f"backend '{backend}' did not answer in time")
         error.upstream_failure = "timeout"
         return error
+    if isinstance(exc, TooLarge):
+        return too_large(exc)
     if isinstance(exc, CannotConnect):
         error = Overloaded(f"backend '{backend}' is unreachable")
     elif isinstance(exc, CutShort):
@@ -122,11 +131,29 @@ def transport_error(exc: BaseException, backend: str) -> GatewayError:
     return error
 
 
+def too_large(exc: TooLarge) -> GatewayError:
+    """An answer past its cap: the upstream's failure (its breaker and metrics count it as
+    `protocol`), never one the client could fix."""
+    error = UpstreamTooLarge(
+        f"the model's backend sent an answer larger than the gateway reads ({exc.limit} bytes, max_response_bytes)"
+    )
+    error.upstream_failure = "protocol"
+    return error
+
+
 def parse_json(body: bytes, backend: str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamProtocolError(f"backend '{backend}' answered with a body that is not JSON") from None
+        raise bad_answer(f"backend '{backend}' answered with a body that is not JSON") from None
+
+
+def bad_answer(message: str | UpstreamProtocolError) -> UpstreamProtocolError:
+    """A whole answer that is not the protocol's: the upstream's failure, which its breaker
+    counts and routing may retry elsewhere (`protocol`), as for an answer past its cap."""
+    error = message if isinstance(message, UpstreamProtocolError) else UpstreamProtocolError(message)
+    error.upstream_failure = "protocol"
+    return error
 
 
 def with_max_tokens(request: dict, deployment: Deployment, default: int | None) -> dict:

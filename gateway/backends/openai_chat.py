@@ -9,11 +9,13 @@ from yarl import URL
 
 from gateway.backends.base import (
     Deployment,
+    bad_answer,
     open_upstream_stream,
     post_json,
     read_error,
     with_max_tokens,
 )
+from gateway.backends.image_hosts import check_image_urls, rules_of
 from gateway.backends.presets import dialect_for
 from gateway.config import OpenAIBackend
 from gateway.errors import UpstreamProtocolError
@@ -41,6 +43,7 @@ class OpenAIChatBackend:
         # Some servers refuse `stream_options` (older Ollama, LM Studio, TGI); learned on
         # the first refusal, then not sent again by this process.
         self.stream_usage = self.dialect.stream_usage
+        self.image_rules = rules_of(config.image_url_guard)
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -53,31 +56,47 @@ class OpenAIChatBackend:
         headers.update(self.config.headers)
         return headers
 
+    async def screen(self, request: dict) -> None:
+        """Refuse (400) image URLs the server must not be sent to fetch: it fetches them
+        from where it runs, often inside the operator's network. A server that fetches no
+        URLs is sent none (the translation refuses them), so there is nothing to check."""
+        if self.dialect.image_urls:
+            await check_image_urls(request, self.image_rules, documents=False, timeout=self.config.timeouts.connect)
+
     def prepare(self, request: dict, deployment: Deployment) -> ChatCall:
         request = with_max_tokens(request, deployment, None)
         return to_chat_request(request, upstream_model=deployment.upstream_model, dialect=self.dialect)
 
     async def send(self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange) -> dict:
+        await self.screen(request)
         call = self.prepare(request, deployment)
         started = time.perf_counter()
         try:
-            answer = await post_json(self.client, self.url, call.body, self.headers, self.config.timeouts, self.name)
+            answer = await post_json(
+                self.client, self.url, call.body, self.headers, self.config.timeouts, self.name,
+                max_body=self.config.max_response_bytes,
+            )
         finally:
             exchange.upstream_seconds += time.perf_counter() - started
         exchange.usage_estimated = isinstance(answer, dict) and usage_from_chat(find_usage(answer)) is None
         # The estimate stands in only for usage the server did not report.
         estimate = _input_estimate(request, exchange) if exchange.usage_estimated else 0
-        return from_chat_response(answer, call, input_tokens=estimate)
+        try:
+            return from_chat_response(answer, call, input_tokens=estimate)
+        except UpstreamProtocolError as exc:
+            raise bad_answer(exc) from None
 
     async def open_stream(
         self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
     ) -> tuple[Response, ChatRelay]:
+        await self.screen(request)
         call = self.prepare(request, deployment)
         body = call.body
         if not self.stream_usage:
             body = {k: v for k, v in body.items() if k != "stream_options"}
         response = await open_upstream_stream(
-            self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
+            self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange,
+            max_body=self.config.max_response_bytes,
         )
         if response.status == 400 and "stream_options" in body:
             raw = await read_error(response)
@@ -86,20 +105,28 @@ class OpenAIChatBackend:
             self.stream_usage = False
             body = {k: v for k, v in body.items() if k != "stream_options"}
             response = await open_upstream_stream(
-                self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange
+                self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange,
+                max_body=self.config.max_response_bytes,
             )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)
-        return response, ChatRelay(call, input_tokens=_input_estimate(request, exchange))
+        relay = ChatRelay(call, input_tokens=_input_estimate(request, exchange), max_event=self.config.max_event_bytes)
+        return response, relay
 
-    async def count_tokens(self, request: dict, deployment: Deployment, headers: dict[str, str]) -> dict:
+    async def count_tokens(
+        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> dict:
         if not self.config.tokenize_url:
             return {"input_tokens": estimate_input_tokens(request)}
+        await self.screen(request)  # a tokenizer of images fetches them too
         call = to_chat_request(request, upstream_model=deployment.upstream_model, dialect=self.dialect)
         payload = {"model": call.body["model"], "messages": call.body["messages"]}
         if "tools" in call.body:
             payload["tools"] = call.body["tools"]
-        answer = await post_json(self.client, URL(self.config.tokenize_url), payload, self.headers, self.config.timeouts, self.name)
+        answer = await post_json(
+            self.client, URL(self.config.tokenize_url), payload, self.headers, self.config.timeouts, self.name,
+            max_body=self.config.max_response_bytes,
+        )
         count = answer.get("count") if isinstance(answer, dict) else None
         if not isinstance(count, int):
             raise UpstreamProtocolError(f"backend '{self.name}' tokenizer answered without a count")

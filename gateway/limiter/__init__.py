@@ -10,7 +10,17 @@ interface and `limiter/rules.py` for the arithmetic).
 from __future__ import annotations
 
 from gateway.config import LimitsConfig, MemoryStoreConfig, RedisStoreConfig
-from gateway.limiter.base import Demand, Limiter, LimitExceeded, Ticket, Usage, Window, rate_limit_headers
+from gateway.limiter.base import (
+    COUNT_TOKENS,
+    MESSAGES,
+    Demand,
+    Limiter,
+    LimitExceeded,
+    Ticket,
+    Usage,
+    Window,
+    rate_limit_headers,
+)
 from gateway.limiter.memory import MemoryLimiter
 
 
@@ -27,10 +37,14 @@ def open_limiter(store_config: MemoryStoreConfig | RedisStoreConfig, limits_conf
             fallback_share=limits_config.fallback_share,
             lease_seconds=limits_config.lease_seconds,
         )
-    return MemoryLimiter(lease_seconds=limits_config.lease_seconds)
+    return MemoryLimiter(
+        lease_seconds=limits_config.lease_seconds, count_tokens_per_minute=limits_config.default_count_tokens_per_minute
+    )
 
 
 __all__ = [
+    "COUNT_TOKENS",
+    "MESSAGES",
     "Demand",
     "LimitExceeded",
     "Limiter",

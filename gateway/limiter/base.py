@@ -26,6 +26,11 @@ from typing import Protocol
 from gateway.errors import RateLimited
 from gateway.identity import ApiKey, Team
 
+# What a demand is for: a generation (`/v1/messages`: every limit but one), or a count
+# (`/v1/messages/count_tokens`: `count_tokens_per_minute` alone).
+MESSAGES = "messages"
+COUNT_TOKENS = "count_tokens"
+
 
 @dataclass(frozen=True, slots=True)
 class Demand:
@@ -41,6 +46,7 @@ class Demand:
     # used + this <= budget (as token budgets do with the input estimate). 0 = only
     # "used < budget" is checked.
     input_cost_usd: float = 0.0
+    operation: str = MESSAGES  # or COUNT_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +147,7 @@ _RATE_NAMES = {
     "requests_per_minute": "requests per minute",
     "input_tokens_per_minute": "input tokens per minute",
     "output_tokens_per_minute": "output tokens per minute",
+    "count_tokens_per_minute": "count_tokens requests per minute",
 }
 _BUDGET_UNITS = {"tokens_per_day": "tokens", "tokens_per_month": "tokens", "cost_per_month_usd": "USD"}
 
@@ -233,6 +240,8 @@ def rejection(
 
 
 __all__ = [
+    "COUNT_TOKENS",
+    "MESSAGES",
     "Demand",
     "LimitExceeded",
     "Limiter",

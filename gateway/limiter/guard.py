@@ -22,6 +22,7 @@ count twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -56,7 +57,11 @@ class GuardedLimiter:
         self.kind = getattr(primary, "kind", "redis")
         self.on_store_error = on_store_error
         self.fallback_share = fallback_share
-        self.fallback = MemoryLimiter(lease_seconds=lease_seconds)
+        self.count_tokens_per_minute = primary.count_tokens_per_minute  # (a team's when it sets none)
+        fallback_count = self.count_tokens_per_minute
+        if fallback_count:  # this process's share of it, as every other limit
+            fallback_count = max(1, fallback_count // fallback_share)
+        self.fallback = MemoryLimiter(lease_seconds=lease_seconds, count_tokens_per_minute=fallback_count)
         self._probe_interval = probe_interval
         self._retry_at = 0.0  # monotonic: before it, the store is not tried
         self.degraded = False  # in an outage now
@@ -74,7 +79,7 @@ class GuardedLimiter:
         self._flushing: asyncio.Task | None = None
 
     async def admit(self, demand: Demand) -> Ticket:
-        if self.on_store_error == "fail_open" and not has_limits(demand):
+        if self.on_store_error == "fail_open" and not has_limits(demand, self.count_tokens_per_minute):
             return Ticket(lease=None, demand=demand, charged={}, windows={})  # nothing to enforce
         if self.degraded and time.monotonic() < self._retry_at:
             return await self._without_store(demand)
@@ -198,14 +203,10 @@ class GuardedLimiter:
             raise Overloaded("the rate limiter's store cannot be reached; try again shortly")
         self.fallback_admissions += 1
         self._event("fallback_admission")
-        share = Demand(
+        share = dataclasses.replace(
+            demand,
             team=demand.team.model_copy(update={"limits": self._share(demand.team.limits)}),
             key=demand.key.model_copy(update={"limits": self._share(demand.key.limits)}),
-            model=demand.model,
-            input_tokens=demand.input_tokens,
-            output_tokens=demand.output_tokens,
-            cost_usd=demand.cost_usd,
-            input_cost_usd=demand.input_cost_usd,
         )
         ticket = await self.fallback.admit(share)
         ticket.fallback = True

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from gateway.identity import DEFAULT_COUNT_TOKENS_PER_MINUTE
 from gateway.limiter.base import Demand, Ticket, Usage, rejection
 from gateway.limiter.rules import (
     USAGE_FIELDS,
@@ -44,8 +45,16 @@ def new_lease_id() -> str:
 class MemoryLimiter:
     kind = "memory"
 
-    def __init__(self, *, lease_seconds: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        lease_seconds: float = 60.0,
+        count_tokens_per_minute: int | None = DEFAULT_COUNT_TOKENS_PER_MINUTE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`count_tokens_per_minute`: a team's when its limits set none."""
         self.lease_seconds = lease_seconds
+        self.count_tokens_per_minute = count_tokens_per_minute
         self._clock = clock
         # Names are (team id, bucket name), the bucket name as in Redis without the tag.
         self._tats: dict[tuple[str, str], float] = {}
@@ -57,7 +66,7 @@ class MemoryLimiter:
 
     async def admit(self, demand: Demand) -> Ticket:
         now = self._clock()
-        checks = checks_for(demand)
+        checks = checks_for(demand, self.count_tokens_per_minute)
         if not checks:
             return Ticket(lease=None, demand=demand, charged={}, windows={})
         self._admissions += 1

@@ -42,8 +42,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway.config import LimitsConfig, RedisStoreConfig
-from gateway.identity import Limits
-from gateway.limiter.base import Demand, Ticket, Usage, rejection
+from gateway.identity import DEFAULT_COUNT_TOKENS_PER_MINUTE, Limits
+from gateway.limiter.base import COUNT_TOKENS, Demand, Ticket, Usage, rejection
 from gateway.limiter.memory import new_lease_id
 from gateway.limiter.rules import (
     CORRECTION_OPS,
@@ -129,13 +129,20 @@ class RedisLimiter:
     kind = "redis"
 
     def __init__(
-        self, client: Client, *, prefix: str = "gw", lease_seconds: float = 60.0, socket_timeout: float = SOCKET_TIMEOUT
+        self,
+        client: Client,
+        *,
+        prefix: str = "gw",
+        lease_seconds: float = 60.0,
+        socket_timeout: float = SOCKET_TIMEOUT,
+        count_tokens_per_minute: int | None = DEFAULT_COUNT_TOKENS_PER_MINUTE,
     ) -> None:
         """`client` (a server's, Sentinel's master's or a cluster's) becomes the limiter's
-        (closed by `close()`)."""
+        (closed by `close()`). `count_tokens_per_minute`: a team's when its limits set none."""
         self._redis = client
         self._prefix = prefix
         self.lease_seconds = lease_seconds
+        self.count_tokens_per_minute = count_tokens_per_minute
         self._admit = client.register_script(_lua("admit"))
         self._settle = client.register_script(_lua("settle"))
         self._renew = client.register_script(_lua("renew"))
@@ -145,7 +152,7 @@ class RedisLimiter:
         # of the limiter's own, an eighth of redis-py's CPU per call; the rest, and a
         # cluster's scripts, through redis-py.
         self._lean = lean_connection(client, socket_timeout)
-        self._shapes: dict[tuple[str, str], _Shape] = {}  # (team id, key id) →
+        self._shapes: dict[tuple[str, str, str], _Shape] = {}  # (team id, key id, operation) →
         self._settle_heads: dict[tuple[str, ...], tuple[str, list[str], bytes]] = {}  # (team id, *charged) →
 
     @classmethod
@@ -153,15 +160,27 @@ class RedisLimiter:
         cls, store: RedisStoreConfig, limits: LimitsConfig, *, socket_timeout: float = SOCKET_TIMEOUT
     ) -> RedisLimiter:
         client = connect(store, profile(socket_timeout))
-        return cls(client, prefix=store.prefix, lease_seconds=limits.lease_seconds, socket_timeout=socket_timeout)
+        return cls(
+            client, prefix=store.prefix, lease_seconds=limits.lease_seconds, socket_timeout=socket_timeout,
+            count_tokens_per_minute=limits.default_count_tokens_per_minute,
+        )
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "gw", lease_seconds: float = 60.0, socket_timeout: float = SOCKET_TIMEOUT
+        cls,
+        url: str,
+        *,
+        prefix: str = "gw",
+        lease_seconds: float = 60.0,
+        socket_timeout: float = SOCKET_TIMEOUT,
+        count_tokens_per_minute: int | None = DEFAULT_COUNT_TOKENS_PER_MINUTE,
     ) -> RedisLimiter:
         """On one server (`redis://`, `rediss://`)."""
         client = connect(RedisStoreConfig(type="redis", url=url, prefix=prefix), profile(socket_timeout))
-        return cls(client, prefix=prefix, lease_seconds=lease_seconds, socket_timeout=socket_timeout)
+        return cls(
+            client, prefix=prefix, lease_seconds=lease_seconds, socket_timeout=socket_timeout,
+            count_tokens_per_minute=count_tokens_per_minute,
+        )
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
@@ -191,20 +210,23 @@ class RedisLimiter:
 
     def _shape(self, demand: Demand) -> _Shape:
         team, key = demand.team, demand.key
-        shape = self._shapes.get((team.id, key.id))
+        shape = self._shapes.get((team.id, key.id, demand.operation))
         if shape is not None and (shape.team_limits is team.limits or shape.team_limits == team.limits) and (
             shape.key_limits is key.limits or shape.key_limits == key.limits
         ):
             return shape
         if len(self._shapes) > 10_000:  # teams and keys come and go: forget them all now and then
             self._shapes.clear()
-        checks = checks_for(Demand(team=team, key=key, model="", input_tokens=0, output_tokens=0))
+        checks = checks_for(
+            Demand(team=team, key=key, model="", input_tokens=0, output_tokens=0, operation=demand.operation),
+            self.count_tokens_per_minute,
+        )
         base = self.base(team.id)
         args: list[str] = [base, _number(self.lease_seconds), str(DAY_COUNTER_GRACE), str(MONTH_COUNTER_GRACE)]
         args.append(str(len(checks)))
         for check in checks:
             args += [check.kind, check.name, _number(check.limit)]
-        shape = self._shapes[(team.id, key.id)] = _Shape(
+        shape = self._shapes[(team.id, key.id, demand.operation)] = _Shape(
             team_limits=team.limits,
             key_limits=key.limits,
             checks=checks,
@@ -218,9 +240,12 @@ class RedisLimiter:
 
     async def admit(self, demand: Demand) -> Ticket:
         # Even a request with no limits makes its round trip: under fail_closed, a
-        # store that cannot be reached refuses every request (see limiter/guard.py).
+        # store that cannot be reached refuses every request (see limiter/guard.py). A
+        # count_tokens request with none has nothing to check and nothing to record.
         shape = self._shape(demand)
         checks = shape.checks
+        if not checks and demand.operation == COUNT_TOKENS:
+            return Ticket(lease=None, demand=demand, charged={}, windows={})
         lease = new_lease_id() if shape.leased else ""
         costs = []
         own: list[str | int | float] = [lease]  # this request's arguments (encoded as _number does)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from gateway.errors import InvalidRequest
 from gateway.identity import Limits
-from gateway.limiter.base import Demand, Usage, Window
+from gateway.limiter.base import COUNT_TOKENS, Demand, Usage, Window
 
 PERIOD = 60.0  # seconds: a per-minute bucket's capacity, in time
 EPSILON = 1e-6  # float slack on time comparisons (Redis TIME has microseconds)
@@ -38,6 +38,9 @@ RATES = (
     ("itpm", "input_tokens_per_minute", "input-tokens", "input"),
     ("otpm", "output_tokens_per_minute", "output-tokens", "output"),
 )
+# The bucket of count_tokens requests, as a rate above: their own, so a count never spends
+# a messages request (nor the reverse); a count_tokens answer reports it as `requests`.
+COUNT_RATE = ("ctpm", "count_tokens_per_minute", "requests", "requests")
 # Budgets: (suffix, Limits field, calendar period, what settles them).
 BUDGETS = (
     ("tpd", "tokens_per_day", "day", "tokens"),
@@ -234,10 +237,28 @@ def _scope_checks(limits: Limits, scope: str, prefix: str, demand: Demand) -> li
     return checks
 
 
-def checks_for(demand: Demand) -> list[Check]:
-    """Every limit of the team, then every limit of the key (scoped within the team)."""
+def _count_checks(limit: int | None, scope: str, prefix: str, demand: Demand) -> list[Check]:
+    if limit is None:
+        return []
+    suffix, field, _, settles = COUNT_RATE
+    cost, need = amounts("rate", settles, limit, demand)
+    return [Check("rate", prefix + suffix, limit, cost, need, field, scope, settles)]
+
+
+def checks_for(demand: Demand, count_tokens_default: int | None = None) -> list[Check]:
+    """Every limit of the team, then every limit of the key (scoped within the team), that
+    the demand's operation counts against: a count_tokens request, its bucket alone
+    (`count_tokens_default` for a team that sets none); a messages request, all the others."""
+    key_prefix = f"k:{demand.key.id}:"
+    if demand.operation == COUNT_TOKENS:
+        team_limit = demand.team.limits.count_tokens_per_minute
+        if team_limit is None:
+            team_limit = count_tokens_default
+        return _count_checks(team_limit, "team", "", demand) + _count_checks(
+            demand.key.limits.count_tokens_per_minute, "key", key_prefix, demand
+        )
     return _scope_checks(demand.team.limits, "team", "", demand) + _scope_checks(
-        demand.key.limits, "key", f"k:{demand.key.id}:", demand
+        demand.key.limits, "key", key_prefix, demand
     )
 
 
@@ -276,7 +297,7 @@ def charged_for(checks: list[Check], cal: Calendar, costs: Sequence[float] | Non
     return charged
 
 
-_HEADER_KINDS = {field: kind for _, field, kind, _ in RATES}
+_HEADER_KINDS = {field: kind for _, field, kind, _ in (*RATES, COUNT_RATE)}
 
 
 def team_windows(checks: list[Check], tats: dict[str, float | None], now: float) -> dict[str, Window]:
@@ -372,7 +393,8 @@ def usage_rows(day: str, fields: dict[str, str | float | int]) -> list[dict]:
     return [rows[pair] for pair in sorted(rows)]
 
 
-LIMIT_FIELDS = tuple(Limits.model_fields)
+# The limits a messages request counts against (all but count_tokens_per_minute).
+LIMIT_FIELDS = tuple(field for field in Limits.model_fields if field != COUNT_RATE[1])
 # The limits a request's input-token estimate counts against (the others need none).
 ESTIMATED_FIELDS = ("input_tokens_per_minute", "tokens_per_day", "tokens_per_month", "cost_per_month_usd")
 
@@ -381,8 +403,15 @@ def needs_input_estimate(team: Limits, key: Limits) -> bool:
     return any(getattr(team, f) is not None or getattr(key, f) is not None for f in ESTIMATED_FIELDS)
 
 
-def has_limits(demand: Demand) -> bool:
+def has_limits(demand: Demand, count_tokens_default: int | None = None) -> bool:
+    """Whether any limit applies to the demand (`checks_for` would make a check)."""
     team, key = demand.team.limits, demand.key.limits
+    if demand.operation == COUNT_TOKENS:
+        return (
+            team.count_tokens_per_minute is not None
+            or count_tokens_default is not None
+            or key.count_tokens_per_minute is not None
+        )
     return any(getattr(team, f) is not None or getattr(key, f) is not None for f in LIMIT_FIELDS)
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gateway.errors import InvalidRequest
 
 # Fields the API accepts for portability and never uses for generation: accepted,
-# dropped for translated backends, forwarded to native ones.
+# dropped for translated backends, forwarded to native ones where their `passthrough`
+# policy lets them through (gateway/passthrough.py).
 COMPAT_FIELDS = frozenset(
     {"service_tier", "container", "inference_geo", "cache_control", "context_management", "mcp_servers"}
 )
@@ -47,6 +49,42 @@ TOOL_CHOICES = ("auto", "any", "tool", "none")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 MIN_THINKING_BUDGET = 1024
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+# The model name is echoed into 404 bodies and the access log: a body-sized one must not be.
+MAX_MODEL_NAME = 256
+# The most `max_tokens` may ask for: several times any model's output today (128000),
+# and bounded so that no number a client sends is carried on into admission's arithmetic
+# or an upstream's integer parser (`10000000000000000000` overflows both).
+MAX_TOKENS = 1_000_000
+
+
+class RequestCaps(Protocol):
+    """The bounds on one request's shape (the `server:` settings of the same names): past
+    them a request is refused before any work that grows with its size."""
+
+    @property
+    def max_messages(self) -> int: ...
+
+    @property
+    def max_blocks_per_message(self) -> int: ...
+
+    @property
+    def max_json_depth(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """`RequestCaps` as plain values: the defaults (the settings' too), or a caller's own."""
+
+    # Anthropic's own cap on messages. Real clients send a few blocks a message (Claude
+    # Code: one per parallel tool result).
+    max_messages: int = 100_000
+    max_blocks_per_message: int = 10_000
+    # Real requests nest about a dozen levels (Claude Code's tool schemas); the gateway's
+    # translation adds one, and orjson encodes at most 254.
+    max_json_depth: int = 128
+
+
+DEFAULT_CAPS = Caps()
 
 
 def new_message_id() -> str:
@@ -99,28 +137,37 @@ def _number_in(body: dict, key: str, low: float, high: float, *, integer: bool =
         raise _fail(key, f"Input should be between {low:g} and {high:g}")
 
 
-def validate_request(body: Any) -> dict:
+def validate_request(body: Any, caps: RequestCaps = DEFAULT_CAPS) -> dict:
     """Check a Messages request body (or a count_tokens body, its subset); return it
-    unchanged or raise `InvalidRequest`."""
+    unchanged or raise `InvalidRequest`. Every check is linear in the body's size."""
     body = _require_object(body, "")
     model = body.get("model")
     if model is None:
         raise _fail("model", "Field required")
     if not isinstance(model, str) or not model:
         raise _fail("model", "Input should be a non-empty string")
+    if len(model) > MAX_MODEL_NAME:
+        raise _fail("model", f"String should have at most {MAX_MODEL_NAME} characters")
     if "messages" not in body:
         raise _fail("messages", "Field required")
     messages = _require_list(body["messages"], "messages")
     if not messages:
         raise _fail("messages", "List should have at least 1 item")
+    if len(messages) > caps.max_messages:
+        raise _fail(
+            "messages", f"{len(messages)} messages, more than the limit of {caps.max_messages} (server.max_messages)"
+        )
+    _check_depth(body, caps.max_json_depth)
     for i, message in enumerate(messages):
-        _validate_message(message, f"messages.{i}")
+        _validate_message(message, f"messages.{i}", caps.max_blocks_per_message)
 
     if "max_tokens" in body and body["max_tokens"] is not None:
         if not _is_int(body["max_tokens"]):
             raise _fail("max_tokens", "Input should be a valid integer")
         if body["max_tokens"] < 1:
             raise _fail("max_tokens", "Input should be greater than or equal to 1")
+        if body["max_tokens"] > MAX_TOKENS:
+            raise _fail("max_tokens", f"Input should be less than or equal to {MAX_TOKENS}")
     if "system" in body and body["system"] is not None:
         _validate_system(body["system"])
     if "stop_sequences" in body and body["stop_sequences"] is not None:
@@ -165,7 +212,54 @@ def _validate_text_block(block: dict, path: str) -> None:
     _require_str(block, "text", path)
 
 
-def _validate_message(message: Any, path: str) -> None:
+_NESTS = frozenset({dict, list})  # what parsed JSON nests in (orjson makes exactly these)
+
+
+def _check_depth(body: dict, limit: int) -> None:
+    """Refuse JSON nested deeper than `limit` levels (the body is level 1), wherever it
+    is: a schema, a tool input, metadata, a field only native backends read. What the
+    gateway then does with a request (translate it, estimate it, encode it again for the
+    upstream) stays within orjson's encoding depth and Python's recursion limit.
+    One level at a time, each value looked at once, no recursion."""
+    level: list = [body]
+    for _ in range(limit):
+        level = [
+            child for node in level for child in (node.values() if type(node) is dict else node) if type(child) in _NESTS
+        ]
+        if not level:
+            return
+    raise _fail(_path_below(body, limit), f"JSON nested more than {limit} levels deep (server.max_json_depth)")
+
+
+def _path_below(body: dict, depth: int) -> str:
+    """The first few steps of a path to a value nested `depth` levels below `body` (only
+    on a refusal: the walk keeps a link to its parent for every container)."""
+    level: list[tuple[Any, tuple | None]] = [(body, None)]
+    for _ in range(depth):
+        level = [
+            (child, (key, link))
+            for node, link in level
+            for key, child in (node.items() if type(node) is dict else enumerate(node))
+            if type(child) in _NESTS
+        ]
+    keys: list[str] = []
+    link = level[0][1]
+    while link is not None:
+        key, link = link
+        keys.append(str(key))
+    keys.reverse()
+    shown = ".".join(keys[:5])
+    return shown + "..." if len(keys) > 5 else shown
+
+
+def _require_blocks(content: Any, path: str, cap: int) -> list:
+    blocks = _require_list(content, path)
+    if len(blocks) > cap:
+        raise _fail(path, f"{len(blocks)} content blocks, more than the limit of {cap} (server.max_blocks_per_message)")
+    return blocks
+
+
+def _validate_message(message: Any, path: str, max_blocks: int) -> None:
     message = _require_object(message, path)
     role = message.get("role")
     if role is None:
@@ -177,11 +271,11 @@ def _validate_message(message: Any, path: str) -> None:
     content = message["content"]
     if isinstance(content, str):
         return
-    for j, block in enumerate(_require_list(content, f"{path}.content")):
-        _validate_block(block, f"{path}.content.{j}", role)
+    for j, block in enumerate(_require_blocks(content, f"{path}.content", max_blocks)):
+        _validate_block(block, f"{path}.content.{j}", max_blocks)
 
 
-def _validate_block(block: Any, path: str, role: str) -> None:
+def _validate_block(block: Any, path: str, max_blocks: int) -> None:
     block = _require_object(block, path)
     kind = block.get("type")
     if not isinstance(kind, str):
@@ -204,7 +298,7 @@ def _validate_block(block: Any, path: str, role: str) -> None:
         _require_str(block, "tool_use_id", path)
         content = block.get("content")
         if content is not None and not isinstance(content, str):
-            for k, inner in enumerate(_require_list(content, f"{path}.content")):
+            for k, inner in enumerate(_require_blocks(content, f"{path}.content", max_blocks)):
                 inner = _require_object(inner, f"{path}.content.{k}")
                 if inner.get("type") == "text":
                     _require_str(inner, "text", f"{path}.content.{k}")

@@ -13,6 +13,11 @@ starting with `:` are comments; one space after the colon is dropped; several `d
 lines are joined with `\\n`; an event without `data:` lines is not emitted; the last
 `id:` persists across events. Unlike the SDK decoder, `flush()` also emits an event the
 upstream did not end with a blank line (some servers close right after the last line).
+
+Bounded: a line longer than `max_event` bytes (its end not counted), or an event whose
+`data:` lines add up to more, raises `SseOverflow`, at the same point of the stream for
+every split of it, with the events that came before; the decoder is then spent. A
+stream that never ends a line cannot grow the decoder past that.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.errors import UpstreamProtocolError
+
 DONE = "[DONE]"  # OpenAI's end-of-stream sentinel; never sent to a Messages client
+MAX_EVENT = 8 * 1024 * 1024
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -33,20 +41,40 @@ class SseEvent:
     id: str | None = None
 
 
+class SseOverflow(UpstreamProtocolError):
+    """A line or an event past the decoder's `max_event`; `events`: those completed before it."""
+
+    def __init__(self, limit: int, events: list[SseEvent]) -> None:
+        super().__init__(f"the model's backend sent a stream line or event longer than {limit} bytes")
+        self.events = events
+
+
 class SseDecoder:
     """Upstream bytes → `SseEvent`s. One per upstream response; not thread-safe."""
 
-    __slots__ = ("_pending", "_skip_lf", "_head", "_event", "_data", "_last_id")
+    __slots__ = ("_pending", "_pending_size", "_skip_lf", "_head", "_event", "_data", "_data_size", "_last_id",
+                 "_max")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = MAX_EVENT) -> None:
         self._pending: list[bytes] = []  # the current unterminated line, in pieces
+        self._pending_size = 0
         self._skip_lf = False  # the previous read ended with `\r`: a leading `\n` belongs to it
         self._head: bytes | None = b""  # bytes seen while a leading BOM is still possible
         self._event: str | None = None
         self._data: list[str] = []
+        self._data_size = 0  # bytes of the current event's `data:` lines
         self._last_id: str | None = None
+        self._max = max_event
 
     def feed(self, data: bytes) -> list[SseEvent]:
+        """The events `data` completed. Raises `SseOverflow` past `max_event`."""
+        events: list[SseEvent] = []
+        try:
+            return self._feed(data, events)
+        except _Overflow:
+            raise self._overflow(events) from None
+
+    def _feed(self, data: bytes, events: list[SseEvent]) -> list[SseEvent]:
         if self._head is not None:
             data = self._strip_bom(data)
             if not data:
@@ -55,29 +83,44 @@ class SseDecoder:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
-        if self._clean() and data.endswith(b"\n\n") and b"\r" not in data:
+        # Whole events no longer than the cap hold no line or event past it.
+        if len(data) <= self._max and self._clean() and data.endswith(b"\n\n") and b"\r" not in data:
             return self._whole_events(data)
         if b"\n" not in data and b"\r" not in data:
             # No line ends here: keep the piece (joining once, later, keeps long lines linear).
             if data:
-                self._pending.append(data)
+                self._hold(data)
             return []
         if self._pending:
             self._pending.append(data)
             data = b"".join(self._pending)
             self._pending = []
+            self._pending_size = 0
         if b"\r" in data:
             if data.endswith(b"\r"):
                 self._skip_lf = True
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = data.split(b"\n")
         rest = lines.pop()
-        if rest:
-            self._pending.append(rest)
-        events: list[SseEvent] = []
         for line in lines:
             self._line(line, events)
+        if rest:
+            self._hold(rest)
         return events
+
+    def _hold(self, piece: bytes) -> None:
+        """Keep a piece of the line not yet ended."""
+        self._pending_size += len(piece)
+        if self._pending_size > self._max:
+            raise _Overflow
+        self._pending.append(piece)
+
+    def _overflow(self, events: list[SseEvent]) -> SseOverflow:
+        """What `feed` or `flush` raises past the cap; nothing held is kept."""
+        self._pending, self._pending_size = [], 0
+        self._data, self._data_size = [], 0
+        self._event = None
+        return SseOverflow(self._max, events)
 
     def _clean(self) -> bool:
         """Between events: nothing pending, nothing half-read."""
@@ -93,7 +136,7 @@ class SseDecoder:
                 self._head = None
             else:
                 return None
-        if self._skip_lf or not self._clean() or not data.endswith(b"\n\n") or b"\r" in data:
+        if len(data) > self._max or self._skip_lf or not self._clean() or not data.endswith(b"\n\n") or b"\r" in data:
             return None
         if data.find(b"\n") == len(data) - 2:  # one event: a paced stream's usual read
             return [data[6:-2]] if data.startswith(b"data: ") else None
@@ -125,12 +168,15 @@ class SseDecoder:
         """The end of the stream: a last line and event without their terminators still count."""
         events: list[SseEvent] = []
         self._head = None  # still undecided means: nothing but a cut-off BOM arrived
-        if self._pending:
-            line = b"".join(self._pending)
-            self._pending = []
-            self._line(line, events)
-        self._line(b"", events)
         self._skip_lf = False
+        try:
+            if self._pending:
+                line = b"".join(self._pending)
+                self._pending, self._pending_size = [], 0
+                self._line(line, events)
+            self._line(b"", events)
+        except _Overflow:
+            raise self._overflow(events) from None
         return events
 
     def _strip_bom(self, data: bytes) -> bytes:
@@ -148,13 +194,19 @@ class SseDecoder:
                 events.append(SseEvent(self._event, "\n".join(self._data), self._last_id))
             self._event = None
             self._data = []
+            self._data_size = 0
             return
+        if len(line) > self._max:
+            raise _Overflow
         if line[0] == 0x3A:  # ":" comment (keep-alives)
             return
         name, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
         if name == b"data":
+            self._data_size += len(line)
+            if self._data_size > self._max:
+                raise _Overflow
             self._data.append(value.decode("utf-8", "replace"))
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
@@ -162,6 +214,10 @@ class SseDecoder:
             if b"\0" not in value:
                 self._last_id = value.decode("utf-8", "replace")
         # `retry:` and unknown fields are ignored.
+
+
+class _Overflow(Exception):
+    """Past the cap, inside the decoder: `feed` and `flush` raise it as `SseOverflow`."""
 
 
 def encode(event_type: str, data: dict) -> bytes:

@@ -8,9 +8,11 @@ One contract suite (`tests/contract/test_store.py`) runs against both, so they c
 Rules every implementation keeps:
 - Records are immutable values (`Team`, `ApiKey`); a change writes a new record.
 - A key is found by the SHA-256 of the raw key (`find_key`), in one round trip, with its
-  teams. A rotated key's previous hash keeps finding it until its grace period ends.
-- Every change that can take a credential or a permission away publishes an
-  invalidation, so each process's auth cache drops what it holds (`invalidations`).
+  teams. A rotated key's previous hash keeps finding it until its grace period ends, and
+  says when that is (`FoundKey.hash_expires_at`), so a cache can stop it on time.
+- Every change to a key or a team publishes an invalidation, so each process's auth
+  cache drops what it holds (`invalidations`): a change can take a credential or a
+  permission away, and a new key must not stay refused by a cache of unknown keys.
 - Unknown ids raise `NotFound`; a clash (an id already taken, a team still in use) raises
   `Conflict`; a reference to a team that does not exist raises `InvalidRequest`.
 - Keys are never deleted, only revoked: a revoked key keeps its record and its hash, so
@@ -23,7 +25,7 @@ keeps of a stored record) are the functions at the end of this module, so they c
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ValidationError
 
@@ -32,6 +34,16 @@ from gateway.identity import ApiKey, Team
 
 # What an invalidation says: "key:<id>", "team:<id>", or ALL when everything may be stale.
 ALL = "*"
+
+
+class FoundKey(NamedTuple):
+    """What `find_key` finds: the key's record and its teams that exist."""
+
+    key: ApiKey
+    teams: list[Team]
+    # Unix seconds when the hash looked up stops finding the key: a rotated-out hash's
+    # end of grace; None for the key's current hash.
+    hash_expires_at: float | None = None
 
 
 class Store(Protocol):
@@ -62,15 +74,17 @@ class Store(Protocol):
     # ---------------------------------------------------------------- keys
     async def create_key(self, key: ApiKey) -> ApiKey:
         """Store a new key record (its hash already computed); `Conflict` if the id or the
-        hash is taken; `InvalidRequest` if one of its teams does not exist."""
+        hash is taken; `InvalidRequest` if one of its teams does not exist. Announced like
+        a change: a process may hold the hash in its cache of unknown keys."""
 
     async def put_key(self, key: ApiKey) -> ApiKey:
-        """Create, or update a YAML-declared key in place. Never un-revokes: a key revoked
-        through the admin API stays revoked when the gateway restarts with the same file.
-        Never un-rotates either: a key rotated through the admin API keeps its new hash
-        (restoring the file's would bring back the credential someone meant to retire).
-        The stored creation time stays; the declared fields are replaced (`merge_put_key`).
-        `Conflict` if another key holds the hash; `InvalidRequest` as for `create_key`."""
+        """Create, or update a YAML-declared key in place (`merge_put_key`): the declared
+        fields are replaced, the hash included (a new value replaces the old one at once,
+        which no longer finds the key: a rotation without grace). Never un-revokes: a key
+        revoked through the admin API stays revoked when the file is loaded again. Keeps
+        the stored creation time and `expires_at` (the file declares none; the admin API
+        sets it). `Conflict` if another key holds the hash; `InvalidRequest` as for
+        `create_key`."""
 
     async def get_key(self, key_id: str) -> ApiKey | None: ...
 
@@ -93,10 +107,11 @@ class Store(Protocol):
         from now (0: at once no more). `NotFound`; `InvalidRequest` if the key is revoked;
         `Conflict` if the new hash is taken."""
 
-    async def find_key(self, key_hash: str) -> tuple[ApiKey, list[Team]] | None:
+    async def find_key(self, key_hash: str) -> FoundKey | None:
         """The hot path's one round trip on a cache miss: the key a hash belongs to (current
-        or within its grace period) and its teams. Returns revoked and expired keys too; the
-        caller decides (and says why). Teams that no longer exist are left out."""
+        or within its grace period, and until when) and its teams. Returns revoked and
+        expired keys too; the caller decides (and says why). Teams that no longer exist
+        are left out."""
 
     async def record_last_used(self, used: Mapping[str, float]) -> None:
         """Batched last-used times (key id → Unix seconds), written off the request path;
@@ -138,15 +153,16 @@ def missing_teams_error(missing: list[str]) -> InvalidRequest:
 
 
 def merge_put_key(existing: ApiKey | None, declared: ApiKey) -> ApiKey:
-    """What `put_key` stores: the declared record, keeping what the admin API did to the
-    stored one (its creation time, its revocation, its rotation)."""
+    """What `put_key` stores: the declared record, keeping what is not the file's to say
+    (the stored creation time, a revocation, an expiry set through the admin API). A new
+    hash is a rotation at the declared `rotated_at`; the same hash keeps the stored one."""
     if existing is None:
         return declared.model_copy(update={"last_used_at": None})
-    kept: dict[str, Any] = {"created_at": existing.created_at, "last_used_at": None}
+    kept: dict[str, Any] = {"created_at": existing.created_at, "expires_at": existing.expires_at, "last_used_at": None}
     if existing.revoked_at is not None:
         kept["revoked_at"] = existing.revoked_at
-    if existing.rotated_at is not None:
-        kept.update(hash=existing.hash, prefix=existing.prefix, rotated_at=existing.rotated_at)
+    if existing.hash == declared.hash or declared.rotated_at is None:
+        kept["rotated_at"] = existing.rotated_at
     return declared.model_copy(update=kept)
 
 

@@ -17,6 +17,7 @@ from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.identity import ApiKey, Team
 from gateway.store.base import (
     ALL,
+    FoundKey,
     changed_key,
     changed_team,
     check_default_team,
@@ -93,6 +94,7 @@ class MemoryStore:
         record = key.model_copy(update={"last_used_at": None})
         self._keys[key.id] = record
         self._hashes[key.hash] = (key.id, None)
+        self._publish(f"key:{key.id}")
         return self._read(record)
 
     async def put_key(self, key: ApiKey) -> ApiKey:
@@ -154,13 +156,13 @@ class MemoryStore:
         self._publish(f"key:{key_id}")
         return self._read(new)
 
-    async def find_key(self, key_hash: str) -> tuple[ApiKey, list[Team]] | None:
+    async def find_key(self, key_hash: str) -> FoundKey | None:
         key_id = self._owner(key_hash)
         if key_id is None:
             return None
         key = self._keys[key_id]
         teams = [self._teams[team].model_copy(deep=True) for team in key.teams if team in self._teams]
-        return self._read(key), teams
+        return FoundKey(self._read(key), teams, self._hashes[key_hash][1])
 
     async def record_last_used(self, used: Mapping[str, float]) -> None:
         self._used.update(used)

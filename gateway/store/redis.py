@@ -27,6 +27,8 @@ pipelines refuse PUBLISH and MGET), and the change feed subscribes there too.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -41,10 +43,11 @@ from redis.exceptions import RedisError, WatchError
 
 from gateway.config import RedisStoreConfig
 from gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound, StoreUnavailable
-from gateway.identity import ApiKey, Team
+from gateway.identity import ApiKey, Limits, Team
 from gateway.redis_connect import Client, Profile, SlotClients, connect, feed_client, unreachable
 from gateway.store.base import (
     ALL,
+    FoundKey,
     changed_key,
     changed_team,
     check_default_team,
@@ -59,10 +62,22 @@ T = TypeVar("T")
 # Admin writes are rare; this many lost WATCH races in a row means something is wrong.
 MAX_ATTEMPTS = 50
 
-# A pooled connection the server closed (a restart, an idle timeout) fails its next
-# command; one retry on a fresh connection hides that. Safe here: every command the store
-# sends may run twice (SETs, a transaction that starts over, a read script).
-PROFILE = Profile(retries=1, retry_timeouts=True)
+
+def profile(config: RedisStoreConfig) -> Profile:
+    """A pooled connection the server closed (a restart, an idle timeout) fails its next
+    command; one retry on a fresh connection hides that. Safe here: every command the
+    store sends may run twice (SETs, a transaction that starts over, a read script). The
+    timeouts and the connection cap keep a slow Redis, or a flood of lookups of keys
+    nobody knows, from holding connections without end: Redis's `maxclients` is shared
+    with the limiter."""
+    return Profile(
+        retries=1,
+        retry_timeouts=True,
+        max_connections=config.max_connections,
+        socket_timeout=config.socket_timeout,
+        socket_connect_timeout=config.socket_connect_timeout,
+    )
+
 
 # The hot path's one round trip: the hash index, the key record, its last-used time and
 # each of its teams. KEYS[1] is the hash index entry; the other names are built from
@@ -73,7 +88,7 @@ if not id then return false end
 local base = ARGV[1]
 local record = redis.call('GET', base .. 'key:' .. id)
 if not record then return false end
-local out = {record, redis.call('HGET', base .. 'key-used', id)}
+local out = {record, redis.call('HGET', base .. 'key-used', id), redis.call('PTTL', KEYS[1])}
 for _, team in ipairs(cjson.decode(record)['teams']) do
   local found = redis.call('GET', base .. 'team:' .. team)
   if found then out[#out + 1] = found end
@@ -96,7 +111,8 @@ def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
                 observer = getattr(self, "observer", None)
                 started = time.perf_counter()
                 try:
-                    result = await method(self, *args, **kwargs)
+                    async with self._turn():
+                        result = await method(self, *args, **kwargs)
                 except Exception as exc:
                     if observer is not None:
                         observer.round_trip("store", name, time.perf_counter() - started, exc)
@@ -113,6 +129,15 @@ def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
     return cls
 
 
+def _honour_lost_cancellation() -> None:
+    """redis-py (8.1) swallows a cancellation that arrives while it connects for a
+    subscription, leaving the task `cancelling()`; without this, a shutdown right after a
+    start waited on the feed's next silence (`keepalive`, twice)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -122,19 +147,48 @@ def _float(value: bytes | str | None) -> float | None:
 
 
 def _key_json(key: ApiKey) -> str:
-    # last_used_at lives in `key-used` (one HSET per batch, not a record rewrite).
-    return key.model_dump_json(exclude={"last_used_at"})
+    # last_used_at lives in `key-used` (one HSET per batch, not a record rewrite). No
+    # owner is no field: such a record reads as it did before owners were recorded.
+    exclude: dict = {"last_used_at": True, **_unset_new_limits(key.limits)}
+    if key.managed_by is None:
+        exclude["managed_by"] = True
+    return key.model_dump_json(exclude=exclude)
+
+
+def _team_json(team: Team) -> str:
+    exclude: dict = _unset_new_limits(team.limits)
+    if team.managed_by is None:
+        exclude["managed_by"] = True
+    return team.model_dump_json(exclude=exclude or None)
+
+
+def _unset_new_limits(limits: Limits) -> dict:
+    """Limits added since records were first written, left out while unset: a gateway
+    from before them (one still running in a rolling upgrade) reads the record, where
+    its strict `Limits` would refuse a field it does not know."""
+    return {} if limits.count_tokens_per_minute is not None else {"limits": {"count_tokens_per_minute": True}}
 
 
 @_unreachable_is_unavailable
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, client: Client, *, prefix: str = "gw", keepalive: float = 15.0) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        prefix: str = "gw",
+        keepalive: float = 15.0,
+        max_operations: int | None = None,
+        wait: float = 2.0,
+    ) -> None:
         """`client` (a server's, Sentinel's master's or a cluster's) becomes the store's
         (closed by `close()`). `keepalive`: seconds of silence on the change feed after
         which the store pings Redis, and the longest it then waits for the answer before
-        calling the connection lost."""
+        calling the connection lost. `max_operations`: how many operations may use Redis
+        at once (each holds one connection), whatever the shape (a cluster's transactions
+        run on clients of their own); the others wait up to `wait` seconds for a turn,
+        then the store is unavailable."""
         self._redis = client
         self._prefix = prefix
         self._base = "{" + prefix + "}:"
@@ -144,6 +198,8 @@ class RedisStore:
         self._slot = SlotClients(client)
         # Each live subscription's pubsub and the client it came from.
         self._feeds: dict[PubSub, Redis] = {}
+        self._room = asyncio.Semaphore(max_operations) if max_operations is not None else None
+        self._wait = wait
         self._closed = False
         # Told of each operation's time and failure (`round_trip`); set by the app to its
         # metrics (`metrics.RedisObserver`).
@@ -151,7 +207,34 @@ class RedisStore:
 
     @classmethod
     def from_config(cls, config: RedisStoreConfig) -> RedisStore:
-        return cls(connect(config, PROFILE), prefix=config.prefix)
+        return cls(
+            connect(config, profile(config)),
+            prefix=config.prefix,
+            max_operations=config.max_connections,
+            wait=config.socket_timeout,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """One of `max_operations` turns, waiting at most `wait` for one: a flood of lookups
+        queues here for a while, then fails as an outage would, instead of opening
+        connections until Redis refuses everyone's."""
+        room = self._room
+        if room is None:
+            yield
+            return
+        if room.locked():  # (no timer on the usual path: a free turn is taken at once)
+            try:
+                async with asyncio.timeout(self._wait):
+                    await room.acquire()
+            except TimeoutError:
+                raise RedisConnectionError(f"no free connection to the key store within {self._wait:g}s") from None
+        else:
+            await room.acquire()
+        try:
+            yield
+        finally:
+            room.release()
 
     async def close(self) -> None:
         self._closed = True
@@ -194,7 +277,7 @@ class RedisStore:
             if await pipe.exists(name):
                 raise Conflict(f"team '{team.id}' already exists")
             pipe.multi()
-            pipe.set(name, team.model_dump_json())
+            pipe.set(name, _team_json(team))
             pipe.sadd(self._teams, team.id)
             return team
 
@@ -203,7 +286,7 @@ class RedisStore:
     async def put_team(self, team: Team) -> Team:
         async def write(client: Redis) -> None:
             async with client.pipeline(transaction=True) as pipe:
-                pipe.set(self._team(team.id), team.model_dump_json())
+                pipe.set(self._team(team.id), _team_json(team))
                 pipe.sadd(self._teams, team.id)
                 pipe.publish(self._channel, f"team:{team.id}")
                 await pipe.execute()
@@ -231,7 +314,7 @@ class RedisStore:
                 raise NotFound(f"no team '{team_id}'")
             new = changed_team(Team.model_validate_json(raw), changes)
             pipe.multi()
-            pipe.set(name, new.model_dump_json())
+            pipe.set(name, _team_json(new))
             pipe.publish(self._channel, f"team:{team_id}")
             return new
 
@@ -277,6 +360,7 @@ class RedisStore:
             pipe.zadd(self._keys, {key.id: key.created_at})
             for team in key.teams:
                 pipe.sadd(self._team_keys(team), key.id)
+            pipe.publish(self._channel, f"key:{key.id}")
             return record
 
         return await self._transact([name, index, *team_names], step)
@@ -395,12 +479,15 @@ class RedisStore:
 
         return await self._transact([name, index], step)
 
-    async def find_key(self, key_hash: str) -> tuple[ApiKey, list[Team]] | None:
+    async def find_key(self, key_hash: str) -> FoundKey | None:
         found = await self._find(keys=[self._hash(key_hash)], args=[self._base])
         if not found:
             return None
-        raw, used, *teams = found
-        return self._parse_key(raw, used), [Team.model_validate_json(team) for team in teams]
+        raw, used, ttl, *teams = found
+        # A rotated-out hash's time to live is its grace left (whole milliseconds, rounded
+        # down; -1: none), counted from the answer's arrival: never before Redis lets go.
+        expires = time.time() + (ttl + 1) / 1000 if ttl >= 0 else None
+        return FoundKey(self._parse_key(raw, used), [Team.model_validate_json(team) for team in teams], expires)
 
     async def ping(self) -> None:
         """One PING (readiness: `/readyz`); on a cluster, one to each master: the
@@ -424,6 +511,7 @@ class RedisStore:
         self._feeds[pubsub] = feed
         try:
             await pubsub.subscribe(self._channel)
+            _honour_lost_cancellation()
             confirmed = await pubsub.get_message(timeout=self._keepalive)
             if confirmed is None or confirmed["type"] != "subscribe":
                 raise RedisConnectionError(f"Redis did not confirm the subscription to {self._channel}")

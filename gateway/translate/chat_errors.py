@@ -46,17 +46,40 @@ _CONTEXT_PROMPT = re.compile(
 )
 
 
-# Credentials an upstream may echo back in an error ("Incorrect API key provided: sk-ab…").
-_SECRET = re.compile(r"\b(?:sk|pk|rk|gk|key)-[A-Za-z0-9_\-*.]{6,}|\bBearer\s+\S+|\bAIza[0-9A-Za-z_\-]{20,}", re.I)
+# Credentials an upstream may echo back in an error ("Incorrect API key provided: sk-ab…"),
+# by the shapes providers give them. A named value keeps its name (`api-key=[redacted]`).
+_SECRET = re.compile(
+    "|".join((
+        # `api-key=…`, `api_key: …`, `"token": "…"`, `key=…` (query strings, headers, JSON)
+        r"""(?P<name>\b(?:x-)?(?:api[-_ ]?key|access[-_]?token|auth[-_]?token|token|secret|password|key)["']?"""
+        r"""\s*[:=]\s*["']?)[^\s"'&,;]{8,}""",
+        # OpenAI (masked `sk-proj-****abcd` too), Anthropic, DeepSeek, xAI, this gateway; a last `.` ends a sentence
+        r"\b(?:sk|pk|rk|gk|key|xai)-[A-Za-z0-9_\-*.]{5,}[A-Za-z0-9_\-*]",
+        r"\b(?:gsk|hf)_[A-Za-z0-9]{8,}",  # Groq, Hugging Face
+        r"\bAIza[0-9A-Za-z_\-]{20,}",  # Google
+        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key ids
+        r"\b[0-9a-f]{32}\b",  # Azure OpenAI and Cognitive Services keys
+        r"\b(?:Bearer|Basic)\s+[^\s\"',;]+",  # an Authorization header's credentials
+        r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",  # a URL's user:password
+    )),
+    re.I,
+)
 
 
 def scrub(text: str) -> str:
-    return _SECRET.sub("[redacted]", text)
+    """`text` with every credential-shaped part replaced by `[redacted]`."""
+    return _SECRET.sub(_redacted, text)
+
+
+def _redacted(match: re.Match[str]) -> str:
+    return (match.group("name") or "") + "[redacted]"
 
 
 def upstream_message(body: bytes) -> str:
-    """The human message in an upstream error body of any common shape, secrets scrubbed."""
-    return scrub(_message(body))[:_MAX_MESSAGE]
+    """The human message in an upstream error body of any common shape, secrets scrubbed.
+    Only its start is kept: what is scanned is bounded too, with room for a secret that
+    begins inside the part kept to be seen whole."""
+    return scrub(_message(body)[: 2 * _MAX_MESSAGE])[:_MAX_MESSAGE]
 
 
 def _message(body: bytes) -> str:

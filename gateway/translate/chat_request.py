@@ -275,37 +275,61 @@ def _assistant_messages(content: Any, path: str, dialect: ChatDialect, names: _T
 
 def _merge_consecutive(messages: list[dict]) -> list[dict]:
     """Join adjacent user turns and adjacent assistant turns: strict chat templates demand
-    alternation ("conversation roles must alternate"), and the Messages API merges them itself."""
+    alternation ("conversation roles must alternate"), and the Messages API merges them itself.
+    Each run is joined once, at its end: joining turn by turn copied everything joined so
+    far once per turn, and a body of many short turns held the worker for minutes."""
     merged: list[dict] = []
+    run: list[dict] = []
     for message in messages:
-        prev = merged[-1] if merged else None
-        if prev is not None and message["role"] == prev["role"] == "user":
-            merged[-1] = {"role": "user", "content": _join_content(prev["content"], message["content"])}
-        elif prev is not None and message["role"] == prev["role"] == "assistant":
-            merged[-1] = _join_assistant(prev, message)
-        else:
-            merged.append(message)
+        if run and not _continues(run[0], message):
+            merged.append(_join_run(run))
+            run = []
+        run.append(message)
+    if run:
+        merged.append(_join_run(run))
     return merged
 
 
-def _join_content(first: str | list[dict], second: str | list[dict]) -> str | list[dict]:
-    if isinstance(first, str) and isinstance(second, str):
-        return first + "\n" + second
-    as_parts = lambda c: [{"type": "text", "text": c}] if isinstance(c, str) else c  # noqa: E731
-    return as_parts(first) + as_parts(second)
+def _continues(first: dict, message: dict) -> bool:
+    """Whether `message` joins the run `first` began: a user turn after user turns, an
+    assistant turn after assistant turns (never system or tool messages)."""
+    return message["role"] == first["role"] and message["role"] in ("user", "assistant")
 
 
-def _join_assistant(first: dict, second: dict) -> dict:
-    texts = [m["content"] for m in (first, second) if m.get("content")]
+def _join_run(run: list[dict]) -> dict:
+    if len(run) == 1:
+        return run[0]
+    if run[0]["role"] == "user":
+        return {"role": "user", "content": _join_user_contents([m["content"] for m in run])}
+    return _join_assistants(run)
+
+
+def _join_user_contents(contents: list[str | list[dict]]) -> str | list[dict]:
+    """Text-only turns as one string, a line apart; with any non-text part, the parts of
+    every turn in order (a text-only turn as one text part)."""
+    texts = [c for c in contents if isinstance(c, str)]
+    if len(texts) == len(contents):
+        return "\n".join(texts)
+    parts: list[dict] = []
+    for content in contents:
+        if isinstance(content, str):
+            parts.append({"type": "text", "text": content})
+        else:
+            parts.extend(content)
+    return parts
+
+
+def _join_assistants(run: list[dict]) -> dict:
+    texts = [m["content"] for m in run if m.get("content")]
     joined: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts) if texts else None}
-    calls = (first.get("tool_calls") or []) + (second.get("tool_calls") or [])
+    calls = [call for m in run for call in m.get("tool_calls") or ()]
     if calls:
         joined["tool_calls"] = calls
     elif joined["content"] is None:
         joined["content"] = ""
     for key in ("reasoning_content", "reasoning"):
-        if key in first or key in second:
-            joined[key] = "\n".join(m[key] for m in (first, second) if m.get(key))
+        if any(key in m for m in run):
+            joined[key] = "\n".join(m[key] for m in run if m.get(key))
     return joined
 
 
@@ -405,20 +429,24 @@ _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "d
 
 def _strict_compatible(schema: Any) -> bool:
     """OpenAI's strict mode needs every object closed and every property required; ask for
-    it only when the schema already says so, rather than rewrite the client's schema."""
-    if not isinstance(schema, dict):
-        return True
-    if schema.get("type") == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
-        if schema.get("additionalProperties") is not False:
-            return False
-        if set(schema.get("required") or ()) != set(props):
-            return False
-    children: list[Any] = [schema[key] for key in _SUBSCHEMA if isinstance(schema.get(key), dict)]
-    for key in _SUBSCHEMA_LISTS:
-        if isinstance(schema.get(key), list):
-            children.extend(schema[key])
-    for key in _SUBSCHEMA_MAPS:
-        if isinstance(schema.get(key), dict):
-            children.extend(schema[key].values())
-    return all(_strict_compatible(child) for child in children)
+    it only when the schema already says so, rather than rewrite the client's schema.
+    Walked with a stack rather than recursion: no schema's depth can exhaust Python's."""
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if not isinstance(node, dict):
+            continue
+        if node.get("type") == "object" or "properties" in node:
+            props = node.get("properties") or {}
+            if node.get("additionalProperties") is not False:
+                return False
+            if set(node.get("required") or ()) != set(props):
+                return False
+        pending.extend(node[key] for key in _SUBSCHEMA if isinstance(node.get(key), dict))
+        for key in _SUBSCHEMA_LISTS:
+            if isinstance(node.get(key), list):
+                pending.extend(node[key])
+        for key in _SUBSCHEMA_MAPS:
+            if isinstance(node.get(key), dict):
+                pending.extend(node[key].values())
+    return True

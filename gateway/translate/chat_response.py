@@ -14,6 +14,7 @@ import orjson
 
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.messages import new_message_id
+from gateway.protocols.usage import token_count
 from gateway.tokens import estimate_output_tokens
 from gateway.translate.chat_request import ChatCall
 from gateway.translate.dialect import client_tool_id
@@ -56,17 +57,20 @@ def usage_from_chat(usage: Any) -> dict | None:
     """Messages usage from an OpenAI `usage` object (None when the server sent none).
 
     Cached prompt tokens are reported apart, as the Messages API does: `input_tokens` is
-    the uncached rest, and the sum of the three is what the prompt cost.
+    the uncached rest, and the sum of the three is what the prompt cost. Every count is
+    clamped (`token_count`): the gateway settles budgets with them.
     """
     if not isinstance(usage, dict):
         return None
-    prompt = _int(usage.get("prompt_tokens"))
-    details = usage.get("prompt_tokens_details") or {}
-    cached = _int(details.get("cached_tokens")) or _int(usage.get("prompt_cache_hit_tokens"))
-    written = _int(details.get("cache_write_tokens"))
+    prompt = token_count(usage.get("prompt_tokens"))
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, dict):
+        details = {}
+    cached = token_count(details.get("cached_tokens")) or token_count(usage.get("prompt_cache_hit_tokens"))
+    written = token_count(details.get("cache_write_tokens"))
     return {
         "input_tokens": max(prompt - cached - written, 0),
-        "output_tokens": _int(usage.get("completion_tokens")),
+        "output_tokens": token_count(usage.get("completion_tokens")),
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
@@ -78,10 +82,6 @@ def find_usage(payload: dict) -> Any:
     if usage is None and isinstance(payload.get("x_groq"), dict):
         usage = payload["x_groq"].get("usage")
     return usage
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def tool_input(arguments: Any, *, name: str) -> dict:

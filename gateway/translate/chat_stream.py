@@ -41,6 +41,7 @@ its block's stop. Upstream pieces are placed in blocks like this (§6.4):
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,78 @@ class _ToolState(enum.Enum):
     CLOSED = "closed"
 
 
+# What can move the end of a JSON value: quotes, backslashes (inside strings), brackets.
+_STRUCTURAL = re.compile(r'["\\\[\]{}]')
+_JSON_WHITESPACE = " \t\n\r"
+
+
+class _ValueEnd:
+    """Whether a call's arguments so far are one whole JSON object or array, so nothing
+    valid can follow: told from the fragments as they come, each character read once and
+    the text parsed once, when its outermost bracket closes. (Joining and parsing every
+    fragment again after each new one, while another call waited, was quadratic in the
+    arguments' length.)"""
+
+    __slots__ = ("_read", "_depth", "_in_string", "_escaped", "_closed", "_whole")
+
+    def __init__(self) -> None:
+        self._read = 0  # fragments read so far
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False  # the last fragment read ended with a backslash in a string
+        self._closed = False  # the outermost bracket closed (or one closed that never opened)
+        self._whole = False
+
+    def whole(self, fragments: list[str]) -> bool:
+        """`fragments`: the call's arguments so far; those read at an earlier call are not read again."""
+        while self._read < len(fragments):
+            fragment = fragments[self._read]
+            self._read += 1
+            if self._closed:
+                if fragment.strip(_JSON_WHITESPACE):  # text after the value: never whole again
+                    self._whole = False
+                continue
+            end = self._closing(fragment)
+            if end is not None:
+                self._closed = True
+                rest = fragment[end:]
+                text = "".join(fragments[: self._read - 1]) + fragment[:end]
+                self._whole = not rest.strip(_JSON_WHITESPACE) and _parses(text)
+        return self._whole
+
+    def _closing(self, fragment: str) -> int | None:
+        """Just past the bracket in `fragment` that closes the outermost value, if it is there."""
+        escaped_at = 0 if self._escaped else -1  # where the character a backslash escapes is
+        for match in _STRUCTURAL.finditer(fragment):
+            at = match.start()
+            if at == escaped_at:
+                continue
+            char = match.group()
+            if self._in_string:
+                if char == '"':
+                    self._in_string = False
+                elif char == "\\":
+                    escaped_at = at + 1
+            elif char == '"':
+                self._in_string = True
+            elif char == "{" or char == "[":
+                self._depth += 1
+            elif char == "}" or char == "]":
+                self._depth -= 1
+                if self._depth <= 0:  # below 0: a bracket that never opened, not JSON whatever follows
+                    return at + 1
+        self._escaped = escaped_at == len(fragment)
+        return None
+
+
+def _parses(text: str) -> bool:
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 @dataclass(slots=True, eq=False)
 class _Tool:
     ordinal: int  # order of first appearance upstream
@@ -88,6 +161,7 @@ class _Tool:
     args: list[str] = field(default_factory=list)  # every fragment so far
     held: list[str] = field(default_factory=list)  # fragments not sent yet
     state: _ToolState = _ToolState.HELD
+    end: _ValueEnd = field(default_factory=_ValueEnd)  # where `args` closes
 
 
 _OVERLOAD_TYPES = frozenset({"server_error", "overloaded", "overloaded_error"})
@@ -461,7 +535,7 @@ class ChatStreamTranslator:
                 return
             if self._state is State.OPEN and self._kind is BlockKind.TOOL_USE:
                 assert self._open_tool is not None
-                if not _complete_json(self._open_tool.args):
+                if not self._open_tool.end.whole(self._open_tool.args):
                     return
             self._close(out)
             self._start_tool(waiting, out)
@@ -608,18 +682,6 @@ def _json_delta(index: int, fragment: str) -> dict:
         "index": index,
         "delta": {"type": "input_json_delta", "partial_json": fragment},
     }
-
-
-def _complete_json(fragments: list[str]) -> bool:
-    """Whether a call's arguments so far are a whole JSON value, so nothing valid can follow."""
-    tail = next((f for f in reversed(fragments) if not f.isspace()), "")
-    if not tail.rstrip().endswith(("}", "]")):
-        return False
-    try:
-        orjson.loads("".join(fragments))
-    except orjson.JSONDecodeError:
-        return False
-    return True
 
 
 def _chunk_error(chunk: dict) -> GatewayError:

@@ -24,9 +24,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import LimitsConfig, MemoryStoreConfig, RedisStoreConfig
 from gateway.errors import InvalidRequest, Overloaded, RateLimited
-from gateway.identity import ApiKey, Limits, Team
+from gateway.identity import DEFAULT_COUNT_TOKENS_PER_MINUTE, ApiKey, Limits, Team
 from gateway.limiter import MemoryLimiter, open_limiter
-from gateway.limiter.base import Demand, Limiter, LimitExceeded, Ticket, Usage, rfc3339
+from gateway.limiter.base import COUNT_TOKENS, Demand, Limiter, LimitExceeded, Ticket, Usage, rfc3339
 from gateway.limiter.guard import GuardedLimiter
 from gateway.limiter.redis import RedisLimiter, _lua, profile
 from gateway.limiter.rules import calendar
@@ -35,28 +35,32 @@ from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, 
 from tests.support.redis_server import RedisServer, free_port
 
 PREFIX = "test"
+DEFAULT_COUNT = DEFAULT_COUNT_TOKENS_PER_MINUTE
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
 async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Limiter]]:
-    """A factory: `make_limiter(lease_seconds=...)`; every limiter it makes is closed after the test."""
+    """A factory: `make_limiter(lease_seconds=..., count_tokens_per_minute=...)` (the
+    latter: a team's when it sets none); every limiter it makes is closed after the test."""
     made: list[Limiter] = []
     if request.param == "memory":
 
-        def make(lease_seconds: float = 60.0) -> Limiter:
-            made.append(MemoryLimiter(lease_seconds=lease_seconds))
+        def make(lease_seconds: float = 60.0, count_tokens_per_minute: int | None = DEFAULT_COUNT) -> Limiter:
+            made.append(MemoryLimiter(lease_seconds=lease_seconds, count_tokens_per_minute=count_tokens_per_minute))
             return made[-1]
     elif request.param == "cluster":
         url = request.getfixturevalue("cluster_url")
 
-        def make(lease_seconds: float = 60.0) -> Limiter:
-            made.append(cluster_limiter(url, lease_seconds=lease_seconds))
+        def make(lease_seconds: float = 60.0, count_tokens_per_minute: int | None = DEFAULT_COUNT) -> Limiter:
+            made.append(cluster_limiter(url, lease_seconds=lease_seconds, count_tokens_per_minute=count_tokens_per_minute))
             return made[-1]
     else:
         url = request.getfixturevalue("redis_url")
 
-        def make(lease_seconds: float = 60.0) -> Limiter:
-            made.append(RedisLimiter.from_url(url, prefix=PREFIX, lease_seconds=lease_seconds))
+        def make(lease_seconds: float = 60.0, count_tokens_per_minute: int | None = DEFAULT_COUNT) -> Limiter:
+            made.append(RedisLimiter.from_url(
+                url, prefix=PREFIX, lease_seconds=lease_seconds, count_tokens_per_minute=count_tokens_per_minute
+            ))
             return made[-1]
 
     yield make
@@ -365,6 +369,78 @@ async def test_two_teams_are_independent(limiter: Limiter) -> None:
     assert sorted(ticket.windows["requests"].remaining for ticket in calm_admitted) == [3, 4]
 
 
+# ---------------------------------------------------------------- count_tokens
+
+
+def count(t: Team, k: ApiKey | None = None) -> Demand:
+    return demand(t, k, input_tokens=0, output_tokens=0, operation=COUNT_TOKENS)
+
+
+async def counts_admitted(limiter: Limiter, demands: list[Demand], room: int, per_minute: int) -> list[LimitExceeded]:
+    """Admit a burst of counts that has `room` in a bucket of `per_minute`: that many pass,
+    plus what refilled while the burst lasted, never more. The refusals."""
+    admitted, rejected, elapsed = await burst(limiter, demands)
+    assert room <= len(admitted) <= room + math.floor(elapsed * per_minute / 60), (len(admitted), elapsed)
+    return rejected
+
+
+async def test_count_tokens_has_a_bucket_of_its_own(limiter: Limiter) -> None:
+    """One key must not be able to use up an upstream tokenizer every tenant shares, and
+    counting must not cost messages: a count spends `count_tokens_per_minute` alone."""
+    t = team(requests_per_minute=1, count_tokens_per_minute=5)
+    admitted, rejected, elapsed = await burst(limiter, [count(t) for _ in range(20)])
+    assert 5 <= len(admitted) <= 5 + math.floor(elapsed / 12)
+    assert rejected
+    for error in rejected:
+        assert (error.status, error.limit, error.scope) == (429, "count_tokens_per_minute", "team")
+        assert error.message.startswith("Rate limit exceeded: count_tokens_per_minute of team 'a' (5 count_tokens")
+        assert 0 < error.retry_after <= 12 + 1e-3 and int(error.headers["retry-after"]) >= 1
+        # The headers of a count are its own bucket's, as a messages answer's are the requests'.
+        assert error.headers["anthropic-ratelimit-requests-limit"] == "5"
+        assert error.headers["anthropic-ratelimit-requests-remaining"] == "0"
+        assert "anthropic-ratelimit-requests-reset" in error.headers
+    assert all(set(ticket.windows) == {"requests"} and ticket.lease is None for ticket in admitted)
+
+    # The minute's one messages request is still there, and spending it leaves counts alone.
+    ticket = await limiter.admit(demand(t))
+    assert (ticket.windows["requests"].limit, ticket.windows["requests"].remaining) == (1, 0)
+    assert (await refused(limiter, demand(t))).limit == "requests_per_minute"
+    both = team("b", requests_per_minute=2, count_tokens_per_minute=2)
+    for _ in range(2):
+        await limiter.admit(demand(both))
+    assert [(await limiter.admit(count(both))).windows["requests"].remaining for _ in range(2)] == [1, 0]
+    assert (await refused(limiter, count(both))).limit == "count_tokens_per_minute"
+
+    zero = await refused(limiter, count(team("c", count_tokens_per_minute=0)))
+    assert zero.retry_after is None and zero.response_headers()["x-should-retry"] == "false"
+
+
+async def test_count_tokens_is_limited_by_default(make_limiter: Callable[..., Limiter]) -> None:
+    limiter = make_limiter(count_tokens_per_minute=3)
+    rejected = await counts_admitted(limiter, [count(team("none")) for _ in range(10)], 3, 3)  # a team with no limits
+    assert {(e.limit, e.scope) for e in rejected} == {("count_tokens_per_minute", "team")}
+    # A team's own limit stands in for the default.
+    await counts_admitted(limiter, [count(team("own", count_tokens_per_minute=6)) for _ in range(10)], 6, 6)
+    # A key's narrows its team's, the default included.
+    narrow, other = key("narrow", "keyed", count_tokens_per_minute=1), key("other", "keyed")
+    await limiter.admit(count(team("keyed"), narrow))
+    assert (await refused(limiter, count(team("keyed"), narrow))).scope == "key"
+    await counts_admitted(limiter, [count(team("keyed"), other) for _ in range(5)], 2, 3)
+    # The default is count_tokens' alone: messages of a team with no limits charge nothing.
+    assert (await limiter.admit(demand(team("none")))).charged == {}
+
+    unlimited = make_limiter(count_tokens_per_minute=None)
+    admitted, rejected, _ = await burst(unlimited, [count(team("none")) for _ in range(50)])
+    assert len(admitted) == 50 and not rejected and all(ticket.windows == {} for ticket in admitted)
+
+
+async def test_the_default_count_limit_takes_claude_codes_context_burst(limiter: Limiter) -> None:
+    # `/context` in Claude Code sends about 26 count_tokens requests at once.
+    admitted, rejected, _ = await burst(limiter, [count(team()) for _ in range(26)])
+    assert len(admitted) == 26 and not rejected
+    assert {ticket.windows["requests"].limit for ticket in admitted} == {DEFAULT_COUNT_TOKENS_PER_MINUTE}
+
+
 # ---------------------------------------------------------------- settlement and usage
 
 
@@ -642,6 +718,22 @@ async def test_redis_down_fail_open_uses_a_per_process_share(caplog: pytest.LogC
             await limiter.close()
 
 
+async def test_redis_down_fail_open_counts_within_a_share_of_their_limit() -> None:
+    with RedisServer() as server:
+        limiter = guarded(server, "fail_open", share=4)
+        try:
+            server.kill()
+            own = [count(team("own", count_tokens_per_minute=20)) for _ in range(10)]
+            admitted, rejected, elapsed = await burst(limiter, own)
+            assert 5 <= len(admitted) <= 5 + math.floor(elapsed * 5 / 60)  # 20 / 4 in this process
+            assert all(ticket.fallback for ticket in admitted) and {e.limit for e in rejected} == {"count_tokens_per_minute"}
+            # A team with no limits: a share of the default (300 / 4), not a free pass.
+            admitted, rejected, elapsed = await burst(limiter, [count(team("none")) for _ in range(100)])
+            assert 75 <= len(admitted) <= 75 + math.floor(elapsed * 75 / 60) and rejected
+        finally:
+            await limiter.close()
+
+
 async def test_redis_hung_fails_over_within_the_socket_timeout() -> None:
     with RedisServer() as server:
         limiter = guarded(server, "fail_open", share=2)
@@ -714,9 +806,14 @@ async def test_redis_killed_and_restarted_under_load(policy: str) -> None:
 # ---------------------------------------------------------------- Redis Cluster only
 
 
-def cluster_limiter(url: str, *, lease_seconds: float = 60.0, socket_timeout: float = 2.0) -> RedisLimiter:
+def cluster_limiter(
+    url: str, *, lease_seconds: float = 60.0, socket_timeout: float = 2.0, count_tokens_per_minute: int | None = 300
+) -> RedisLimiter:
     config = RedisStoreConfig(type="redis", mode="cluster", url=url, prefix=PREFIX)
-    return RedisLimiter(connect(config, profile(socket_timeout)), prefix=PREFIX, lease_seconds=lease_seconds)
+    return RedisLimiter(
+        connect(config, profile(socket_timeout)), prefix=PREFIX, lease_seconds=lease_seconds,
+        count_tokens_per_minute=count_tokens_per_minute,
+    )
 
 
 def team_per_master(cluster: LocalRedisCluster) -> dict[int, str]:

@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import orjson
 import pytest
 from pydantic import ValidationError
 from redis.asyncio import Connection, ConnectionPool, Redis
@@ -270,14 +271,17 @@ async def test_revoke_key_is_idempotent_and_the_key_is_still_found(store: Store)
 async def test_rotate_key_old_hash_works_during_its_grace_only(store: Store) -> None:
     await with_teams(store, "a")
     await store.create_key(key("k1", raw="gk-old"))
+    before = time.time()
     rotated = await store.rotate_key("k1", hash_key("gk-new"), "gk-new", grace_seconds=GRACE, at=5000.0)
     assert (rotated.hash, rotated.prefix, rotated.rotated_at) == (hash_key("gk-new"), "gk-new", 5000.0)
     assert await store.get_key("k1") == rotated
 
     new = await store.find_key(hash_key("gk-new"))
     old = await store.find_key(hash_key("gk-old"))
-    assert new is not None and new[0] == rotated
+    assert new is not None and new[0] == rotated and new.hash_expires_at is None
     assert old is not None and old[0] == rotated  # the previous hash finds the current record
+    # ...and says when it stops: a cache must not trust it past that (Redis counts in ms).
+    assert before + GRACE <= old.hash_expires_at <= time.time() + GRACE + 0.001
     # While its grace lasts, the old hash is still taken.
     with pytest.raises(Conflict):
         await store.create_key(key("k2", raw="gk-old"))
@@ -334,14 +338,29 @@ async def test_put_key_never_unrevokes(store: Store) -> None:
     assert (await store.find_key(hash_key("gk-k1")))[0].revoked_at == 3000.0
 
 
-async def test_put_key_never_unrotates(store: Store) -> None:
+async def test_put_key_with_a_new_hash_replaces_the_old_one_at_once(store: Store) -> None:
+    """A YAML key whose value changed (`CI_KEY=A`, then `CI_KEY=B`): the file's value is
+    the key's, and the previous one stops finding it at once (a rotation without grace)."""
     await with_teams(store, "a")
-    await store.put_key(key("k1", raw="gk-declared"))
-    await store.rotate_key("k1", hash_key("gk-rotated"), "gk-rotate", grace_seconds=0, at=4000.0)
-    again = await store.put_key(key("k1", raw="gk-declared"))
-    assert (again.hash, again.rotated_at) == (hash_key("gk-rotated"), 4000.0)
-    assert await store.find_key(hash_key("gk-declared")) is None
-    assert (await store.find_key(hash_key("gk-rotated")))[0].id == "k1"
+    await store.put_key(key("k1", raw="gk-first", managed_by="config", created_at=100.0))
+    await store.update_key("k1", {"expires_at": 9e9})  # an operator's, which the file does not declare
+    again = await store.put_key(key("k1", raw="gk-second", managed_by="config", rotated_at=4000.0, created_at=200.0))
+    assert (again.hash, again.prefix, again.rotated_at) == (hash_key("gk-second"), "gk-second", 4000.0)
+    assert (again.created_at, again.expires_at, again.managed_by) == (100.0, 9e9, "config")
+    assert await store.find_key(hash_key("gk-first")) is None
+    assert (await store.find_key(hash_key("gk-second"))).key == again
+    await store.create_key(key("k2", raw="gk-first"))  # the old hash is free again
+    # The same hash again changes no rotation time, whatever the declared one says.
+    assert (await store.put_key(key("k1", raw="gk-second", rotated_at=5000.0))).rotated_at == 4000.0
+
+
+async def test_put_key_keeps_what_the_file_does_not_declare(store: Store) -> None:
+    await with_teams(store, "a")
+    await store.put_key(key("k1", limits=Limits(requests_per_minute=5)))
+    await store.update_key("k1", {"expires_at": 9e9})
+    again = await store.put_key(key("k1", limits=Limits(requests_per_minute=7)))
+    assert again.expires_at == 9e9 and again.limits == Limits(requests_per_minute=7)
+    assert (await store.get_key("k1")).expires_at == 9e9
 
 
 async def test_put_key_refusals(store: Store) -> None:
@@ -363,8 +382,8 @@ async def test_find_key_returns_the_key_and_all_its_teams(store: Store) -> None:
     created = await store.create_key(key("k1", teams=("b", "a"), default_team="a"))
     found = await store.find_key(hash_key("gk-k1"))
     assert found is not None
-    found_key, teams = found
-    assert found_key == created
+    found_key, teams, hash_expires_at = found
+    assert found_key == created and hash_expires_at is None  # the current hash does not run out
     assert sorted(teams, key=lambda t: t.id) == [team("a", models=("a-*",)), team("b", limits=Limits(tokens_per_day=7))]
     assert await store.find_key(hash_key("gk-unknown")) is None
 
@@ -441,12 +460,14 @@ async def test_a_team_is_never_deleted_under_a_key_created_at_the_same_time(stor
 # ---------------------------------------------------------------- change feed
 
 
-async def test_every_change_that_can_take_access_away_is_announced(store: Store) -> None:
+async def test_every_change_to_a_key_or_a_team_is_announced(store: Store) -> None:
     await with_teams(store, "a", "b")
     await store.create_key(key("k1"))
     await store.create_key(key("k2", teams=("b",)))
     async with contextlib.aclosing(await subscribed(store)) as feed:
         changes = [
+            # A new key too: a process may be refusing its hash from its cache of unknown keys.
+            (store.create_key(key("k4")), "key:k4"),
             (store.revoke_key("k2", at=1.0), "key:k2"),
             (store.rotate_key("k1", hash_key("gk-new"), "gk-new", grace_seconds=0, at=2.0), "key:k1"),
             (store.update_key("k1", {"models": ["m"]}), "key:k1"),
@@ -515,6 +536,27 @@ async def test_open_store_builds_a_redis_store_from_the_config(redis_url: str) -
         assert await raw.exists("{cfg}:team:a") == 1
         await raw.aclose()
     finally:
+        await store.close()
+
+
+async def test_redis_records_with_no_count_limit_read_as_before_it_existed(redis_url: str) -> None:
+    """`count_tokens_per_minute` is newer than the records: left unset, it is no field, so
+    a gateway from before it (still running in a rolling upgrade, its `Limits` strict)
+    reads teams and keys written by this one."""
+    before = {name for name in Limits.model_fields if name != "count_tokens_per_minute"}
+    store = RedisStore(Redis.from_url(redis_url), prefix="test")
+    raw = Redis.from_url(redis_url)
+    try:
+        await store.create_team(team("a", limits=Limits(requests_per_minute=5)))
+        await store.create_key(key("k1", limits=Limits(tokens_per_day=9)))
+        await store.create_team(team("b", limits=Limits(count_tokens_per_minute=7)))
+        records = [orjson.loads(await raw.get(name)) for name in ("{test}:team:a", "{test}:key:k1")]
+        assert all(set(record["limits"]) == before for record in records)
+        assert orjson.loads(await raw.get("{test}:team:b"))["limits"]["count_tokens_per_minute"] == 7
+        assert (await store.get_team("a")).limits == Limits(requests_per_minute=5)
+        assert (await store.get_team("b")).limits == Limits(count_tokens_per_minute=7)
+    finally:
+        await raw.aclose()
         await store.close()
 
 
@@ -594,6 +636,7 @@ async def test_redis_stores_with_different_prefixes_do_not_see_each_other(redis_
             await with_teams(two, "a")  # the same ids do not clash
             await two.create_key(key("k1"))
             await two.put_team(team("a", name="two's"))
+            assert await next_message(feed) == "key:k1"
             assert await next_message(feed) == "team:a"
             assert (await two.get_team("a")).name == "two's"
             assert (await one.get_team("a")).name == "Team a"
@@ -618,6 +661,26 @@ async def test_redis_feed_ends_when_the_server_dies_and_works_after_a_restart() 
                 await with_teams(store, "a")
                 await store.update_team("a", {"name": "x"})
                 assert await next_message(feed) == "team:a"
+        finally:
+            await store.close()
+
+
+async def test_redis_feed_cancelled_while_it_subscribes_ends_at_once(redis_url: str) -> None:
+    """A gateway stopped right after it started waited up to twice the feed's keepalive:
+    redis-py swallowed the cancellation that arrived while the subscription connected.
+    The cancellation lands at many points of the subscription here; each must end it."""
+    for step in range(40):
+        store = RedisStore(Redis.from_url(redis_url), prefix="test")
+        try:
+            async def follow(feed: AsyncIterator[str]) -> None:
+                async for _ in feed:
+                    pass
+
+            task = asyncio.ensure_future(follow(store.invalidations()))
+            await asyncio.sleep(step / 10000)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5.0)
+            assert done, f"the feed did not end when cancelled {step / 10:.1f} ms into its subscription"
         finally:
             await store.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shlex
 import shutil
 import sys
@@ -80,9 +81,25 @@ def all_env(config_text: str) -> set[str]:
     return {m.group(1) for s in _strings(yaml.safe_load(config_text)) for m in ENV_REF.finditer(s)}
 
 
-def compose_defaults(value: str) -> str:
-    """Compose's own interpolation with nothing set: ${NAME:-default} → default."""
-    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+def compose_defaults(value: str, required: dict[str, str] | None = None) -> str:
+    """Compose's own interpolation with nothing set but `required`: ${NAME:-default} →
+    default, ${NAME:?message} → required[NAME] (a KeyError: compose would refuse to start)."""
+    value = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}", lambda m: (required or {})[m.group(1)], value)
+
+
+# ${NAME:?message}: compose refuses to start while NAME is unset or empty.
+COMPOSE_REQUIRED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")
+
+
+def compose_required(value: str) -> set[str]:
+    return set(COMPOSE_REQUIRED.findall(value))
+
+
+def random_secrets(names) -> dict[str, str]:
+    """A strong value for each of `names`, as an operator would make them (a client key
+    in the `gk-` shape)."""
+    return {name: ("gk-" if name.endswith("_KEY") else "") + secrets.token_urlsafe(32) for name in names}
 
 
 def tool(name: str, hint: str) -> str:

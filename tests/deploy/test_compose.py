@@ -15,6 +15,7 @@ from tests.deploy.files import (
     DASHBOARD,
     DEPLOY,
     RULES,
+    compose_required,
     dockerfile_instructions,
     dockerfile_stages,
     load_yaml,
@@ -42,6 +43,13 @@ def _bind_mounts(service: dict) -> list[tuple[str, str]]:
         if source.startswith((".", "/")):
             mounts.append((source, target))
     return mounts
+
+
+def _published(spec: str) -> tuple[str, str, str]:
+    """A `ports:` entry as (host address, host port or range, container port)."""
+    parts = spec.split(":")
+    assert len(parts) == 3, f"{spec}: publish on an explicit address (127.0.0.1:HOST:CONTAINER)"
+    return parts[0], parts[1], parts[2]
 
 
 def _expose() -> int:
@@ -99,8 +107,8 @@ def test_ports_agree():
     port = _expose()
     gateway_config = load_yaml(DEPLOY / "gateway.compose.yaml")
     assert gateway_config["server"]["port"] == port
-    assert all(p.endswith(f":{port}") for p in services["gateway"]["ports"])
-    published = services["gateway"]["ports"][0].split(":")[0]
+    assert all(_published(p)[2] == str(port) for p in services["gateway"]["ports"])
+    published = _published(services["gateway"]["ports"][0])[1]
     first, _, last = published.partition("-")
     assert int(last or first) - int(first) + 1 == services["gateway"]["deploy"]["replicas"], "one host port per replica"
 
@@ -123,10 +131,41 @@ def test_ports_agree():
     # Grafana reads Prometheus at the port Prometheus publishes.
     datasource = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yaml")["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"
-    assert services["prometheus"]["ports"] == ["9090:9090"]
+    assert [_published(p)[1:] for p in services["prometheus"]["ports"]] == [("9090", "9090")]
 
-    host_ports = [p.split(":")[0] for s in services.values() for p in s.get("ports", [])]
+    host_ports = [_published(p)[1] for s in services.values() for p in s.get("ports", [])]
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
+
+
+def test_every_port_is_published_on_loopback_only():
+    """Docker publishes on every interface unless told otherwise: the demo's gateways,
+    Prometheus and Grafana stay on this machine."""
+    for name, service in _services().items():
+        for spec in service.get("ports", []):
+            assert _published(spec)[0] == "127.0.0.1", f"{name}: {spec} is published beyond this machine"
+
+
+# Secrets a service gets from the environment: none may fall back to a value written here.
+SECRET_NAME = re.compile(r"(TOKEN|KEY|PASSWORD)$")
+REQUIRED_SECRETS = {"GATEWAY_ADMIN_TOKEN", "GATEWAY_DEMO_KEY", "GRAFANA_ADMIN_PASSWORD"}
+COMPOSE_SECRET = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:\?[^}]+|:-)\}")
+
+
+def test_secrets_have_no_defaults():
+    """The admin token, the demo key and Grafana's password are `${NAME:?...}`: compose
+    refuses to start without them, rather than run with a string published here. A
+    provider key may be left empty (`${NAME:-}`: that backend answers 500), never given
+    a default."""
+    required = set()
+    for name, service in _services().items():
+        for variable, value in (service.get("environment") or {}).items():
+            value = str(value)
+            required |= compose_required(value)
+            if SECRET_NAME.search(variable):
+                assert COMPOSE_SECRET.fullmatch(value), (
+                    f"{name}: {variable}: {value} (a secret is ${{NAME:?message}}, or ${{NAME:-}} to leave it empty)"
+                )
+    assert REQUIRED_SECRETS <= required
 
 
 def test_the_gateway_gets_every_variable_its_config_needs():

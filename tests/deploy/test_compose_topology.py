@@ -2,20 +2,22 @@
 served by two `gateway serve` processes sharing one redis-server, with the fake upstream,
 compose's service names pointed at this machine and its environment's defaults. A key made
 through one replica's admin API answers on the other at once, both serve the demo models
-through the fake upstream, and both expose what Prometheus scrapes."""
+through the fake upstream, and both expose what Prometheus scrapes. The secrets compose
+requires are made here, as deploy/README.md has the operator make them."""
 
 from __future__ import annotations
 
 import aiohttp
 
-from tests.deploy.files import DEPLOY, compose_defaults, load_yaml
+from tests.deploy.files import DEPLOY, compose_defaults, compose_required, load_yaml, random_secrets
 from tests.support.processes import start_gateway_process
 from tests.support.servers import start_upstream
 
 
 def _compose_env(redis_url: str) -> dict[str, str]:
     environment = load_yaml(DEPLOY / "compose.yaml")["services"]["gateway"]["environment"]
-    env = {name: compose_defaults(str(value)) for name, value in environment.items()}
+    secrets = random_secrets({name for value in environment.values() for name in compose_required(str(value))})
+    env = {name: compose_defaults(str(value), secrets) for name, value in environment.items()}
     assert env["REDIS_URL"].startswith("redis://redis:")
     return {**env, "REDIS_URL": redis_url}
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
+import secrets
 import subprocess
 import sys
 
 import pytest
 
 from tests.deploy.files import DEPLOY, ROOT, dockerfile_instructions, dockerfile_stages, shell_words, tool
-from tests.support.processes import start_gateway_process
+from tests.support.processes import free_port, start_gateway_process
 
 DOCKERFILE = DEPLOY / "Dockerfile"
 
@@ -134,3 +136,32 @@ def test_the_wheel_needs_these_and_dockerignore_keeps_them(path):
                 if line.strip() and not line.startswith("#")]
     assert (ROOT / path).exists()
     assert _dockerignore_includes(path, patterns)
+
+
+def _image_command(port: int) -> list[str]:
+    """The image's ENTRYPOINT and CMD, its baked-in config read from the repository, on `port`."""
+    final = _final()
+    command = json.loads(_last(final, "ENTRYPOINT")) + json.loads(_last(final, "CMD"))
+    baked = [w for k, a in final["instructions"] if k == "COPY" for w in shell_words(a)]
+    command[command.index("--config") + 1] = str(ROOT / baked[0])
+    return [sys.executable, "-m", "gateway", *command[1:], "--port", str(port)]
+
+
+def test_the_image_refuses_to_serve_its_published_demo_key():
+    """`docker run` of the image as it is: the quick-start config on 0.0.0.0, with the demo
+    key everybody can read in this repository. The gateway exits 1 before listening,
+    naming the setting (not the key); given a key of the operator's own, the same
+    command's config passes."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_DEMO_KEY", "GATEWAY_ADMIN_TOKEN")}
+    port = free_port()
+    result = subprocess.run(_image_command(port), cwd=ROOT, env=env, capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "teams[0].keys[0].key: a placeholder" in result.stderr and "0.0.0.0" in result.stderr
+    assert "gk-demo-change-me" not in result.stderr
+    check = _image_command(port)[:-2]
+    check[check.index("serve")] = "check-config"
+    check.remove("--config")
+    own = {**env, "GATEWAY_DEMO_KEY": "gk-" + secrets.token_urlsafe(32)}
+    result = subprocess.run(check, cwd=ROOT, env=own, capture_output=True, text=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -10,6 +10,7 @@ import json
 import subprocess
 
 import pytest
+import yaml
 
 from tests.deploy.files import (
     DEPLOY,
@@ -235,3 +236,17 @@ def test_the_container_runs_the_images_command():
     assert args[: len(cmd)] == cmd
     assert "command" not in _container(), "the image's ENTRYPOINT (gateway) stays"
     assert (DEPLOY / "Dockerfile").exists()
+
+
+def test_admin_and_metrics_have_a_port_of_their_own():
+    """The ConfigMap's `server.admin_listen` is the container's `admin` port; the Service
+    carries it beside `http` and the ServiceMonitor scrapes it (the API's port answers
+    /metrics and /admin 404), so an Ingress routed to `http` cannot expose either."""
+    server = yaml.safe_load(manifest("ConfigMap")["data"]["config.yaml"])["server"]
+    host, _, port = server["admin_listen"].rpartition(":")
+    assert host == "0.0.0.0" and int(port) != server["port"]
+    ports = {p["name"]: p["containerPort"] for p in _container()["ports"]}
+    assert ports == {"http": server["port"], "admin": int(port)}
+    service = {p["name"]: p["targetPort"] for p in manifest("Service")["spec"]["ports"]}
+    assert service == {"http": "http", "admin": "admin"}
+    assert [e["port"] for e in manifest("ServiceMonitor")["spec"]["endpoints"]] == ["admin"]

@@ -68,10 +68,12 @@ def test_teams(cli):
     assert {line.index(word) for line, word in zip(table, ["NAME", "Ops", "-"], strict=True)} == {table[0].index("NAME")}
     assert [team["id"] for team in cli.json("teams", "list")["data"]] == ["ops", "web"]
 
-    updated = cli.json("teams", "update", "ops", "--rpm", "none", "--concurrency", "4")
+    updated = cli.json("teams", "update", "ops", "--rpm", "none", "--concurrency", "4", "--count-tokens-rpm", "120")
     assert updated["limits"]["requests_per_minute"] is None and updated["limits"]["concurrent_requests"] == 4
+    assert updated["limits"]["count_tokens_per_minute"] == 120
     assert updated["name"] == "Ops"  # only what was named changes
-    assert "concurrency=4" in cli.run("teams", "show", "ops").stdout
+    shown = cli.run("teams", "show", "ops").stdout
+    assert "concurrency=4" in shown and "count-tokens-rpm=120" in shown
 
     assert cli.json("teams", "delete", "web") == {"id": "web", "deleted": True}
     assert "no team 'web'" in cli.fails("teams", "show", "web")
@@ -185,3 +187,26 @@ async def test_what_the_cli_does_a_running_gateway_sees(cli, redis_url, upstream
             assert got == 401
     finally:
         await running.runner.cleanup()
+
+
+async def test_what_the_file_declares_is_refused_naming_the_file(tmp_path, redis_url, upstream):
+    """The CLI, as the admin API: the file's teams and keys are the file's (a change here
+    would be undone at the next load), but for a key's expiry."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f'store: {{type: redis, url: "{redis_url}"}}\n' + gateway_config(upstream.url))
+    running = await start_gateway(config.read_text())  # its start writes the file's teams and keys
+    await running.runner.cleanup()
+    cli = Cli(config)
+    key_id = next(key["id"] for key in cli.json("keys", "list")["data"] if key["name"] == "client")
+    with ThreadPoolExecutor() as pool:  # subprocesses, off the event loop
+        loop = asyncio.get_running_loop()
+        refusals = await asyncio.gather(*(loop.run_in_executor(pool, cli.fails, *args) for args in [
+            ("teams", "update", "team-a", "--rpm", "1"),
+            ("teams", "delete", "team-b"),
+            ("keys", "update", key_id, "--models", "chat-*"),
+            ("keys", "rotate", key_id, "--grace", "60"),
+        ]))
+        for refusal in refusals:
+            assert f"is declared in {config}" in refusal, refusal
+        shown = await loop.run_in_executor(pool, cli.json, "keys", "update", key_id, "--expires-at", "2100-01-01T00:00:00Z")
+    assert shown["expires_at"] == 4102444800.0 and shown["managed_by"] == "config"

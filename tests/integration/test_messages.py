@@ -114,7 +114,7 @@ async def test_native_pass_through(gateway, upstream):
         message = await sdk.beta.messages.create(
             model="native-model", max_tokens=64, betas=["context-management-2025-06-27"],
             messages=[{"role": "user", "content": "hi"}], metadata={"user_id": "u", "request_id": "r"},
-            extra_body={"temperature": 1.7, "context_management": {"edits": []}, "brand_new_field": {"x": 1}},
+            extra_body={"temperature": 1.7, "context_management": {"edits": []}, "service_tier": "auto"},
         )
     assert message.model == "native-model"
     assert message.content[0].text == "native hello"
@@ -129,7 +129,7 @@ async def test_native_pass_through(gateway, upstream):
     assert body["model"] == "upstream-native-model"
     assert body["temperature"] == 1.0  # the served API allows 2; Anthropic's stops at 1
     assert body["metadata"] == {"user_id": "u"}
-    assert body["context_management"] == {"edits": []} and body["brand_new_field"] == {"x": 1}
+    assert body["context_management"] == {"edits": []} and body["service_tier"] == "auto"
 
 
 async def test_native_gets_a_default_max_tokens(gateway, upstream):

@@ -9,11 +9,12 @@ import asyncio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.resp import RespConnection, encode_args, encode_command
+from gateway.resp import RespConnection, encode_args, encode_command, lean_connection
 from tests.support.redis_server import RedisServer, redis_server_path
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
@@ -163,3 +164,53 @@ async def test_a_caller_cancelled_while_connecting_leaves_the_others_served(redi
         assert await connection.call("INCR", "n") == 2
     finally:
         await connection.close()
+
+
+async def test_commands_issued_during_the_handshake_run_after_it_each_with_its_own_reply():
+    """With a password and a database, the connection sends AUTH and SELECT first. A
+    command issued while their replies were still on the way used to be written between
+    AUTH and SELECT: it ran on database 0. Callers keep arriving here, one per turn of the
+    event loop, for as long as the first connect takes."""
+    with RedisServer() as server:
+        assert server.command("CONFIG", "SET", "requirepass", "topsecret") == "+OK"
+        # As the limiter makes it: from the redis-py client of the same settings.
+        client = Redis(port=server.port, password="topsecret", db=2, client_name="limiter")
+        connection = lean_connection(client, 1.0)
+        assert connection is not None
+        try:
+            calls = [asyncio.create_task(connection.call("INCRBY", "k0", 1))]
+            while not calls[0].done() and len(calls) < 1000:
+                await asyncio.sleep(0)
+                calls.append(asyncio.create_task(connection.call("INCRBY", f"k{len(calls)}", len(calls) + 1)))
+            assert len(calls) > 2, "the connect took no time at all: nothing arrived during it"
+            assert await asyncio.gather(*calls) == [n + 1 for n in range(len(calls))]
+            assert await connection.call("CLIENT", "GETNAME") == b"limiter"
+        finally:
+            await connection.close()
+            await client.aclose()
+        for db, keys in ((2, len(calls)), (0, 0)):
+            check = Redis(port=server.port, password="topsecret", db=db)
+            try:
+                assert await check.dbsize() == keys, db
+            finally:
+                await check.aclose()
+
+
+async def test_a_handshake_without_an_answer_fails_within_the_connect_timeout():
+    """A server that accepts the connection (the kernel does, for a stopped process) but
+    never answers AUTH: the connect fails in `timeout` rather than hang every caller."""
+    with RedisServer() as server:
+        assert server.command("CONFIG", "SET", "requirepass", "topsecret") == "+OK"
+        connection = RespConnection("127.0.0.1", server.port, password="topsecret", db=2, timeout=0.3)
+        server.pause()
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(connection.call("PING") for _ in range(3)), return_exceptions=True), 10
+            )
+            assert all(isinstance(r, RedisConnectionError) and "timed out" in str(r) for r in results), results
+            server.resume()
+            assert await connection.call("PING") == b"PONG"  # a new connection, handshake and all
+        finally:
+            server.resume()
+            await connection.close()
+

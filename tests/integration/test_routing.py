@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+import anthropic
 import orjson
 import pytest
 from multidict import CIMultiDict
@@ -250,6 +251,23 @@ async def test_every_deployment_failing_falls_back_to_the_next_model(gateway, ht
     assert status == 200 and headers[BACKEND] == "two"
     assert providers.one.models == ["a-solo"] * 3  # 1 + retries: 2
     assert providers.two.models == ["b-solo"]
+
+
+@pytest.mark.parametrize("garbage", [
+    {"body": "<html>502 Bad Gateway</html>"},  # not JSON: a proxy's error page with a 200
+    {"json": {"object": "chat.completion"}},  # JSON, but no choices
+])
+async def test_an_answer_that_is_not_the_protocol_is_the_upstream_s_failure(gateway, http, providers, garbage):
+    """A 200 whose body is not a Chat Completion is a bad gateway (502, never the 500 of a
+    gateway bug): counted against the deployment, retried, then a fallback serves."""
+    providers.one.script(*[garbage] * 3)
+    status, headers, _ = await post(http, gateway, "solo-a")
+    assert status == 200 and headers[BACKEND] == "two"
+    assert providers.one.models == ["a-solo"] * 3 and providers.two.models == ["b-solo"]
+    providers.one.script(*[garbage] * 3)
+    providers.two.script(*[garbage] * 3)
+    status, _, body = await post(http, gateway, "solo-a")
+    assert status == 502 and body["error"]["type"] == "api_error"
 
 
 async def test_when_the_fallback_fails_too_the_last_error_is_answered(gateway, http, providers):
@@ -526,3 +544,127 @@ async def until(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
+
+
+# ============================================================ the model that serves is authorized
+
+
+def authorization_config(p: Providers) -> str:
+    """A team whose `models` pattern (`cheap-*`) a name nobody configured also matches,
+    with `default_model` a model it may not use: the security review's case."""
+    return f"""
+routing: {{retries: 0, cooldown: {{failures: 0}}, default_model: opus}}
+teams:
+  - id: cheap
+    models: ["cheap-*", "vendor/allowed-*"]
+    keys: [{{name: cheap, key: cheap-key-0001}}]
+  - id: all
+    keys:
+      - {{name: all, key: all-key-0001}}
+      - {{name: narrowed, key: narrowed-key-0001, models: ["cheap-*"]}}
+backends:
+  one: {{type: openai, base_url: {p.one.url}/v1, timeouts: {TIMEOUTS}}}
+  two: {{type: anthropic, base_url: {p.two.url}, timeouts: {TIMEOUTS}}}
+models:
+  - name: opus
+    routes: [{{backend: one, model: a-opus}}]
+  - name: sonnet
+    routes: [{{backend: one, model: a-sonnet}}]
+    fallbacks: [cheap-small]
+  - name: cheap-big
+    routes: [{{backend: one, model: a-cheap-big}}]
+    fallbacks: [opus, cheap-small]
+  - name: cheap-small
+    aliases: [small]
+    routes: [{{backend: two, model: b-cheap-small}}]
+  - name: "vendor/*"
+    routes: [{{backend: two}}]
+"""
+
+
+CHEAP = {"x-api-key": "cheap-key-0001"}
+NARROWED = {"x-api-key": "narrowed-key-0001"}
+FULL_ALL = {"x-api-key": "all-key-0001"}
+
+
+@pytest.fixture
+async def authorizing(providers) -> Running:
+    running = await start_gateway(authorization_config(providers))
+    yield running
+    await running.runner.cleanup()
+
+
+async def count(http: aiohttp.ClientSession, gateway: Running, model: str, headers: dict) -> tuple[int, dict]:
+    body = {"model": model, "messages": ASK["messages"]}
+    async with http.post(f"{gateway.url}/v1/messages/count_tokens", json=body, headers=headers) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+async def listed(http: aiohttp.ClientSession, gateway: Running, headers: dict) -> list[str]:
+    async with http.get(f"{gateway.url}/v1/models?limit=1000", headers=headers) as response:
+        assert response.status == 200
+        return [entry["id"] for entry in (await response.json())["data"]]
+
+
+async def shown(http: aiohttp.ClientSession, gateway: Running, model: str, headers: dict) -> int:
+    async with http.get(f"{gateway.url}/v1/models/{model}", headers=headers) as response:
+        return response.status
+
+
+@pytest.mark.parametrize("headers", [CHEAP, NARROWED], ids=["team", "key"])
+async def test_a_name_the_pattern_matches_does_not_reach_a_forbidden_default(authorizing, http, providers, headers):
+    # `cheap-bogus` matches `cheap-*` but nobody configured it: default_model takes it to
+    # opus, which the team (or the key) may not use. It was served by opus.
+    for model in ("cheap-bogus", "opus"):
+        for answer in (await post(http, authorizing, model, headers), await stream(http, authorizing, model, headers)):
+            status, _, body = answer
+            assert status == 403 and body["error"]["type"] == "permission_error"
+            assert body["error"]["message"].endswith(f"may not use model '{model}'")  # the name asked for
+        assert (await count(http, authorizing, model, headers))[0] == 403
+        assert await shown(http, authorizing, model, headers) == 404  # what it may not use, it does not see
+    assert providers.one.requests == [] and providers.two.requests == []
+    async with anthropic.AsyncAnthropic(base_url=authorizing.url, api_key=headers["x-api-key"], max_retries=0) as sdk:
+        with pytest.raises(anthropic.PermissionDeniedError) as caught:
+            await sdk.messages.create(model="cheap-bogus", **ASK)
+        assert caught.value.status_code == 403
+
+
+async def test_the_default_serves_a_team_that_may_use_it(authorizing, http, providers):
+    status, headers, _ = await post(http, authorizing, "cheap-bogus", FULL_ALL)
+    assert (status, headers[BACKEND]) == (200, "one") and providers.one.models == ["a-opus"]
+
+
+async def test_a_forbidden_fallback_is_skipped_and_an_allowed_one_serves(authorizing, http, providers):
+    providers.one.script(error(500, "down"))
+    status, headers, _ = await post(http, authorizing, "cheap-big", CHEAP)
+    # cheap-big failed; its fallback opus is not the team's, cheap-small is.
+    assert (status, headers[BACKEND]) == (200, "two")
+    assert providers.one.models == ["a-cheap-big"] and providers.two.models == ["b-cheap-small"]
+
+
+async def test_a_forbidden_model_with_an_allowed_fallback_is_served_by_the_fallback(authorizing, http, providers):
+    # Every model that could serve is judged on its own: sonnet is skipped like a
+    # forbidden fallback, and cheap-small, its fallback, serves (and counts the tokens).
+    status, headers, _ = await post(http, authorizing, "sonnet", CHEAP)
+    assert (status, headers[BACKEND]) == (200, "two")
+    status, counted = await count(http, authorizing, "sonnet", CHEAP)
+    assert status == 200 and isinstance(counted["input_tokens"], int)
+    assert providers.one.requests == []
+    assert [(r.path, r.body["model"]) for r in providers.two.requests] == [
+        ("/v1/messages", "b-cheap-small"), ("/v1/messages/count_tokens", "b-cheap-small")
+    ]
+    assert await shown(http, authorizing, "sonnet", CHEAP) == 200
+
+
+async def test_models_lists_what_the_team_would_be_served(authorizing, http):
+    assert await listed(http, authorizing, CHEAP) == ["sonnet", "cheap-big", "cheap-small", "small"]
+    assert await listed(http, authorizing, NARROWED) == ["sonnet", "cheap-big", "cheap-small", "small"]
+    assert await listed(http, authorizing, FULL_ALL) == ["opus", "sonnet", "cheap-big", "cheap-small", "small"]
+
+
+async def test_an_alias_names_its_model_and_a_wildcard_the_name_it_took(authorizing, http, providers):
+    assert (await post(http, authorizing, "small", CHEAP))[0] == 200  # an alias of cheap-small
+    status, _, _ = await post(http, authorizing, "vendor/allowed-x", CHEAP)
+    assert status == 200 and providers.two.models == ["b-cheap-small", "allowed-x"]
+    status, _, body = await post(http, authorizing, "vendor/other", CHEAP)
+    assert status == 403 and body["error"]["message"].endswith("may not use model 'vendor/other'")

@@ -26,10 +26,12 @@ from yarl import URL
 from gateway.keys import RUNTIME
 from gateway.upstream_http import (
     HIGH_WATER,
+    MAX_BODY,
     BadResponse,
     CannotConnect,
     CutShort,
     Disconnected,
+    TooLarge,
     UpstreamClient,
     UpstreamError,
 )
@@ -215,9 +217,10 @@ def answering(*answers: bytes) -> Script:
 
 
 async def post(client: UpstreamClient, url: URL, body: bytes = b'{"model": "m"}', headers: dict | None = None,
-               *, connect: float = 2.0, first_byte: float = 2.0, total: float = 5.0, stream: bool = False):
+               *, connect: float = 2.0, first_byte: float = 2.0, total: float = 5.0, stream: bool = False,
+               max_body: int = MAX_BODY):
     return await client.post(url, body, headers or {}, connect=connect, first_byte=first_byte, total=total,
-                             stream=stream)
+                             stream=stream, max_body=max_body)
 
 
 async def read_all(client: UpstreamClient, url: URL, **kwargs) -> tuple[int, bytes]:
@@ -689,6 +692,125 @@ async def test_a_compressed_body_that_stops_before_its_end_is_a_bad_response(ser
     with pytest.raises(BadResponse, match="ends early"):
         await response.read()
     response.close()
+
+
+# ---------------------------------------------------------------- answers past max_body
+
+CAP = 1024 * 1024
+
+
+def endless(head: bytes, piece: bytes) -> Script:
+    """Answers with `head`, then `piece` again and again until the client leaves."""
+    async def script(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(head)
+        while not peer.left.is_set():
+            await peer.send(piece)
+            await asyncio.sleep(0)
+        await peer.client_left()
+
+    return script
+
+
+async def then_answers_again(server: Server, http: UpstreamClient) -> None:
+    """The connection of the refused answer was dropped, not pooled: the next call gets an
+    answer on a new one."""
+    await asyncio.wait_for(server.peers[0].client_left(), 5)
+    assert await read_all(http, server.url()) == (200, b"ok")
+    assert server.accepted == 2
+
+
+def then_ok(script: Script) -> Script:
+    """`script` on the first connection, a plain `ok` on every later one."""
+    async def either(peer: Peer) -> None:
+        if peer.server.accepted == 1:
+            await script(peer)
+        else:
+            await answering(answer(b"ok"))(peer)
+
+    return either
+
+
+@pytest.mark.parametrize("head, piece", [
+    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000000\r\n\r\n", b"x" * 65536, id="content-length"),
+    pytest.param(CHUNKED, chunk(b"x" * 65536), id="chunked"),
+    pytest.param(b"HTTP/1.1 200 OK\r\n\r\n", b"x" * 65536, id="until-close"),
+    pytest.param(b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n", chunk(b"x" * 65536),
+                 id="error-status"),
+])
+async def test_a_whole_answer_past_max_body_is_too_large_and_its_connection_dropped(serve, http, head, piece):
+    server = await serve(then_ok(endless(head, piece)))
+    response = await post(http, server.url(), max_body=CAP)
+    with pytest.raises(TooLarge) as caught:
+        await response.read()
+    response.close()
+    assert caught.value.limit == CAP
+    await then_answers_again(server, http)
+
+
+async def test_an_answer_of_exactly_max_body_is_read_whole(serve, http):
+    body = bytes(range(256)) * (CAP // 256)
+    server = await serve(answering(answer(body), answer(gzip.compress(body), headers=("Content-Encoding: gzip",))))
+    assert await read_all(http, server.url(), max_body=CAP) == (200, body)
+    assert await read_all(http, server.url(), max_body=CAP) == (200, body)  # inflated to exactly the cap
+    assert server.accepted == 1
+
+
+# 64 MiB of zeros: under 70 KB on the wire, one gzip or deflate stream.
+ZEROS = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    zeros = bytes(ZEROS)
+    return {"gzip": gzip.compress(zeros, 9), "deflate": zlib.compress(zeros, 9), "raw-deflate": raw_deflate(zeros)}
+
+
+@pytest.mark.parametrize("kind", ["gzip", "deflate", "raw-deflate"])
+async def test_a_compression_bomb_is_too_large_once_inflated_past_max_body(serve, http, bombs, kind):
+    packed = bombs[kind]
+    assert len(packed) < 100_000
+    encoding = "gzip" if kind == "gzip" else "deflate"
+    server = await serve(then_ok(answering(answer(packed, headers=(f"Content-Encoding: {encoding}",)))))
+    response = await post(http, server.url(), max_body=CAP)
+    with pytest.raises(TooLarge):
+        await response.read()
+    response.close()
+    await then_answers_again(server, http)
+
+
+async def test_a_stream_is_bounded_by_what_it_holds_unread_not_by_its_length(serve, http):
+    # Three times the cap, read as it comes: a stream is relayed, not held.
+    pieces = [bytes([i]) * 65536 for i in range(3 * CAP // 65536)]
+    server = await serve(answering(CHUNKED + b"".join(map(chunk, pieces)) + LAST_CHUNK))
+    response = await post(http, server.url(), stream=True, max_body=CAP)
+    received = b""
+    while data := await response.read_some():
+        received += data
+    response.close()
+    assert received == b"".join(pieces)
+
+
+async def test_a_stream_whose_one_read_inflates_past_max_body_is_too_large(serve, http, bombs):
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = await serve(then_ok(answering(head + chunk(bombs["gzip"]) + LAST_CHUNK)))
+    response = await post(http, server.url(), stream=True, max_body=CAP)
+    with pytest.raises(TooLarge):
+        while await response.read_some():
+            pass
+    response.close()
+    await then_answers_again(server, http)
+
+
+async def test_a_refused_streams_error_body_is_read_whole_and_bounded(serve, http):
+    head = b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n"
+    server = await serve(then_ok(endless(head, chunk(b"e" * 65536))))
+    response = await post(http, server.url(), stream=True, max_body=CAP)
+    assert response.status == 400
+    with pytest.raises(TooLarge):
+        await response.read()
+    response.close()
+    await then_answers_again(server, http)
 
 
 # ---------------------------------------------------------------- errors

@@ -20,10 +20,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from gateway.identity import hash_key, key_id_for_hash
 from gateway.keys import RUNTIME
-from tests.support.replies import chat_chunks, chat_message, native_message
+from gateway.protocols.usage import MAX_TOKEN_COUNT
+from tests.support.replies import chat_chunks, chat_message, native_message, native_stream
 from tests.support.servers import start_gateway
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -270,3 +273,108 @@ async def test_bad_input_is_refused_by_name(used, tmp_path):
     for result, says in zip(runs, ["no team 'nobody'", "since: expected a day as YYYY-MM-DD", "in-memory"], strict=True):
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("gateway usage: ") and says in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------- usage an upstream made up
+
+HOSTILE_KEY = "hostile-key-0001"
+# What an upstream reports (input, output) → what the gateway counts. A security review:
+# a negative count refunded the team's budget; one past int64 (2**64 - 1 is still an int
+# to orjson, 2**70 a float) made Redis refuse the settlement script half-way, so the
+# request's concurrency slot stayed held until its lease ran out.
+HOSTILE = {
+    "negative": ((-(10**6), -(10**6)), (0, 0)),
+    "past_int64": ((2**70, 2**64 - 1), (MAX_TOKEN_COUNT, MAX_TOKEN_COUNT)),
+}
+
+
+def hostile_config(upstream_url: str, redis_url: str) -> str:
+    return f"""
+store: {{type: redis, url: '{redis_url}'}}
+teams:
+  - id: hostile
+    limits: {{concurrent_requests: 1, tokens_per_day: {10**15}}}
+    keys: [{{name: hostile, key: {HOSTILE_KEY}}}]
+backends:
+  chat: {{type: openai, base_url: '{upstream_url}/v1', preset: vllm}}
+  native: {{type: anthropic, base_url: '{upstream_url}'}}
+models:
+  - name: chat-model
+    routes: [{{backend: chat, model: upstream-chat-model}}]
+  - name: native-model
+    routes: [{{backend: native, model: upstream-native-model}}]
+"""
+
+
+def raw_reply(model: str, streamed: bool, input_tokens: int, output_tokens: int) -> dict:
+    """The upstream's answer reporting these counts, written as JSON text (orjson, which the
+    scripted upstream encodes with, refuses integers past 64 bits)."""
+    if model == "native-model":
+        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+        if streamed:
+            return {"sse": [_sse(item) for item in native_stream("made up", usage=usage)]}
+        message = native_message([{"type": "text", "text": "made up"}], usage=usage)["json"]
+    else:
+        usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": 0}
+        if streamed:
+            return {"sse": [_sse(item) for item in chat_chunks({"content": "made up"}, usage=usage)]}
+        message = chat_message("made up", usage=usage)["json"]
+    return {"body": json.dumps(message), "headers": {"content-type": "application/json"}}
+
+
+def _sse(item: dict | str) -> str:
+    if isinstance(item, str):
+        return item
+    if "event" in item:
+        return f"event: {item['event']}\ndata: {json.dumps(item['data'])}\n\n"
+    return f"data: {json.dumps(item)}\n\n"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("model", ["chat-model", "native-model"])
+@pytest.mark.parametrize("case", HOSTILE)
+async def test_usage_an_upstream_made_up_is_clamped_before_settlement(upstream, redis_url, case, model, streamed):
+    (reported_in, reported_out), (counted_in, counted_out) = HOSTILE[case]
+    running = await start_gateway(hostile_config(upstream.url, redis_url))
+    counter = f"{{gw:t:hostile}}:tpd:{today()}"
+    raw = Redis.from_url(redis_url)
+    body = {"model": model, "max_tokens": 50, "stream": streamed, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def ask() -> tuple[int, bytes]:
+        async with http.post(f"{running.url}/v1/messages", json=body, headers={"x-api-key": HOSTILE_KEY}) as response:
+            return response.status, await response.read()
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            upstream.script(raw_reply(model, streamed, 100, 10))
+            assert (await ask())[0] == 200
+            await running.app[RUNTIME].admission.drain()
+            assert float(await raw.get(counter)) == 110
+
+            upstream.script(raw_reply(model, streamed, reported_in, reported_out))
+            status, answer = await ask()
+            assert status == 200
+            if not streamed:  # the client is told the counts the team was charged
+                usage = json.loads(answer)["usage"]
+                assert (usage["input_tokens"], usage["output_tokens"]) == (counted_in, counted_out)
+            await running.app[RUNTIME].admission.drain()
+
+            # Its slot is free again (concurrent_requests: 1): the settlement ran to its end.
+            upstream.script(raw_reply(model, streamed, 100, 10))
+            status, answer = await ask()
+            assert status == 200, answer
+            await running.app[RUNTIME].admission.drain()
+            # Never a refund; a made-up giant is charged as the most one request may use.
+            assert float(await raw.get(counter)) == 220 + counted_in + counted_out
+            [row] = await running.app[RUNTIME].admission.limiter.usage("hostile", today(), today())
+            assert (row["requests"], row["input"], row["output"]) == (3, 200 + counted_in, 20 + counted_out)
+
+            await running.settled()
+            async with http.get(f"{running.url}/metrics") as response:
+                families = {family.name: family for family in text_string_to_metric_families(await response.text())}
+            tokens = {s.labels["token_type"]: s.value for s in families["gateway_tokens"].samples
+                      if s.name == "gateway_tokens_total" and s.labels["team"] == "hostile"}
+            assert (tokens["input"], tokens["output"]) == (200 + counted_in, 20 + counted_out)
+    finally:
+        await raw.aclose()
+        await running.runner.cleanup()

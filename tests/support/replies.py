@@ -64,3 +64,21 @@ def native_message(content: list[dict], *, stop_reason: str = "end_turn", usage:
             "usage": usage or {"input_tokens": 21, "output_tokens": 9},
         }
     }
+
+
+def native_stream(text: str, *, usage: dict | None = None) -> list:
+    """A Messages stream (a native backend's): input usage in message_start, output in message_delta."""
+    usage = usage or {"input_tokens": 21, "output_tokens": 9}
+    start_usage = {k: v for k, v in usage.items() if k != "output_tokens"} | {"output_tokens": 1}
+    message = {"id": "msg_native1", "type": "message", "role": "assistant", "model": "upstream-native-model",
+               "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}
+    events = [
+        ("message_start", {"message": message}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}}),
+        ("content_block_stop", {"index": 0}),
+        ("message_delta", {"delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"output_tokens": usage.get("output_tokens", 0)}}),
+        ("message_stop", {}),
+    ]
+    return [{"event": name, "data": {"type": name, **data}} for name, data in events]

@@ -70,3 +70,20 @@ def test_check_config_cli(tmp_path):
     assert refused.returncode == 1
     assert "backends.openai.apikey: unknown key" in refused.stderr
     assert "sk-secret-value" not in refused.stderr + refused.stdout
+
+
+def test_what_is_read_of_an_upstream_answer_is_bounded_per_backend():
+    config = parse(
+        """
+backends:
+  o: {type: openai, base_url: "http://h:1/v1"}
+  a: {type: anthropic, base_url: "http://h:2", max_response_bytes: 1048576, max_event_bytes: 65536}
+models: []
+""",
+        env={},
+    )
+    assert (config.backends["o"].max_response_bytes, config.backends["o"].max_event_bytes) == (64 << 20, 8 << 20)
+    assert (config.backends["a"].max_response_bytes, config.backends["a"].max_event_bytes) == (1 << 20, 64 << 10)
+    with pytest.raises(ConfigError) as caught:
+        parse('backends: {o: {type: openai, base_url: "http://h:1", max_event_bytes: 10}}\nmodels: []', env={})
+    assert any(problem.startswith("backends.o.max_event_bytes") for problem in caught.value.problems), caught.value.problems

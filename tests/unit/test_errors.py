@@ -1,10 +1,19 @@
-"""The error tree: each class's status, Messages error type and retry advice, decided once."""
+"""The error tree: each class's status, Messages error type and retry advice, decided once;
+and the scrubbing of credentials from the upstream text an error carries, on every path
+that copies it to a client (an error status, a native `error` event, a Chat Completions
+error chunk)."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from gateway import errors
+from gateway.backends.presets import ChatDialect
+from gateway.protocols.sse import SseDecoder
+from gateway.relay import ChatRelay, NativeRelay
+from gateway.translate.chat_errors import error_from_upstream, scrub, upstream_message
+from gateway.translate.chat_request import to_chat_request
 
 TABLE = [
     (errors.InvalidRequest, 400, "invalid_request_error", None),
@@ -15,7 +24,8 @@ TABLE = [
     (errors.RequestTooLarge, 413, "request_too_large", None),
     (errors.RateLimited, 429, "rate_limit_error", None),
     (errors.GatewayError, 500, "api_error", None),
-    (errors.UpstreamProtocolError, 500, "api_error", None),
+    (errors.UpstreamProtocolError, 502, "api_error", None),
+    (errors.UpstreamTooLarge, 502, "api_error", None),
     (errors.UpstreamTimeout, 504, "timeout_error", None),
     (errors.Overloaded, 529, "overloaded_error", None),
 ]
@@ -35,3 +45,98 @@ def test_status_type_and_retry_advice(cls, status, error_type, should_retry):
     assert headers.get("x-should-retry") == should_retry
     if status == 429:
         assert headers["retry-after"] == "3"
+
+
+# ---------------------------------------------------------------- secrets in upstream text
+
+# (text an upstream sent, what the client may see of it)
+SECRETS = [
+    ("Incorrect API key provided: sk-proj-****7890. You can find your API key at https://platform.openai.com/api-keys.",
+     "Incorrect API key provided: [redacted]. You can find your API key at https://platform.openai.com/api-keys."),
+    ("Incorrect API key provided: sk-abc.def.0123456789", "Incorrect API key provided: [redacted]"),
+    ("invalid x-api-key sk-ant-api03-AbCdEf_0123456789", "invalid x-api-key [redacted]"),
+    ("Invalid API Key gsk_4fQ2kLmN8pRsTuVwXyZa0123 for org", "Invalid API Key [redacted] for org"),
+    ("xai-Zq8Yw7Xv6Ut5Sr4Qp3On2Ml1Kk0Jj9Ii is not valid", "[redacted] is not valid"),
+    ("token hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345 expired", "token [redacted] expired"),
+    ("Access denied due to invalid subscription key 0123456789abcdef0123456789ABCDEF.",
+     "Access denied due to invalid subscription key [redacted]."),
+    ("POST /openai/deployments/gpt?api-version=2024-06-01&api-key=Zx9Yw8Vu7Ts6 failed",
+     "POST /openai/deployments/gpt?api-version=2024-06-01&api-key=[redacted] failed"),
+    ("api_key: 'Zx9Yw8Vu7Ts6' is wrong", "api_key: '[redacted]' is wrong"),
+    ('{"header": "x-api-key", "key": "Zx9Yw8Vu7Ts6Rq5"}', '{"header": "x-api-key", "key": "[redacted]"}'),
+    ("GET /v1/models?key=AIzaSyA-0123456789abcdefghijklmno", "GET /v1/models?key=[redacted]"),
+    ("AIzaSyA-0123456789abcdefghijklmno is not enabled", "[redacted] is not enabled"),
+    ("Authorization: Bearer eyJhbGciOi.J9.sig refused", "Authorization: [redacted] refused"),
+    ("proxy said: Basic dXNlcjpwYXNzd29yZA== is wrong", "proxy said: [redacted] is wrong"),
+    ("cannot reach https://admin:hunter2@10.0.0.1/v1", "cannot reach https://[redacted]@10.0.0.1/v1"),
+    ("aws key AKIAIOSFODNN7EXAMPLE denied", "aws key [redacted] denied"),
+    ("password=correct-horse-battery", "password=[redacted]"),
+]
+# Upstream text that holds no credential, kept as it is.
+KEPT = [
+    "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.",
+    "max_tokens: 100000 is more than the model allows",
+    "request req_0123456789abcdef0123456789abcdef failed; see the key-value docs",
+    "messages.0.content: Input should be a valid string",
+    "the monkey=banana field is unknown",
+]
+
+
+@pytest.mark.parametrize(("text", "seen"), SECRETS, ids=[seen for _, seen in SECRETS])
+def test_credentials_are_scrubbed_from_upstream_text(text, seen):
+    assert scrub(text) == seen
+
+
+@pytest.mark.parametrize("text", KEPT)
+def test_text_without_credentials_is_kept(text):
+    assert scrub(text) == text
+
+
+def _secret(text: str) -> str:
+    """The credential in one of `SECRETS`: what its scrubbed form replaced."""
+    seen = dict(SECRETS)[text]
+    head, _, tail = seen.partition("[redacted]")
+    return text[len(head):len(text) - len(tail)]
+
+
+CALL = to_chat_request({"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                       upstream_model="up", dialect=ChatDialect())
+
+
+def _error_status(text: str) -> str:
+    return error_from_upstream(400, orjson.dumps({"error": {"message": text, "type": "invalid_request_error"}})).message
+
+
+def _native_error_event(text: str) -> str:
+    relay = NativeRelay("m")
+    out = relay.feed(b"event: error\ndata: " + orjson.dumps({"type": "error", "error": {"type": "api_error",
+                                                                                      "message": text}}) + b"\n\n")
+    [event] = SseDecoder().feed(out)
+    assert relay.failure is not None and relay.failure.message == orjson.loads(event.data)["error"]["message"]
+    return relay.failure.message
+
+
+def _chat_error_chunk(text: str) -> str:
+    relay = ChatRelay(CALL)
+    relay.start()
+    out = relay.feed(b"data: " + orjson.dumps({"error": {"message": text, "type": "server_error"}}) + b"\n\n")
+    [event] = SseDecoder().feed(out)
+    assert relay.failure is not None and relay.failure.message == orjson.loads(event.data)["error"]["message"]
+    return relay.failure.message
+
+
+PATHS = {"error-status": _error_status, "native-error-event": _native_error_event, "chat-error-chunk": _chat_error_chunk}
+
+
+@pytest.mark.parametrize("path", PATHS.values(), ids=PATHS.keys())
+@pytest.mark.parametrize(("text", "seen"), SECRETS, ids=[seen for _, seen in SECRETS])
+def test_every_path_from_upstream_text_to_the_client_is_scrubbed(path, text, seen):
+    message = path(text)
+    assert _secret(text) not in message
+    assert seen in message
+
+
+def test_a_secret_cut_by_the_length_bound_shows_no_part_of_itself():
+    for at in range(960, 1010):
+        message = upstream_message(orjson.dumps({"error": {"message": "x" * at + " gsk_4fQ2kLmN8pRsTuVwXyZa0123 " * 3}}))
+        assert len(message) <= 1000 and "gsk_4f" not in message, at

@@ -10,7 +10,16 @@ import pytest
 
 from gateway.errors import InvalidRequest, RateLimited
 from gateway.identity import ApiKey, Limits, Team
-from gateway.limiter.base import Demand, Usage, Window, rate_limit_headers, rejection, retry_after_header, rfc3339
+from gateway.limiter.base import (
+    COUNT_TOKENS,
+    Demand,
+    Usage,
+    Window,
+    rate_limit_headers,
+    rejection,
+    retry_after_header,
+    rfc3339,
+)
 from gateway.limiter.rules import (
     Calendar,
     calendar,
@@ -201,6 +210,21 @@ def test_team_windows_only_for_limited_dimensions():
     checks = checks_for(demand(Limits(input_tokens_per_minute=1000, output_tokens_per_minute=100)))
     windows = team_windows(checks, {"itpm": NOW + 6, "otpm": NOW + 30}, NOW)
     assert windows["tokens"] == windows["output-tokens"] == Window(100, 50, 30.0)
+
+
+def test_count_tokens_checks_its_own_bucket_only():
+    both = Limits(requests_per_minute=10, tokens_per_day=1000, count_tokens_per_minute=30)
+    assert [(c.name, c.limit, c.cost) for c in checks_for(demand(both, operation=COUNT_TOKENS))] == [("ctpm", 30, 1)]
+    assert "ctpm" not in {c.name for c in checks_for(demand(both))}  # nor a messages request the count's
+    # A team that sets none gets the default; a key's narrows it.
+    keyed = demand(Limits(), Limits(count_tokens_per_minute=2), operation=COUNT_TOKENS)
+    assert [(c.name, c.limit, c.scope) for c in checks_for(keyed, 300)] == [("ctpm", 300, "team"), ("k:k1:ctpm", 2, "key")]
+    assert checks_for(demand(Limits(), operation=COUNT_TOKENS), None) == []
+    assert has_limits(demand(Limits(), operation=COUNT_TOKENS), 300)
+    assert not has_limits(demand(Limits(), operation=COUNT_TOKENS), None)
+    assert not has_limits(demand(Limits(count_tokens_per_minute=5)))  # a messages request has none
+    checks = checks_for(demand(Limits(count_tokens_per_minute=30), operation=COUNT_TOKENS))
+    assert team_windows(checks, {"ctpm": NOW + 4}, NOW) == {"requests": Window(30, 28, 4.0)}
 
 
 def test_pick_failure_prefers_the_longest_wait_and_never_most():

@@ -17,9 +17,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gateway.config import ConfigError, RedisStoreConfig, host_port, parse
 from gateway.limiter.redis import MAX_CONNECTIONS, profile
 from gateway.redis_connect import Profile, connect
-from gateway.store.redis import PROFILE as STORE
+from gateway.store.redis import profile as store_profile
 
 SECRET = "s3cr3t-Pa55"
+# The store's client with the default settings.
+STORE = store_profile(RedisStoreConfig(type="redis", url="redis://redis.internal:6379/0"))
 
 
 def store_section(text: str, env: dict[str, str] | None = None) -> RedisStoreConfig:
@@ -168,6 +170,9 @@ async def test_standalone_client() -> None:
         assert (settings["host"], settings["port"], settings["db"]) == ("redis.internal", 6380, 2)
         assert (settings["username"], settings["password"], settings["ssl_ca_certs"]) == ("gw", SECRET, "ca.pem")
         assert retried(settings["retry"]._supported_errors) == {"ConnectionError", "TimeoutError"}
+        # Bounded by default: a hung Redis or a flood of lookups must not hold connections without end.
+        assert (settings["socket_timeout"], settings["socket_connect_timeout"]) == (2.0, 2.0)
+        assert client.connection_pool.max_connections == 32
     finally:
         await client.aclose()
     tls = connect(RedisStoreConfig(type="redis", url=f"rediss://:{SECRET}@redis.internal:6380"), profile(0.5))
@@ -235,14 +240,29 @@ async def test_cluster_client(kind: str) -> None:
         assert issubclass(settings["connection_class"], SSLConnection)
         assert client.reinitialize_steps == 0  # a MOVED corrects the slot, never closes every connection
         node = client.nodes_manager.startup_nodes["redis-0:7000"]
-        # The limiter bounds its connections (and waits for one); the store does not, as on one server.
-        assert node.max_connections == (MAX_CONNECTIONS if kind == "limiter" else 2**31)
+        # Both bound their connections (and wait for a turn rather than fail at once).
+        assert node.max_connections == (MAX_CONNECTIONS if kind == "limiter" else 32)
         assert client.retry.get_retries() == 1
         # redis-py's cluster client retries whatever is in ERRORS_ALLOW_RETRY.
         assert (RedisTimeoutError in type(client).ERRORS_ALLOW_RETRY) == (kind == "store")
         assert RedisConnectionError in type(client).ERRORS_ALLOW_RETRY
     finally:
         await client.aclose()
+
+
+async def test_the_store_client_takes_its_timeouts_and_cap_from_the_config() -> None:
+    config = store_section("{type: redis, url: 'redis://r:6379', socket_timeout: 0.5, socket_connect_timeout: 0.25, max_connections: 8}")
+    client = connect(config, store_profile(config))
+    try:
+        settings = client.connection_pool.connection_kwargs
+        assert (settings["socket_timeout"], settings["socket_connect_timeout"]) == (0.5, 0.25)
+        assert client.connection_pool.max_connections == 8
+    finally:
+        await client.aclose()
+    assert problems("{type: redis, url: 'redis://r:6379', socket_timeout: 0, max_connections: 0}") == [
+        "store.redis.socket_timeout: Input should be greater than 0",
+        "store.redis.max_connections: Input should be greater than or equal to 1",
+    ]
 
 
 def test_the_readme_examples_are_valid() -> None:

@@ -248,3 +248,57 @@ def test_a_native_event_in_many_small_reads_costs_its_length_not_its_square():
     out = [relay.feed(big[i : i + 1]) for i in range(len(big))]
     assert b"".join(out) == big
     assert relay._held == [] and len(relay._tail) <= 3
+
+
+# ---------------------------------------------------------------------------- caps
+
+CAP = 512  # bytes of one line or event; every good event above is shorter
+PAST_THE_CAP = [
+    b"data: " + b"x" * 1000,  # a line that never ends
+    b"data: " + b"x" * 1000 + b"\n\n",  # a whole line past the cap
+    b"data: x\n" * 100,  # an event that never ends: its lines add up past the cap
+]
+PAST_THE_CAP_IDS = ["endless-line", "long-line", "endless-event"]
+
+
+def test_streams_within_the_cap_are_untouched():
+    assert max(len(e) for e in (GOOD_CHAT + GOOD_NATIVE + END_NATIVE).split(b"\n\n")) < CAP
+    got, relay = relay_all(ChatRelay(CALL, input_tokens=3, max_event=CAP), [GOOD_CHAT + b"data: [DONE]\n\n"])
+    assert got[-1]["type"] == "message_stop" and relay.failure is None
+    got, relay = relay_all(NativeRelay("m", max_event=CAP), [GOOD_NATIVE + END_NATIVE + STOP])
+    assert got[-1]["type"] == "message_stop" and relay.failure is None
+
+
+@pytest.mark.parametrize("bad", PAST_THE_CAP, ids=PAST_THE_CAP_IDS)
+def test_chat_text_before_a_line_or_event_past_the_cap_reaches_the_client_at_every_split(bad):
+    for pieces in splits(GOOD_CHAT + bad):
+        got, relay = relay_all(ChatRelay(CALL, input_tokens=3, max_event=CAP), pieces)
+        check_stream(got)
+        assert [e["type"] for e in got] == [
+            "message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"], pieces
+        assert deltas(got) == [("text_delta", "Hello"), ("text_delta", " world")]
+        assert got[-1]["error"] == {"type": "api_error",
+                                    "message": f"the model's backend sent a stream line or event longer than {CAP} bytes"}
+        assert relay.failure is not None and relay.failure.upstream_failure == "stream_protocol"
+
+
+@pytest.mark.parametrize("bad", PAST_THE_CAP, ids=PAST_THE_CAP_IDS)
+def test_native_text_before_a_line_or_event_past_the_cap_reaches_the_client_at_every_split(bad):
+    for pieces in splits(GOOD_NATIVE + bad):
+        got, relay = relay_all(NativeRelay("client-model", max_event=CAP), pieces)
+        check_stream(got)
+        assert [e["type"] for e in got] == [
+            "message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"], pieces
+        assert got[0]["message"]["model"] == "client-model"
+        assert got[-1]["error"]["message"] == f"the model's backend sent a stream line or event longer than {CAP} bytes"
+        assert relay.failure is not None and relay.failure.upstream_failure == "stream_protocol"
+
+
+def test_a_native_event_that_never_ends_is_let_go_once_past_the_cap():
+    relay = NativeRelay("m", max_event=CAP)
+    relay.feed(START)
+    outs = [relay.feed(b"data: x\n") for _ in range(2 * CAP // 8)]
+    refused = next(i for i, out in enumerate(outs) if out)
+    assert refused == CAP // 8  # the read that passed the cap, and nothing after it
+    assert outs[refused].startswith(b"event: error\n") and not any(outs[refused + 1:])
+    assert relay.finished and relay._held == []

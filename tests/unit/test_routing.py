@@ -20,8 +20,17 @@ from gateway import dispatch, routing
 from gateway.backends.base import Deployment
 from gateway.breaker import State
 from gateway.config import Config, parse
-from gateway.errors import GatewayError, InvalidRequest, NotFound, Overloaded, RateLimited, UpstreamTimeout
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    RateLimited,
+    UpstreamTimeout,
+)
 from gateway.exchange import Exchange
+from gateway.identity import ApiKey, Principal, Team
 from gateway.routing import Router
 from gateway.translate.chat_errors import error_from_upstream
 
@@ -145,6 +154,42 @@ def test_a_catch_all_wildcard():
 
 def test_names_are_models_then_their_aliases_without_wildcards():
     assert router().names() == ["big", "large", "huge", "medium", "small", "long", "solo", "solo-with-fallback", "trio"]
+
+
+# ====================================================================== who may be served by what
+
+
+def principal(team_models: tuple[str, ...] = ("*",), key_models: tuple[str, ...] | None = None) -> Principal:
+    key = ApiKey(id="k", prefix="gk-", hash="h", teams=("t",), default_team="t", models=key_models)
+    return Principal(key=key, team=Team(id="t", models=team_models))
+
+
+def test_a_plan_is_known_by_its_models_names_never_by_the_name_that_reached_the_default():
+    r = router(config("{default_model: medium}"))
+    assert r.resolve("large").names == ("big", "large", "huge")
+    assert r.resolve("openai/gpt-4o").names == ("openai/gpt-4o",)  # what the wildcard took: the upstream's name
+    assert r.resolve("small-but-unknown").names == ("medium",)
+
+
+def test_candidates_are_the_model_then_its_fallbacks():
+    r = router()
+    assert [p.model.name for p in r.candidates("huge")] == ["big", "medium", "small"]
+    assert [p.model.name for p in r.candidates("solo")] == ["solo"]
+
+
+def test_permitted_judges_each_candidate_by_its_own_names():
+    r = router(config("{default_model: big}"))
+    # `small*` matches the unknown name, and the default (big) is not the team's; its
+    # fallback small is, so it serves.
+    assert [p.model.name for p in routing.permitted(r, principal(("small*",)), "small-bogus")] == ["small"]
+    with pytest.raises(PermissionDenied) as caught:
+        routing.permitted(r, principal(("solo*",)), "solo-bogus")
+    assert caught.value.message == "team 't' may not use model 'solo-bogus'"  # the name asked for
+    assert [p.model.name for p in routing.permitted(r, principal(("large",)), "big")] == ["big"]  # an alias names it
+    # A key narrows its team: the same rule.
+    assert [p.model.name for p in routing.permitted(r, principal(key_models=("medium",)), "big")] == ["medium"]
+    with pytest.raises(PermissionDenied):
+        routing.permitted(r, principal(key_models=("openai/gpt-4o",)), "openai/gpt-4.1")
 
 
 # ====================================================================== order
@@ -329,9 +374,15 @@ def sleeps(fake) -> list[float]:
     return fake.slept
 
 
-async def run(r: Router, cfg: Config, model: str, script: Script, exchange: Exchange | None = None, **kwargs):
+async def run(
+    r: Router, cfg: Config, model: str, script: Script, exchange: Exchange | None = None, *,
+    allowed: Callable[[routing.Plan], bool] = lambda plan: True, **kwargs,
+):
+    """`allowed`: the fallbacks and context fallbacks the caller may use (the model asked for, it may)."""
     exchange = exchange or Exchange(started=dispatch.time.perf_counter())
-    result, deployment = await dispatch.run(r, cfg.routing, r.resolve(model), script, exchange, **kwargs)
+    first, *fallbacks = r.candidates(model)
+    plans = [first, *(plan for plan in fallbacks if allowed(plan))]
+    result, deployment = await dispatch.run(r, cfg.routing, plans, script, exchange, allowed=allowed, **kwargs)
     return result, deployment, exchange
 
 
@@ -511,7 +562,7 @@ async def test_only_fallbacks_the_caller_allows_are_tried(fake, sleeps):
     cfg = config(FAST)
     r = router(cfg)
     script = Script(a_big=[upstream(500)] * 3, b_big=[upstream(500)] * 3)
-    result, _, exchange = await run(r, cfg, "big", script, allowed=lambda name: name != "medium")
+    result, _, exchange = await run(r, cfg, "big", script, allowed=lambda plan: plan.model.name != "medium")
     assert "c-medium" not in script.calls and script.calls[-1] == "d-small"
     assert exchange.fallbacks == ["small"]
 
@@ -521,7 +572,7 @@ async def test_with_no_fallback_allowed_the_models_last_error_is_answered(fake, 
     r = router(cfg)
     script = Script(a_big=[upstream(502)] * 3, b_big=[upstream(502)] * 3)
     with pytest.raises(Overloaded):
-        await run(r, cfg, "big", script, allowed=lambda name: False)
+        await run(r, cfg, "big", script, allowed=lambda plan: False)
     assert len(script.calls) == 3
 
 
@@ -564,7 +615,7 @@ async def test_context_fallbacks_the_caller_may_not_use_are_skipped(fake, sleeps
     r = router(cfg)
     script = Script(a_big=[upstream(400, CONTEXT)], b_big=[upstream(400, CONTEXT)])
     with pytest.raises(InvalidRequest):
-        await run(r, cfg, "big", script, allowed=lambda name: name != "long")
+        await run(r, cfg, "big", script, allowed=lambda plan: plan.model.name != "long")
     assert len(script.calls) == 1
 
 
@@ -693,7 +744,7 @@ async def test_a_stream_is_judged_when_it_ends(fake, sleeps):
 
     async def stream_once(kind: str | None, *, completed: bool = True, error_type: str | None = None) -> None:
         exchange = fake.exchange()
-        _, deployment = await dispatch.run(r, cfg.routing, r.resolve("solo"), Script(), exchange, judged_later=True)
+        _, deployment = await dispatch.run(r, cfg.routing, r.candidates("solo"), Script(), exchange, judged_later=True)
         exchange.stream_failure, exchange.error_type = kind, error_type
         r.finished(deployment)
         dispatch.stream_ended(r, deployment, exchange, completed=completed)
@@ -714,7 +765,7 @@ async def test_a_clean_stream_clears_past_failures(fake, sleeps):
     solo = r.resolve("solo").primary
     r.breaker(solo).failure()
     exchange = fake.exchange()
-    _, deployment = await dispatch.run(r, cfg.routing, r.resolve("solo"), Script(), exchange, judged_later=True)
+    _, deployment = await dispatch.run(r, cfg.routing, r.candidates("solo"), Script(), exchange, judged_later=True)
     assert not r.breaker(solo).pristine  # not judged yet
     dispatch.stream_ended(r, deployment, exchange, completed=True)
     assert r.breaker(solo).pristine
@@ -737,12 +788,12 @@ async def test_the_half_open_probe_is_claimed_and_its_success_closes_the_breaker
         await gate.wait()
         return "probe ok"
 
-    probe = asyncio.create_task(dispatch.run(r, cfg.routing, r.resolve("solo"), slow, fake.exchange()))
+    probe = asyncio.create_task(dispatch.run(r, cfg.routing, r.candidates("solo"), slow, fake.exchange()))
     await asyncio.sleep(0)
     assert r.breaker(solo).state is State.HALF_OPEN and not r.breaker(solo).usable()
     # Meanwhile, another request finds nothing usable.
     with pytest.raises(Overloaded):
-        await dispatch.run(r, cfg.routing, r.resolve("solo"), Script(), fake.exchange())
+        await dispatch.run(r, cfg.routing, r.candidates("solo"), Script(), fake.exchange())
     gate.set()
     result, deployment = await probe
     assert result == "probe ok" and r.breaker(solo).state is State.CLOSED
@@ -766,7 +817,7 @@ async def test_a_cancelled_attempt_gives_back_its_in_flight_count_and_probe(fake
         await asyncio.Event().wait()
         return "never"
 
-    task = asyncio.create_task(dispatch.run(r, cfg.routing, r.resolve("solo"), forever, fake.exchange()))
+    task = asyncio.create_task(dispatch.run(r, cfg.routing, r.candidates("solo"), forever, fake.exchange()))
     await asyncio.sleep(0)
     assert {h["upstream_model"]: h["in_flight"] for h in r.health()}["a-solo"] == 1
     task.cancel()

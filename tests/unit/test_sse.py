@@ -5,11 +5,15 @@ piece, split at every byte offset, byte by byte, and (for the short one) split a
 pair of offsets; all must give the same events. A hypothesis test does the same for
 generated streams with random line ends, comments and multi-byte characters, and checks
 the events against the ones the stream was built from.
+
+With a cap (`max_event`), a line or an event past it ends the decoding at the same point
+for every split, with the same events before it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import orjson
@@ -17,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.protocols.sse import DONE, SseDecoder, SseEvent, encode, encode_json
+from gateway.protocols.sse import DONE, MAX_EVENT, SseDecoder, SseEvent, SseOverflow, encode, encode_json
 
 RAW = Path(__file__).resolve().parents[1] / "fixtures" / "chat" / "streams" / "raw"
 RAW_FILES = sorted(RAW.glob("*.sse"))
@@ -137,6 +141,81 @@ def test_bom_only_at_the_start():
     assert decode([b"data: a\n\n\xef\xbb\xbfdata: b\n\n"]) == [SseEvent(None, "a")]
 
 
+# ---------------------------------------------------------------------------- caps
+
+
+def decode_capped(pieces: list[bytes], cap: int) -> tuple[list[SseEvent], bool]:
+    """The events decoded before the cap was passed, and whether it was."""
+    decoder = SseDecoder(cap)
+    events: list[SseEvent] = []
+    try:
+        for piece in pieces:
+            events += decoder.feed(piece)
+        events += decoder.flush()
+    except SseOverflow as overflow:
+        return events + overflow.events, True
+    return events, False
+
+
+def capped_reference(raw: bytes, cap: int) -> tuple[int, bool]:
+    """How many events come before the cap is passed, and whether it is, read line by line:
+    a line (without its end) or an event's `data:` lines together longer than `cap`."""
+    lines = re.split(rb"\r\n|\r|\n", raw.removeprefix(b"\xef\xbb\xbf"))
+    complete, data = 0, None
+    for line in [*lines, b""]:
+        if not line:
+            complete += data is not None
+            data = None
+            continue
+        if len(line) > cap:
+            return complete, True
+        if line.partition(b":")[0] == b"data":
+            data = (data or 0) + len(line)
+            if data > cap:
+                return complete, True
+    return complete, False
+
+
+def test_the_default_cap_is_8_mib():
+    assert MAX_EVENT == 8 * 1024 * 1024
+    line = b"data: " + b"x" * (MAX_EVENT - 6)
+    assert decode_capped([line + b"\n\n"], MAX_EVENT) == ([SseEvent(None, "x" * (MAX_EVENT - 6))], False)
+    assert decode_capped([line + b"x\n\n"], MAX_EVENT) == ([], True)
+
+
+def test_a_line_past_the_cap_ends_the_stream_after_the_events_before_it():
+    raw = b"data: one\n\ndata: two\n\n: " + b"c" * 62 + b"\n\ndata: " + b"x" * 59 + b"\n\ndata: never\n\n"
+    for i in range(len(raw) + 1):
+        assert decode_capped([raw[:i], raw[i:]], 64) == ([SseEvent(None, "one"), SseEvent(None, "two")], True), i
+    assert decode_capped([raw], 65) == ([SseEvent(None, s) for s in ("one", "two", "x" * 59, "never")], False)
+
+
+def test_an_event_whose_data_lines_add_up_past_the_cap_ends_the_stream():
+    raw = b"data: ok\n\n" + b"data: 0123456789\n" * 4 + b"\ndata: ok\n\n" + b"data: 0123456789\n" * 5 + b"\n"
+    assert decode_capped([raw], 64) == ([SseEvent(None, "ok"), SseEvent(None, "\n".join(["0123456789"] * 4)),
+                                         SseEvent(None, "ok")], True)
+
+
+def test_a_line_that_never_ends_is_refused_once_past_the_cap():
+    decoder = SseDecoder(1000)
+    assert decoder.feed(b"data: ok\n\ndata: ") == [SseEvent(None, "ok")]
+    fed = 6
+    with pytest.raises(SseOverflow) as caught:
+        while True:
+            decoder.feed(b"x" * 100)
+            fed += 100
+            assert fed <= 1000  # raised by the read that passes the cap, not later
+    assert caught.value.events == [] and fed + 100 > 1000
+    assert caught.value.error_type == "api_error"
+
+
+def test_a_last_event_past_the_cap_at_the_end_of_the_stream():
+    decoder = SseDecoder(64)
+    assert decoder.feed(b"data: " + b"a" * 40 + b"\ndata: " + b"b" * 20) == []
+    with pytest.raises(SseOverflow):
+        decoder.flush()
+
+
 # ---------------------------------------------------------------------------- encode
 
 
@@ -222,3 +301,16 @@ def test_multibyte_characters_cut_anywhere(text, cuts):
     pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
     events = decode(pieces)
     assert [orjson.loads(events[0].data)["content"], events[1].data] == [text, DONE]
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=_streams(), cap=st.integers(min_value=1, max_value=60),
+       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=6))
+def test_any_split_meets_the_cap_at_the_same_point(stream, cap, cuts):
+    raw, expected = stream
+    points = sorted({c % (len(raw) + 1) for c in cuts})
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
+    count, overflowed = capped_reference(raw, cap)
+    assert decode_capped([raw], cap) == (expected[:count], overflowed)
+    assert decode_capped(pieces, cap) == (expected[:count], overflowed)
+    assert decode_capped([raw[i:i + 1] for i in range(len(raw))], cap) == (expected[:count], overflowed)

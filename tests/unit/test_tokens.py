@@ -3,6 +3,8 @@ counted in C whatever the text (a Claude Code request is 30–100 KB)."""
 
 from __future__ import annotations
 
+import sys
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,3 +33,28 @@ def test_lone_surrogates_are_counted_not_refused():
     counter = _Counter()
     counter.text("x\ud800y")
     assert (counter.chars, counter.tokens) == (2, 1)
+
+
+def test_non_ascii_text_is_not_walked_in_python():
+    """A walk over the characters in Python (a generator per character) kept the event
+    loop busy for over 100 ms on a few megabytes of non-ASCII text (found by the fuzz
+    suite, tests/fuzz). Counted here without a clock: the lines of Python run for 10 000
+    characters and for 100 000 are the same few."""
+
+    def lines_run(text: str) -> int:
+        counter, count = _Counter(), 0
+
+        def trace(frame, event, arg):
+            nonlocal count
+            count += event == "line"
+            return trace
+
+        previous = sys.gettrace()  # (a coverage tool's, say)
+        sys.settrace(trace)
+        try:
+            counter.text(text)
+        finally:
+            sys.settrace(previous)
+        return count
+
+    assert lines_run("é中" * 50_000) == lines_run("é中" * 5_000) < 50
