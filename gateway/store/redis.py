@@ -36,6 +36,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+import orjson
+from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -296,14 +298,14 @@ class RedisStore:
 
     async def get_team(self, team_id: str) -> Team | None:
         raw = await self._redis.get(self._team(team_id))
-        return Team.model_validate_json(raw) if raw is not None else None
+        return _record(Team, raw) if raw is not None else None
 
     async def list_teams(self) -> list[Team]:
         ids = sorted(_text(team_id) for team_id in await self._redis.smembers(self._teams))
         if not ids:
             return []
         raws = await self._redis.mget([self._team(team_id) for team_id in ids])
-        return [Team.model_validate_json(raw) for raw in raws if raw is not None]
+        return [_record(Team, raw) for raw in raws if raw is not None]
 
     async def update_team(self, team_id: str, changes: Mapping[str, Any]) -> Team:
         name = self._team(team_id)
@@ -312,7 +314,7 @@ class RedisStore:
             raw = await pipe.get(name)
             if raw is None:
                 raise NotFound(f"no team '{team_id}'")
-            new = changed_team(Team.model_validate_json(raw), changes)
+            new = changed_team(_record(Team, raw), changes)
             pipe.multi()
             pipe.set(name, _team_json(new))
             pipe.publish(self._channel, f"team:{team_id}")
@@ -330,7 +332,7 @@ class RedisStore:
             if key_names:
                 # A key revoked (or re-teamed) meanwhile must not let this through.
                 await pipe.watch(*key_names)
-                keys = [ApiKey.model_validate_json(raw) for raw in await pipe.mget(key_names) if raw is not None]
+                keys = [_record(ApiKey, raw) for raw in await pipe.mget(key_names) if raw is not None]
                 live = sorted(key.id for key in keys if team_id in key.teams and key.revoked_at is None)
                 if live:
                     raise Conflict(f"team '{team_id}' still has keys that are not revoked: {', '.join(live)}")
@@ -487,7 +489,7 @@ class RedisStore:
         # A rotated-out hash's time to live is its grace left (whole milliseconds, rounded
         # down; -1: none), counted from the answer's arrival: never before Redis lets go.
         expires = time.time() + (ttl + 1) / 1000 if ttl >= 0 else None
-        return FoundKey(self._parse_key(raw, used), [Team.model_validate_json(team) for team in teams], expires)
+        return FoundKey(self._parse_key(raw, used), [_record(Team, team) for team in teams], expires)
 
     async def ping(self) -> None:
         """One PING (readiness: `/readyz`); on a cluster, one to each master: the
@@ -572,7 +574,7 @@ class RedisStore:
     async def _read_for_update(self, pipe: Pipeline, key_id: str) -> tuple[ApiKey | None, float | None]:
         raw = await pipe.get(self._key(key_id))
         used = await pipe.hget(self._used, key_id)
-        return (ApiKey.model_validate_json(raw) if raw is not None else None), _float(used)
+        return (_record(ApiKey, raw) if raw is not None else None), _float(used)
 
     async def _check_teams(self, pipe: Pipeline, key: ApiKey) -> None:
         """Every team the key names exists, and stays so until EXEC (watched)."""
@@ -591,7 +593,34 @@ class RedisStore:
             pipe.sadd(self._team_keys(team), key_id)
 
     def _parse_key(self, raw: bytes | str, used: bytes | str | None) -> ApiKey:
-        return ApiKey.model_validate_json(raw).model_copy(update={"last_used_at": _float(used)})
+        return _record(ApiKey, raw).model_copy(update={"last_used_at": _float(used)})
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def _record(model: type[Record], raw: bytes | str) -> Record:
+    """A stored record, read by this version. Fields it does not know were written by a
+    newer one (a rolling upgrade runs both at once): they are left out, not a refusal, so
+    the older process keeps serving. The common case pays for one parse only."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(error["type"] != "extra_forbidden" for error in exc.errors()):
+            raise
+    return model.model_validate(_known(model, orjson.loads(raw)))
+
+
+def _known(model: type[BaseModel], value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    known = {}
+    for name, field in model.model_fields.items():
+        if name in value:
+            inner = field.annotation
+            nested = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+            known[name] = _known(nested, value[name]) if nested else value[name]
+    return known
 
 
 __all__ = ["RedisStore"]

@@ -560,6 +560,32 @@ async def test_redis_records_with_no_count_limit_read_as_before_it_existed(redis
         await store.close()
 
 
+async def test_redis_records_from_a_newer_version_are_read_without_its_fields(redis_url: str) -> None:
+    """A rolling upgrade runs two versions on one Redis: fields this one does not know
+    (at the top of a record, or in its limits) are left out, so it keeps serving; a
+    record this version knows and finds wrong is still an error."""
+    store = RedisStore(Redis.from_url(redis_url), prefix="test")
+    raw = Redis.from_url(redis_url)
+    try:
+        await store.create_team(team("a", limits=Limits(requests_per_minute=5)))
+        await store.create_key(key("k1", limits=Limits(tokens_per_day=9)))
+        for name in ("{test}:team:a", "{test}:key:k1"):
+            record = orjson.loads(await raw.get(name))
+            record["from_the_future"] = {"x": 1}
+            record["limits"]["future_limit_per_minute"] = 3
+            await raw.set(name, orjson.dumps(record), keepttl=True)
+        assert (await store.get_team("a")).limits == Limits(requests_per_minute=5)
+        found = await store.find_key(hash_key("gk-k1"))
+        assert found is not None and found.key.limits == Limits(tokens_per_day=9)
+        assert [k.id for k in await store.list_keys("a")] == ["k1"]
+        await raw.set("{test}:team:a", orjson.dumps({"id": "a", "models": 7}))
+        with pytest.raises(ValidationError):
+            await store.get_team("a")
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
 async def test_redis_find_key_is_one_round_trip(redis_url: str) -> None:
     sent: list[bytes] = []
 
