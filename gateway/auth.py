@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.errors import AuthenticationFailed, PermissionDenied, StoreUnavailable
 from gateway.identity import KEY_FORMAT, ApiKey, Principal, Team, hash_key, well_formed_key
@@ -153,10 +153,12 @@ class Authenticator:
                 self._unknown.add(digest)
             raise AuthenticationFailed("invalid API key")
         entry = _entry(found, time.monotonic() + self._ttl)
-        if fresh:
+        if fresh or self._serve_stale:
             if len(self._cache) >= MAX_CACHED_KEYS:
                 self._cache.clear()
-            self._cache[digest] = entry
+            # A lookup that raced an invalidation is kept expired, as an invalidated entry
+            # is: never trusted again, but what an outage may fall back on.
+            self._cache[digest] = entry if fresh else replace(entry, deadline=0.0)
         return entry
 
     def invalidate(self, message: str = "*") -> None:

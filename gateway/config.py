@@ -34,7 +34,6 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gateway.identity import DEFAULT_COUNT_TOKENS_PER_MINUTE, KEY_FORMAT, TEAM_ID, Limits, well_formed_key
-from gateway.passthrough import DEFAULT_BETAS, DEFAULT_FIELDS, DEFAULT_TOOLS
 from gateway.protocols.messages import DEFAULT_CAPS, MAX_TOKENS
 
 
@@ -162,6 +161,37 @@ def _pattern(value: str) -> str:
     if not value.removeprefix("!"):
         raise ValueError("a pattern must not be empty")
     return value
+
+
+# What a native backend lets through by default (`passthrough`, judged in
+# gateway/passthrough.py). Betas: all but those that reach the organisation's own resources.
+DEFAULT_BETAS = (
+    "*",
+    "!files-api-*",  # file sources and container uploads: the organisation's Files API
+    "!mcp-client-*",  # `mcp_servers`: the upstream connects to servers the request names
+    "!mcp-tunnels-*",  # MCP servers reached through the organisation's tunnels
+    "!code-execution-*",  # containers, reusable by id, billed per container-hour
+    "!skills-*",  # the organisation's skills, run in containers
+    "!message-threads-*",  # `thread`: conversations held by the upstream, resumable by id
+    "!user-profiles-*",  # the organisation's user profiles
+)
+# Client tools (the client runs them, whatever their schema's origin), web search (priced
+# per search: `pricing.web_search_per_thousand`), web fetch (free but for its tokens) and
+# tool search. Not code execution (containers), MCP toolsets or anything newer.
+DEFAULT_TOOLS = (
+    "custom",
+    "bash_*",
+    "text_editor_*",
+    "computer_*",
+    "memory_*",
+    "web_search_*",
+    "web_fetch_*",
+    "tool_search_tool_*",
+)
+# What Claude Code and the SDKs send beyond the fields the gateway reads itself
+# (`passthrough.ALWAYS`). Not `container`, `mcp_servers`,
+# `thread`, nor `inference_geo` and `speed` (priced apart from the model's tokens).
+DEFAULT_FIELDS = ("cache_control", "context_management", "output_format", "safeguards", "service_tier")
 
 
 # An fnmatch pattern; a leading `!` refuses what it matches (gateway/passthrough.py).

@@ -37,39 +37,12 @@ from typing import TYPE_CHECKING
 from gateway.errors import InvalidRequest
 from gateway.protocols.messages import COMPAT_FIELDS, KNOWN_FIELDS
 
-if TYPE_CHECKING:  # the configuration takes its defaults from here
+if TYPE_CHECKING:
     from gateway.config import PassthroughConfig, TeamBootstrap, TeamPassthrough
 
 # Fields the gateway validates and reads itself; they always pass (tools are judged one by one).
 ALWAYS = KNOWN_FIELDS - COMPAT_FIELDS
 BETA_HEADER = "anthropic-beta"
-
-DEFAULT_BETAS = (
-    "*",
-    "!files-api-*",  # file sources and container uploads: the organisation's Files API
-    "!mcp-client-*",  # `mcp_servers`: the upstream connects to servers the request names
-    "!mcp-tunnels-*",  # MCP servers reached through the organisation's tunnels
-    "!code-execution-*",  # containers, reusable by id, billed per container-hour
-    "!skills-*",  # the organisation's skills, run in containers
-    "!message-threads-*",  # `thread`: conversations held by the upstream, resumable by id
-    "!user-profiles-*",  # the organisation's user profiles
-)
-# Client tools (the client runs them, whatever their schema's origin), web search (priced
-# per search: `pricing.web_search_per_thousand`), web fetch (free but for its tokens) and
-# tool search. Not code execution (containers), MCP toolsets or anything newer.
-DEFAULT_TOOLS = (
-    "custom",
-    "bash_*",
-    "text_editor_*",
-    "computer_*",
-    "memory_*",
-    "web_search_*",
-    "web_fetch_*",
-    "tool_search_tool_*",
-)
-# What Claude Code and the SDKs send beyond `ALWAYS`. Not `container`, `mcp_servers`,
-# `thread`, nor `inference_geo` and `speed` (priced apart from the model's tokens).
-DEFAULT_FIELDS = ("cache_control", "context_management", "output_format", "safeguards", "service_tier")
 
 _CONTAINERS = (dict, list)
 # The longest value a refusal quotes in full.

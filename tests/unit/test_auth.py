@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gateway.auth import Authenticator, UnknownKeys
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, StoreUnavailable
 from gateway.identity import ApiKey, Team, hash_key, shown_prefix, well_formed_key
 from gateway.store.base import FoundKey
 from gateway.store.memory import MemoryStore
@@ -134,3 +134,51 @@ async def test_a_lookup_under_way_while_the_key_is_created_is_not_cached_as_unkn
     with pytest.raises(AuthenticationFailed, match="invalid API key"):
         await first
     assert (await auth.authenticate(asking("created-soon-01"))).key_id == "key_1"
+
+
+class FlakyStore(HeldStore):
+    """A held store that can be made unreachable, as a Redis outage makes it."""
+
+    down = False
+
+    async def find_key(self, key_hash: str) -> FoundKey | None:
+        if self.down:
+            raise StoreUnavailable("the key store cannot be reached (ConnectionError)")
+        return await super().find_key(key_hash)
+
+
+async def test_under_fail_open_a_lookup_that_raced_a_change_is_still_an_outage_s_fallback():
+    """The raced answer is not trusted again (the next request looks the key up anew), but
+    when the store then goes away the key is served from it, as an invalidated entry
+    would be: the change feed's first messages at start raced the first request, and
+    the gateway's first outage refused every key it had just served."""
+    store = FlakyStore()
+    await store.create_team(Team(id="t"))
+    await store.create_key(record("raced-at-start-1"))
+    auth = Authenticator(store, cache_ttl=3600, serve_stale=True)
+    first = asyncio.ensure_future(auth.authenticate(asking("raced-at-start-1")))
+    await store.read.wait()
+    auth.invalidate("team:another")
+    store.release.set()
+    assert (await first).key_id == "key_1"
+    store.down = True
+    assert (await auth.authenticate(asking("raced-at-start-1"))).key_id == "key_1"
+    store.down = False
+    store.read.clear()
+    assert (await auth.authenticate(asking("raced-at-start-1"))).key_id == "key_1"
+    assert store.read.is_set()  # looked up again: the raced answer was never trusted
+
+
+async def test_without_fail_open_a_raced_lookup_leaves_nothing_for_an_outage():
+    store = FlakyStore()
+    await store.create_team(Team(id="t"))
+    await store.create_key(record("raced-at-start-2"))
+    auth = Authenticator(store, cache_ttl=3600)
+    first = asyncio.ensure_future(auth.authenticate(asking("raced-at-start-2")))
+    await store.read.wait()
+    auth.invalidate("team:another")
+    store.release.set()
+    await first
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        await auth.authenticate(asking("raced-at-start-2"))

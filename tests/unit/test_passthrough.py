@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, PassthroughConfig, TeamBootstrap, TeamPassthrough, parse
-from gateway.errors import InvalidRequest
-from gateway.passthrough import (
+from gateway.config import (
     DEFAULT_BETAS,
     DEFAULT_FIELDS,
     DEFAULT_TOOLS,
+    ConfigError,
+    PassthroughConfig,
+    TeamBootstrap,
+    TeamPassthrough,
+    parse,
+)
+from gateway.errors import InvalidRequest
+from gateway.passthrough import (
     Patterns,
     backend_policy,
     check,
