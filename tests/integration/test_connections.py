@@ -33,7 +33,7 @@ from gateway.connections import GuardedSite
 from gateway.metrics import METRICS
 from gateway.server import listeners
 from tests.support.replies import chat_chunks
-from tests.support.servers import gateway_config, start_upstream
+from tests.support.servers import gateway_config
 
 HEADER_TIMEOUT = 0.5
 BODY_TIMEOUT = 0.5
@@ -78,14 +78,6 @@ async def serve_guarded(config_text: str, *, admin: bool = False) -> Guarded:
         sites.append(site)
         ports.append(sock.getsockname()[1])
     return Guarded(app, runner, sites, ports)
-
-
-@pytest.fixture
-async def upstream():
-    fake, running = await start_upstream()
-    fake.url = running.url
-    yield fake
-    await running.runner.cleanup()
 
 
 @pytest.fixture

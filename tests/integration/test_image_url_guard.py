@@ -18,7 +18,7 @@ import pytest
 from gateway.backends.image_hosts import check_names
 from gateway.errors import InvalidRequest
 from tests.support.replies import chat_message, native_message
-from tests.support.servers import start_gateway, start_upstream
+from tests.support.servers import start_gateway
 
 
 def config(upstream_url: str) -> str:
@@ -62,14 +62,6 @@ models:
   - name: self-hosted-model
     routes: [{{backend: native-self-hosted, model: upstream-native-model}}]
 """
-
-
-@pytest.fixture
-async def upstream():
-    fake, running = await start_upstream()
-    fake.url = running.url
-    yield fake
-    await running.runner.cleanup()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.keys import RUNTIME
 from tests.support.replies import native_message
-from tests.support.servers import start_gateway, start_upstream
+from tests.support.servers import start_gateway
 
 CLIENTS = Path(__file__).parent.parent / "fixtures" / "clients" / "claude-code-2.1.330"
 CLAUDE_CODE_BETAS = (
@@ -77,14 +77,6 @@ models:
     routes: [{{backend: native, model: upstream-native-model}}]
     pricing: {{input_per_mtok: {per_input}, output_per_mtok: {per_output}, web_search_per_thousand: {per_search}}}
 """
-
-
-@pytest.fixture
-async def upstream():
-    fake, running = await start_upstream()
-    fake.url = running.url
-    yield fake
-    await running.runner.cleanup()
 
 
 @pytest.fixture
