@@ -84,7 +84,7 @@ ROUTING = "{retries: 2, backoff_base: 0.01, backoff_max: 0.05, deadline: 20, coo
 TIMEOUTS = "{connect: 1, first_byte: 0.5, idle: 0.5, total: 10}"
 
 
-def config(p: Providers, routing: str = ROUTING) -> str:
+def config(p: Providers, routing: str = ROUTING, timeouts: str = TIMEOUTS) -> str:
     return f"""
 server: {{ping_interval: 0.2}}
 routing: {routing}
@@ -98,15 +98,15 @@ backends:
   one:
     type: openai
     base_url: {p.one.url}/v1
-    timeouts: {TIMEOUTS}
+    timeouts: {timeouts}
   two:
     type: openai
     base_url: {p.two.url}/v1
-    timeouts: {TIMEOUTS}
+    timeouts: {timeouts}
   dead:
     type: openai
     base_url: http://127.0.0.1:{p.closed_port}/v1
-    timeouts: {TIMEOUTS}
+    timeouts: {timeouts}
 models:
   # least_busy with nothing in flight takes the heavier first: `one`, then `two`.
   - name: pair
@@ -135,8 +135,8 @@ models:
 async def start(providers):
     started: list[Running] = []
 
-    async def start_with(routing: str = ROUTING) -> Running:
-        running = await start_gateway(config(providers, routing))
+    async def start_with(routing: str = ROUTING, timeouts: str = TIMEOUTS) -> Running:
+        running = await start_gateway(config(providers, routing, timeouts))
         started.append(running)
         return running
 
@@ -431,7 +431,11 @@ async def test_a_stream_whose_client_leaves_says_nothing_of_its_deployment(start
 # ============================================================ weights
 
 
-async def test_weights_hold_over_many_requests(gateway, http, providers):
+async def test_weights_hold_over_many_requests(start, http, providers):
+    """Where each request is first sent. The fixture's `first_byte: 0.5` is for the
+    timeout tests: here, 50 requests at once on a loaded machine could wait that long and
+    be retried on the other deployment, which would be a timeout's count, not a weight's."""
+    gateway = await start(timeouts="{connect: 10, first_byte: 60, idle: 60, total: 120}")
     n = 200
     results = []
     for _ in range(4):
