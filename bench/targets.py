@@ -88,7 +88,7 @@ def chat_body(scenario: Scenario) -> bytes:
     generated config)."""
     if scenario.body is not None:
         from gateway.backends.presets import PRESETS
-        from gateway.translate.chat_request import to_chat_request
+        from gateway.translate.messages_chat.request import to_chat_request
 
         call = to_chat_request(_captured(scenario), upstream_model="bench-model", dialect=PRESETS["vllm"])
         return orjson.dumps(call.body)

@@ -1,8 +1,7 @@
 """`build_app(config)`: the aiohttp application and every resource it owns.
 
 State lives on the application object (typed keys, one `cleanup_ctx` per resource);
-there are no module globals. `Runtime` is the one mutable holder: a config reload builds
-a new `Router` and swaps the attribute, so in-flight requests keep the one they took.
+there are no module globals. The `Runtime` (gateway/runtime.py) is the one mutable holder.
 """
 
 from __future__ import annotations
@@ -11,60 +10,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from aiohttp import web
 
 from gateway import accounts
-from gateway.access_log import AccessLog
 from gateway.admission import Admission
 from gateway.auth import Authenticator
-from gateway.backends import Backend, build_backend
-from gateway.bearer import FailureThrottle
+from gateway.backends.http_client import UpstreamClient
 from gateway.config import Config
-from gateway.keys import RUNTIME
 from gateway.limiter import open_limiter
-from gateway.metrics import METRICS, Metrics
 from gateway.middleware import edge, on_response_prepare
-from gateway.passthrough import Policy, team_policies
+from gateway.observe.access_log import AccessLog
+from gateway.observe.metrics import METRICS, Metrics
 from gateway.routes import add_routes
-from gateway.routing import Router
+from gateway.runtime import RUNTIME, Runtime
 from gateway.store import ALL, Store, open_store
-from gateway.upstream_http import UpstreamClient
 
 log = logging.getLogger("gateway")
-
-
-@dataclass(slots=True)
-class Runtime:
-    config: Config
-    # The file the config came from, for reloads (None: built in code, not reloadable).
-    config_path: str | None = None
-    router: Router | None = None
-    client: UpstreamClient | None = None
-    backends: dict[str, Backend] = field(default_factory=dict)
-    store: Store | None = None
-    auth: Authenticator | None = None
-    admission: Admission | None = None
-    access_log: AccessLog = field(default_factory=AccessLog)
-    # The tasks serving requests now (the edge keeps it): what a shutdown drains.
-    in_flight: set[asyncio.Task] = field(default_factory=set)
-    # The hosts `gateway serve` listens on (client, admin; None: the config's own), which
-    # a reloaded file's secrets must be strong enough for (`config.exposure_problems`).
-    listen_hosts: tuple[str | None, str | None] = (None, None)
-    # Recent wrong admin and metrics tokens, per source address (gateway/bearer.py).
-    operator_failures: FailureThrottle = field(default_factory=FailureThrottle)
-    # Team id → its narrowing of the native backends' passthrough (teams the file narrows).
-    team_passthrough: dict[str, Policy] = field(default_factory=dict)
-
-    def build_router(self, config: Config) -> Router:
-        assert self.client is not None
-        backends = {name: build_backend(name, spec, self.client) for name, spec in config.backends.items()}
-        router = Router(config, backends)
-        self.config, self.backends, self.router = config, backends, router
-        self.team_passthrough = team_policies(config.teams)
-        return router
 
 
 async def _upstream_client(app: web.Application) -> AsyncIterator[None]:

@@ -15,13 +15,13 @@ from gateway.config import ModelConfig
 from gateway.errors import InvalidRequest, NotFound
 from gateway.exchange import Exchange
 from gateway.identity import Principal
-from gateway.keys import EXCHANGE, RUNTIME
 from gateway.limiter import LimitExceeded, rate_limit_headers
 from gateway.limiter.rules import needs_input_estimate
 from gateway.protocols.messages import unknown_fields, validate_request
 from gateway.routing import Plan, Router, allowed, may_ask, permitted
+from gateway.runtime import EXCHANGE, RUNTIME
 from gateway.streaming import BACKEND_HEADER
-from gateway.tokens import estimate_input_tokens
+from gateway.translate.estimate import estimate_input_tokens
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, RequestTooLarge
 from gateway.exchange import Exchange, new_request_id
-from gateway.keys import EXCHANGE, RUNTIME
-from gateway.metrics import METRICS
+from gateway.observe.metrics import METRICS
+from gateway.runtime import EXCHANGE, RUNTIME
 
 log = logging.getLogger("gateway")
 

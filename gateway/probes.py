@@ -17,8 +17,8 @@ from aiohttp import web
 
 from gateway.bearer import check_bearer
 from gateway.errors import GatewayError
-from gateway.keys import RUNTIME
-from gateway.metrics import METRICS
+from gateway.observe.metrics import METRICS
+from gateway.runtime import RUNTIME
 
 # Seconds a readiness PING may take before the store counts as unreachable.
 READY_TIMEOUT = 1.0

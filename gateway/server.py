@@ -19,10 +19,10 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import Config, ConfigError, ServerConfig, host_port
 from gateway.connections import GuardedSite, Listener
-from gateway.keys import RUNTIME
-from gateway.metrics import METRICS, setup_multiprocess, teardown_multiprocess, worker_exited
-from gateway.reload import reload
+from gateway.observe.metrics import METRICS
+from gateway.observe.multiprocess import setup_multiprocess, teardown_multiprocess, worker_exited
 from gateway.routes import admin_listener_serves, client_listener_serves
+from gateway.runtime import RUNTIME, reload
 
 log = logging.getLogger("gateway")
 

@@ -18,11 +18,11 @@ from typing import Protocol
 from aiohttp import web
 
 from gateway.backends.base import Deployment
+from gateway.backends.http_client import BadResponse, Response, TooLarge, UpstreamError
 from gateway.errors import GatewayError, Overloaded, UpstreamTimeout
 from gateway.exchange import Exchange
-from gateway.keys import RUNTIME
 from gateway.protocols.sse import encode_json
-from gateway.upstream_http import BadResponse, Response, TooLarge, UpstreamError
+from gateway.runtime import RUNTIME
 
 log = logging.getLogger(__name__)
 

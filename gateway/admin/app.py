@@ -16,7 +16,7 @@ from gateway.admin.openapi import Handler, Route
 from gateway.admin.routes import ROUTES
 from gateway.bearer import check_bearer
 from gateway.errors import InvalidRequest, NotFound
-from gateway.keys import RUNTIME
+from gateway.runtime import RUNTIME
 
 
 @web.middleware

@@ -17,9 +17,8 @@ from gateway.admin.models import KeyCreate, KeyRotate, KeyUpdate, TeamCreate, Te
 from gateway.admin.openapi import Route, document
 from gateway.config import ConfigError
 from gateway.errors import Conflict, GatewayError, InvalidRequest
-from gateway.keys import RUNTIME
 from gateway.limiter import Limiter
-from gateway.reload import reload
+from gateway.runtime import RUNTIME, reload
 from gateway.store.base import Store
 
 # The admin app's route table (`admin/routes.py`), and the OpenAPI document drawn from it,

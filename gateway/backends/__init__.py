@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from gateway.backends.anthropic import AnthropicMessagesBackend
 from gateway.backends.base import Backend, Deployment
+from gateway.backends.http_client import UpstreamClient
 from gateway.backends.openai_chat import OpenAIChatBackend
 from gateway.config import BackendConfig
-from gateway.upstream_http import UpstreamClient
 
 BACKENDS: dict[str, type] = {
     OpenAIChatBackend.kind: OpenAIChatBackend,

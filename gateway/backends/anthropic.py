@@ -26,6 +26,7 @@ from gateway.backends.base import (
     read_error,
     with_max_tokens,
 )
+from gateway.backends.http_client import Response, UpstreamClient
 from gateway.backends.image_hosts import check_image_urls, rules_of
 from gateway.config import AnthropicBackend
 from gateway.errors import UpstreamProtocolError
@@ -33,9 +34,8 @@ from gateway.exchange import Exchange
 from gateway.passthrough import BETA_HEADER, backend_policy
 from gateway.passthrough import check as check_passthrough
 from gateway.protocols.usage import clamped_usage
-from gateway.relay import NativeRelay
-from gateway.translate.chat_errors import error_from_upstream
-from gateway.upstream_http import Response, UpstreamClient
+from gateway.translate.messages_native.relay import NativeRelay
+from gateway.translate.upstream_errors import error_from_upstream
 
 
 class AnthropicMessagesBackend:

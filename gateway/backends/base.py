@@ -14,11 +14,19 @@ from typing import Any, Protocol
 import orjson
 from yarl import URL
 
+from gateway.backends.http_client import (
+    MAX_BODY,
+    CannotConnect,
+    CutShort,
+    Response,
+    TooLarge,
+    UpstreamClient,
+    UpstreamError,
+)
 from gateway.config import RouteConfig, Timeouts
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout, UpstreamTooLarge
 from gateway.exchange import Exchange
-from gateway.translate.chat_errors import error_from_upstream
-from gateway.upstream_http import MAX_BODY, CannotConnect, CutShort, Response, TooLarge, UpstreamClient, UpstreamError
+from gateway.translate.upstream_errors import error_from_upstream
 
 # Client headers a native backend may see; everything else (credentials above all) stays here.
 FORWARDED_ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")

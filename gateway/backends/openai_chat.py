@@ -15,17 +15,17 @@ from gateway.backends.base import (
     read_error,
     with_max_tokens,
 )
+from gateway.backends.http_client import Response, UpstreamClient
 from gateway.backends.image_hosts import check_image_urls, rules_of
 from gateway.backends.presets import dialect_for
 from gateway.config import OpenAIBackend
 from gateway.errors import UpstreamProtocolError
 from gateway.exchange import Exchange
-from gateway.relay import ChatRelay
-from gateway.tokens import estimate_input_tokens
-from gateway.translate.chat_errors import error_from_upstream
-from gateway.translate.chat_request import ChatCall, to_chat_request
-from gateway.translate.chat_response import find_usage, from_chat_response, usage_from_chat
-from gateway.upstream_http import Response, UpstreamClient
+from gateway.translate.estimate import estimate_input_tokens
+from gateway.translate.messages_chat.relay import ChatRelay
+from gateway.translate.messages_chat.request import ChatCall, to_chat_request
+from gateway.translate.messages_chat.response import find_usage, from_chat_response, usage_from_chat
+from gateway.translate.upstream_errors import error_from_upstream
 
 
 class OpenAIChatBackend:

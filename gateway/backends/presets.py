@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gateway.config import ChatOptions
-from gateway.translate.dialect import ChatDialect
+from gateway.translate.messages_chat.dialect import ChatDialect
 
 PRESETS: dict[str, ChatDialect] = {
     # OpenAI: max_completion_tokens (reasoning models reject max_tokens), no top_k, at most

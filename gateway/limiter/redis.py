@@ -61,8 +61,8 @@ from gateway.limiter.rules import (
     usage_rows,
     usage_values,
 )
-from gateway.redis_connect import Client, Profile, SlotClients, connect, unreachable
-from gateway.resp import encode_args, lean_connection
+from gateway.redis.clients import Client, Profile, SlotClients, connect, unreachable
+from gateway.redis.pipelined import encode_args, lean_connection
 
 # Seconds to wait for Redis before calling it unreachable (a hung server must not hang
 # admissions; the policy in `limiter/guard.py` then decides).

@@ -46,7 +46,7 @@ from redis.exceptions import RedisError, WatchError
 from gateway.config import RedisStoreConfig
 from gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound, StoreUnavailable
 from gateway.identity import ApiKey, Limits, Team
-from gateway.redis_connect import Client, Profile, SlotClients, connect, feed_client, unreachable
+from gateway.redis.clients import Client, Profile, SlotClients, connect, feed_client, unreachable
 from gateway.store.base import (
     ALL,
     FoundKey,

@@ -30,7 +30,7 @@ from gateway.limiter.base import COUNT_TOKENS, Demand, Limiter, LimitExceeded, T
 from gateway.limiter.guard import GuardedLimiter
 from gateway.limiter.redis import RedisLimiter, _lua, profile
 from gateway.limiter.rules import calendar
-from gateway.redis_connect import connect
+from gateway.redis.clients import connect
 from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, redis_cluster_fixture  # noqa: F401
 from tests.support.redis_server import RedisServer, free_port
 

@@ -15,7 +15,7 @@ import anthropic
 import pytest
 
 from gateway.identity import ApiKey, hash_key, shown_prefix
-from gateway.keys import RUNTIME
+from gateway.runtime import RUNTIME
 
 ASK = {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
 

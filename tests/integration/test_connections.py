@@ -30,7 +30,7 @@ from multidict import CIMultiDict
 from gateway.app import build_app
 from gateway.config import parse
 from gateway.connections import GuardedSite
-from gateway.metrics import METRICS
+from gateway.observe.metrics import METRICS
 from gateway.server import listeners
 from tests.support.replies import chat_chunks
 from tests.support.servers import gateway_config

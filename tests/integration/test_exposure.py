@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.keys import RUNTIME
+from gateway.runtime import RUNTIME
 from tests.support.processes import free_port
 from tests.support.servers import gateway_config, start_gateway
 

@@ -22,8 +22,8 @@ import anthropic
 import orjson
 import pytest
 
-from gateway.keys import RUNTIME
 from gateway.protocols.sse import SseDecoder
+from gateway.runtime import RUNTIME
 from tests.support.replies import chat_chunks
 from tests.support.servers import CLIENT_HEADERS, Running, start_gateway
 

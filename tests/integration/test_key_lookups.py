@@ -21,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.identity import ApiKey, hash_key, shown_prefix
-from gateway.keys import RUNTIME
+from gateway.runtime import RUNTIME
 from tests.support.processes import start_gateway_process
 from tests.support.redis_server import RedisServer
 from tests.support.servers import gateway_config, start_gateway

@@ -20,9 +20,9 @@ from multidict import CIMultiDict
 from redis.asyncio import Redis
 
 from gateway.admission import UNCAPPED_OUTPUT_RESERVATION
-from gateway.keys import RUNTIME
 from gateway.protocols.messages import MAX_TOKENS
-from gateway.tokens import estimate_input_tokens, estimate_output_tokens
+from gateway.runtime import RUNTIME
+from gateway.translate.estimate import estimate_input_tokens, estimate_output_tokens
 from tests.support.processes import start_gateway_process
 from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, redis_cluster_fixture  # noqa: F401
 from tests.support.redis_server import RedisServer, redis_server_path

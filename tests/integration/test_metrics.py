@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics as m
-from gateway.keys import RUNTIME
+from gateway.observe import names as n
+from gateway.runtime import RUNTIME
 from tests.support.processes import start_gateway_process
 from tests.support.redis_server import RedisServer, redis_server_path
 from tests.support.replies import chat_chunks, chat_message, error, native_message
@@ -63,7 +63,7 @@ async def scrape(http: aiohttp.ClientSession, url: str, *, requests: int | None 
                 samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
         if requests is None:
             return samples, text
-        recorded, in_flight = value(samples, m.REQUESTS), value(samples, m.IN_FLIGHT)
+        recorded, in_flight = value(samples, n.REQUESTS), value(samples, n.IN_FLIGHT)
         if recorded == requests and in_flight == 0:
             return samples, text
         assert recorded <= requests, f"{recorded} requests recorded, {requests} sent"
@@ -120,7 +120,7 @@ async def test_the_counts_and_token_sums_are_what_was_sent(gateway, upstream):
         assert statuses == [200, 200, 200, 200, 200, 500, 200, 429]
         samples, _ = await scrape(http, gateway.url, requests=8)
 
-    requests = m.REQUESTS
+    requests = n.REQUESTS
     assert value(samples, requests, team="team-a", model="chat-model", backend="chat", status_class="2xx") == 4
     assert value(samples, requests, team="team-a", model="native-model", backend="native", status_class="2xx") == 1
     assert value(samples, requests, team="team-a", model="chat-model", status_class="5xx") == 1
@@ -128,7 +128,7 @@ async def test_the_counts_and_token_sums_are_what_was_sent(gateway, upstream):
     assert value(samples, requests, team="metered", model="chat-model", status_class="4xx") == 1
     assert value(samples, requests) == 8
 
-    tokens = m.TOKENS
+    tokens = n.TOKENS
     assert value(samples, tokens, team="team-a", model="chat-model", token_type="input") == 1000
     assert value(samples, tokens, team="team-a", model="chat-model", token_type="output") == 100
     assert value(samples, tokens, team="team-a", model="native-model", token_type="input") == 50
@@ -138,7 +138,7 @@ async def test_the_counts_and_token_sums_are_what_was_sent(gateway, upstream):
     assert value(samples, tokens, team="metered", token_type="input") == 11
 
     # gen_ai: the conventions' input includes the cached part.
-    usage = m.GEN_AI_TOKEN_USAGE
+    usage = n.GEN_AI_TOKEN_USAGE
     native = {"gen_ai_original_model": "native-model", "gen_ai_provider_name": "anthropic"}
     assert value(samples, usage + "_sum", gen_ai_token_type="input", **native) == 50 + 1000 + 7
     assert value(samples, usage + "_sum", gen_ai_token_type="cached_input", **native) == 1000
@@ -148,21 +148,21 @@ async def test_the_counts_and_token_sums_are_what_was_sent(gateway, upstream):
     assert value(samples, usage + "_count", gen_ai_token_type="input", **chat) == 5
     assert value(samples, usage + "_sum", gen_ai_token_type="input", **chat) == 1000 + 11
 
-    duration = m.GEN_AI_REQUEST_DURATION
+    duration = n.GEN_AI_REQUEST_DURATION
     assert value(samples, duration + "_count", gen_ai_operation_name="messages") == 8
     assert value(samples, duration + "_count", error_type="") == 6
     assert value(samples, duration + "_count", error_type="api_error") == 1
     assert value(samples, duration + "_count", error_type="rate_limit_error") == 1
     assert value(samples, duration + "_bucket", error_type="", le="+Inf") == 6
-    assert value(samples, m.GEN_AI_TIME_TO_FIRST_TOKEN + "_count") == 2
-    assert value(samples, m.GEN_AI_TIME_PER_OUTPUT_TOKEN + "_count") == 2
-    assert value(samples, m.OVERHEAD + "_count", operation="messages") == 8
+    assert value(samples, n.GEN_AI_TIME_TO_FIRST_TOKEN + "_count") == 2
+    assert value(samples, n.GEN_AI_TIME_PER_OUTPUT_TOKEN + "_count") == 2
+    assert value(samples, n.OVERHEAD + "_count", operation="messages") == 8
 
-    assert value(samples, m.RATE_LIMIT_REJECTIONS, team="metered", limit="requests_per_minute") == 1
-    assert value(samples, m.UPSTREAM_ERRORS, backend="chat", kind="status_5xx") == 1
-    assert value(samples, m.IN_FLIGHT) == 0
-    assert value(samples, m.OPEN_STREAMS) == 0
-    assert value(samples, m.BUILD_INFO) == 1
+    assert value(samples, n.RATE_LIMIT_REJECTIONS, team="metered", limit="requests_per_minute") == 1
+    assert value(samples, n.UPSTREAM_ERRORS, backend="chat", kind="status_5xx") == 1
+    assert value(samples, n.IN_FLIGHT) == 0
+    assert value(samples, n.OPEN_STREAMS) == 0
+    assert value(samples, n.BUILD_INFO) == 1
 
 
 async def test_every_response_says_what_the_gateway_cost(gateway, upstream):
@@ -188,7 +188,7 @@ async def test_a_streams_header_leaves_out_the_wait_for_the_upstream(gateway, up
         samples, _ = await scrape(http, gateway.url, requests=1)
     assert status == 200
     assert float(headers["x-gateway-overhead-ms"]) < 250
-    assert value(samples, m.OVERHEAD + "_sum") < 0.25
+    assert value(samples, n.OVERHEAD + "_sum") < 0.25
 
 
 async def test_labels_do_not_grow_with_keys_or_unknown_model_names(gateway, upstream):
@@ -206,9 +206,9 @@ async def test_labels_do_not_grow_with_keys_or_unknown_model_names(gateway, upst
         )
         after, text = await scrape(http, gateway.url, requests=3 + 25 + 24 + 25)
     assert series(after) == series(before)
-    assert value(after, m.REQUESTS, team="crowd", model="chat-model", status_class="2xx") == 26
-    assert value(after, m.REQUESTS, team="crowd", model="other", status_class="4xx") == 25
-    assert value(after, m.REQUESTS, team="", status_class="4xx") == 26
+    assert value(after, n.REQUESTS, team="crowd", model="chat-model", status_class="2xx") == 26
+    assert value(after, n.REQUESTS, team="crowd", model="other", status_class="4xx") == 25
+    assert value(after, n.REQUESTS, team="", status_class="4xx") == 26
     assert "made-up" not in text and "crowd-key" not in text and "not-a-key" not in text
     assert "key_" not in text and "req_" not in text  # key ids, request ids
 
@@ -258,7 +258,7 @@ async def test_openmetrics_when_asked(gateway):
             assert response.headers["content-type"].startswith("application/openmetrics-text")
             text = await response.text()
     assert text.endswith("# EOF\n")
-    assert f"{m.REQUESTS}{{" in text
+    assert f"{n.REQUESTS}{{" in text
 
 
 async def test_retries_fallbacks_and_cooldowns(upstream):
@@ -277,14 +277,14 @@ async def test_retries_fallbacks_and_cooldowns(upstream):
             samples, _ = await scrape(http, running.url, requests=2)
     finally:
         await running.runner.cleanup()
-    assert value(samples, m.RETRIES, model="chat-model") == 1
+    assert value(samples, n.RETRIES, model="chat-model") == 1
     # The request for primary-model: its retry, then the fallback's attempt (attempts beyond the first).
-    assert value(samples, m.RETRIES, model="primary-model") == 2
-    assert value(samples, m.FALLBACKS, model="primary-model", fallback_model="chat-model") == 1
-    assert value(samples, m.UPSTREAM_ERRORS, backend="chat", kind="status_5xx") == 3
+    assert value(samples, n.RETRIES, model="primary-model") == 2
+    assert value(samples, n.FALLBACKS, model="primary-model", fallback_model="chat-model") == 1
+    assert value(samples, n.UPSTREAM_ERRORS, backend="chat", kind="status_5xx") == 3
     # The fallback answered: its model is the one served.
-    assert value(samples, m.REQUESTS, model="chat-model", status_class="2xx") == 2
-    state = m.DEPLOYMENT_STATE
+    assert value(samples, n.REQUESTS, model="chat-model", status_class="2xx") == 2
+    state = n.DEPLOYMENT_STATE
     primary = {"model": "primary-model", "backend": "chat", "upstream_model": "upstream-primary"}
     assert value(samples, state, state="closed", **primary) == 1  # two failures of the three that open it
     assert value(samples, state, state="open", **primary) == 0
@@ -300,8 +300,8 @@ async def test_an_open_breaker_shows(upstream):
     finally:
         await running.runner.cleanup()
     chat = {"model": "chat-model", "backend": "chat", "upstream_model": "upstream-chat-model"}
-    assert value(samples, m.DEPLOYMENT_STATE, state="open", **chat) == 1
-    assert value(samples, m.DEPLOYMENT_STATE, state="closed", **chat) == 0
+    assert value(samples, n.DEPLOYMENT_STATE, state="open", **chat) == 1
+    assert value(samples, n.DEPLOYMENT_STATE, state="closed", **chat) == 0
 
 
 # ---------------------------------------------------------------------------- Redis
@@ -343,11 +343,11 @@ async def test_readiness_follows_redis(upstream, own_redis):
             assert await _status(http, f"{running.url}/healthz") == (200, {"status": "ok"})  # alive all the same
             assert (await post(http, running.url, headers=limited))[0] == 200  # by the per-process fallback
             samples, _ = await scrape(http, running.url, requests=2)
-            assert value(samples, m.LIMITER_DEGRADED) == 1
-            assert value(samples, m.LIMITER_OUTAGES) == 1
-            assert value(samples, m.LIMITER_FALLBACK_ADMISSIONS) == 1
-            assert value(samples, m.REDIS_ERRORS, component="limiter", operation="admit", kind="connection") == 1
-            assert value(samples, m.REDIS_ERRORS, component="store", operation="ping", kind="connection") == 1
+            assert value(samples, n.LIMITER_DEGRADED) == 1
+            assert value(samples, n.LIMITER_OUTAGES) == 1
+            assert value(samples, n.LIMITER_FALLBACK_ADMISSIONS) == 1
+            assert value(samples, n.REDIS_ERRORS, component="limiter", operation="admit", kind="connection") == 1
+            assert value(samples, n.REDIS_ERRORS, component="store", operation="ping", kind="connection") == 1
 
             own_redis.start()
             began = time.monotonic()
@@ -355,7 +355,7 @@ async def test_readiness_follows_redis(upstream, own_redis):
                 assert time.monotonic() - began < 10, "not ready again after Redis came back"
                 await asyncio.sleep(0.1)
             sent = 2
-            while value(samples, m.LIMITER_DEGRADED) != 0:
+            while value(samples, n.LIMITER_DEGRADED) != 0:
                 assert time.monotonic() - began < 10, "the limiter did not recover after Redis came back"
                 await asyncio.sleep(0.2)
                 assert (await post(http, running.url, headers=limited))[0] == 200
@@ -363,9 +363,9 @@ async def test_readiness_follows_redis(upstream, own_redis):
                 samples, _ = await scrape(http, running.url, requests=sent)
     finally:
         await running.runner.cleanup()
-    assert value(samples, m.LIMITER_OUTAGES) == 1
-    assert value(samples, m.REDIS_ROUND_TRIP + "_count", component="limiter", operation="admit") >= 2
-    assert value(samples, m.REDIS_ROUND_TRIP + "_count", component="store", operation="ping") >= 2
+    assert value(samples, n.LIMITER_OUTAGES) == 1
+    assert value(samples, n.REDIS_ROUND_TRIP + "_count", component="limiter", operation="admit") >= 2
+    assert value(samples, n.REDIS_ROUND_TRIP + "_count", component="store", operation="ping") >= 2
 
 
 # ---------------------------------------------------------------------------- processes
@@ -376,7 +376,7 @@ async def test_two_processes_on_one_multiprocess_directory_export_one_total(upst
     any of them answers a scrape with the sum. Here two `gateway serve` processes share
     the directory the way an operator's supervisor would set it."""
     directory = tmp_path / "metrics"
-    env = {m.MULTIPROC_ENV: str(directory)}
+    env = {n.MULTIPROC_ENV: str(directory)}
     text = gateway_config(upstream.url, teams=TEAMS)
     first = await start_gateway_process(text, tmp_path, "one", env=env)
     second = await start_gateway_process(text, tmp_path, "two", env=env)
@@ -390,14 +390,14 @@ async def test_two_processes_on_one_multiprocess_directory_export_one_total(upst
             from_first, _ = await scrape(http, first.url, requests=11)
             from_second, _ = await scrape(http, second.url, requests=11)
             for samples in (from_first, from_second):
-                assert value(samples, m.REQUESTS, status_class="2xx") == 10
-                assert value(samples, m.REQUESTS, status_class="4xx") == 1
-                assert value(samples, m.TOKENS, token_type="input") == 10 * 11  # the replies' usage
-                assert value(samples, m.GEN_AI_TIME_TO_FIRST_TOKEN + "_count") == 5
-                assert value(samples, m.IN_FLIGHT) == 0
+                assert value(samples, n.REQUESTS, status_class="2xx") == 10
+                assert value(samples, n.REQUESTS, status_class="4xx") == 1
+                assert value(samples, n.TOKENS, token_type="input") == 10 * 11  # the replies' usage
+                assert value(samples, n.GEN_AI_TIME_TO_FIRST_TOKEN + "_count") == 5
+                assert value(samples, n.IN_FLIGHT) == 0
             await second.stop()
             samples, _ = await scrape(http, first.url, requests=11)
-            assert value(samples, m.REQUESTS, status_class="2xx") == 10  # a stopped process's counts stay
+            assert value(samples, n.REQUESTS, status_class="2xx") == 10  # a stopped process's counts stay
     finally:
         await first.stop()
         await second.stop()

@@ -19,7 +19,7 @@ import anthropic
 import orjson
 import pytest
 
-from gateway.keys import RUNTIME
+from gateway.runtime import RUNTIME
 from tests.support.replies import native_message
 from tests.support.servers import start_gateway
 

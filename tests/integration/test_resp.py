@@ -14,7 +14,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.resp import RespConnection, encode_args, encode_command, lean_connection
+from gateway.redis.pipelined import RespConnection, encode_args, encode_command, lean_connection
 from tests.support.redis_server import RedisServer, redis_server_path
 
 pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")

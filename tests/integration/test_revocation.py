@@ -9,7 +9,7 @@ import time
 import aiohttp
 import pytest
 
-from gateway.keys import RUNTIME
+from gateway.runtime import RUNTIME
 from tests.support.processes import start_gateway_process
 from tests.support.servers import gateway_config, start_gateway
 

@@ -22,8 +22,8 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.fake_upstream import FakeUpstream
-from gateway.keys import RUNTIME
 from gateway.protocols.sse import SseDecoder
+from gateway.runtime import RUNTIME
 from tests.support.grammar import check_stream
 from tests.support.replies import chat_chunks, chat_message, error
 from tests.support.servers import Running, serve_app, start_gateway

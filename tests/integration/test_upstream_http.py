@@ -23,8 +23,7 @@ import orjson
 import pytest
 from yarl import URL
 
-from gateway.keys import RUNTIME
-from gateway.upstream_http import (
+from gateway.backends.http_client import (
     HIGH_WATER,
     MAX_BODY,
     BadResponse,
@@ -35,6 +34,7 @@ from gateway.upstream_http import (
     UpstreamClient,
     UpstreamError,
 )
+from gateway.runtime import RUNTIME
 from tests.support.processes import free_port
 
 # ---------------------------------------------------------------- a scripted server

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from gateway.identity import hash_key, key_id_for_hash
-from gateway.keys import RUNTIME
 from gateway.protocols.usage import MAX_TOKEN_COUNT
+from gateway.runtime import RUNTIME
 from tests.support.replies import chat_chunks, chat_message, native_message, native_stream
 from tests.support.servers import start_gateway
 

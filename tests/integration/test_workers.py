@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway import metrics as m
+from gateway.observe import names as n
 from tests.integration.test_metrics import scrape, value
 from tests.support.processes import ROOT, free_port
 from tests.support.replies import chat_chunks
@@ -298,6 +298,6 @@ async def test_metrics_from_any_worker_count_every_worker(upstream, redis_url, t
         for _ in range(6):
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
                 samples, _ = await scrape(http, served.url)
-            assert value(samples, m.REQUESTS, status_class="2xx") == 20
+            assert value(samples, n.REQUESTS, status_class="2xx") == 20
     finally:
         assert await served.stop() == 0

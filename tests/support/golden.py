@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.backends.presets import PRESETS
-from gateway.translate.dialect import ChatDialect
+from gateway.translate.messages_chat.dialect import ChatDialect
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 UPDATE_OPTION = "--update-goldens"

@@ -11,7 +11,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import parse
 from gateway.fake_upstream import FakeUpstream
-from gateway.keys import RUNTIME
+from gateway.runtime import RUNTIME
 
 
 async def serve_app(app: web.Application) -> tuple[web.AppRunner, str]:

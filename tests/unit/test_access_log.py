@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from gateway import access_log
-from gateway.access_log import AccessLog
+from gateway.observe import access_log
+from gateway.observe.access_log import AccessLog
 
 
 class CountingStream(io.BytesIO):

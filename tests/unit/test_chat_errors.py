@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.translate.chat_errors import error_from_upstream
+from gateway.translate.upstream_errors import error_from_upstream
 from tests.support.golden import Golden, describe_error, params
 
 EXPECTED_KEYS = ("expected",)

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from gateway.backends.presets import ChatDialect
 from gateway.protocols.sse import SseDecoder
-from gateway.relay import ChatRelay
-from gateway.translate.chat_request import to_chat_request
-from gateway.translate.chat_stream import ChatStreamTranslator
+from gateway.translate.messages_chat.relay import ChatRelay
+from gateway.translate.messages_chat.request import to_chat_request
+from gateway.translate.messages_chat.stream import ChatStreamTranslator
 
 MESSAGE_ID = re.compile(rb"msg_[0-9a-f]{24}")
 RAW = Path(__file__).resolve().parents[1] / "fixtures" / "chat" / "streams" / "raw"
@@ -129,7 +129,7 @@ def test_the_fast_path_is_taken_for_text_chunks(monkeypatch):
 def test_chunks_shaped_like_the_last_are_not_parsed(monkeypatch):
     parsed = []
     real_loads = orjson.loads
-    monkeypatch.setattr("gateway.relay.orjson.loads", lambda data: parsed.append(data) or real_loads(data))
+    monkeypatch.setattr("gateway.translate.messages_chat.relay.orjson.loads", lambda data: parsed.append(data) or real_loads(data))
     texts = ["b", "c d", 'e "quoted"', "f\\g", "é", "h", "i\u0001", "j"]
     chat = ChatRelay(CALL)
     chat.start()

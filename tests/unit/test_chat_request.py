@@ -15,8 +15,8 @@ import pytest
 from gateway.backends.presets import PRESETS
 from gateway.errors import GatewayError
 from gateway.protocols.messages import validate_request
-from gateway.translate import chat_request
-from gateway.translate.chat_request import to_chat_request
+from gateway.translate.messages_chat import request as chat_request
+from gateway.translate.messages_chat.request import to_chat_request
 from tests.support.golden import Golden, describe_error, dialect_of, params
 
 EXPECTED_KEYS = ("chat_request", "tool_names", "error")

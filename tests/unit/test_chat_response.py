@@ -12,8 +12,8 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.protocols.messages import validate_request
-from gateway.translate.chat_request import to_chat_request
-from gateway.translate.chat_response import from_chat_response
+from gateway.translate.messages_chat.request import to_chat_request
+from gateway.translate.messages_chat.response import from_chat_response
 from tests.support.golden import Golden, describe_error, dialect_of, params
 
 EXPECTED_KEYS = ("messages_response", "error")

@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.messages_fold import MessageFold
 from gateway.protocols.sse import DONE, SseDecoder, encode_json
-from gateway.translate import chat_stream
-from gateway.translate.chat_request import ChatCall, to_chat_request
-from gateway.translate.chat_response import find_usage, from_chat_response, reasoning_text
-from gateway.translate.chat_stream import BlockKind, ChatStreamTranslator, State
-from gateway.translate.dialect import ChatDialect
+from gateway.translate.messages_chat import stream as chat_stream
+from gateway.translate.messages_chat.dialect import ChatDialect
+from gateway.translate.messages_chat.request import ChatCall, to_chat_request
+from gateway.translate.messages_chat.response import find_usage, from_chat_response, reasoning_text
+from gateway.translate.messages_chat.stream import BlockKind, ChatStreamTranslator, State
 from tests.support.grammar import check_stream
 
 STREAMS = Path(__file__).resolve().parents[1] / "fixtures" / "chat" / "streams"

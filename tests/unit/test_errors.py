@@ -11,9 +11,10 @@ import pytest
 from gateway import errors
 from gateway.backends.presets import ChatDialect
 from gateway.protocols.sse import SseDecoder
-from gateway.relay import ChatRelay, NativeRelay
-from gateway.translate.chat_errors import error_from_upstream, scrub, upstream_message
-from gateway.translate.chat_request import to_chat_request
+from gateway.translate.messages_chat.relay import ChatRelay
+from gateway.translate.messages_chat.request import to_chat_request
+from gateway.translate.messages_native.relay import NativeRelay
+from gateway.translate.upstream_errors import error_from_upstream, scrub, upstream_message
 
 TABLE = [
     (errors.InvalidRequest, 400, "invalid_request_error", None),

@@ -1,4 +1,4 @@
-"""`gateway/metrics.py` without a server: label values folded to what the configuration
+"""`gateway/observe/metrics.py` without a server: label values folded to what the configuration
 declares, one request's numbers from its Exchange, the multiprocess directory's set-up,
 and the names in the README, the Grafana dashboard and the alerting rules being exactly
 the names the gateway exports (promtool checks the rules when it is installed)."""
@@ -17,9 +17,11 @@ import yaml
 from prometheus_client import generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import metrics as m
 from gateway.config import parse
 from gateway.exchange import Exchange
+from gateway.observe import metrics as m
+from gateway.observe import multiprocess as mp
+from gateway.observe import names as n
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -77,15 +79,15 @@ def test_names_the_configuration_does_not_declare_are_folded(config):
     words = m.Vocabulary(config)
     assert words.model(None, "chat-alias") == "chat-model"
     assert words.model("chat-model", "chat-alias") == "chat-model"
-    assert words.model(None, "gpt-made-up") == m.OTHER
+    assert words.model(None, "gpt-made-up") == n.OTHER
     assert words.model(None, None) == ""
     assert words.model("openai/*", "openai/gpt-4o") == "openai/*"
     assert words.original_model("chat-alias", "chat-model") == "chat-alias"
     assert words.original_model("openai/gpt-4o", "openai/*") == "openai/*"
-    assert words.original_model("typo-model", None) == m.OTHER
+    assert words.original_model("typo-model", None) == n.OTHER
     assert words.upstream_model("upstream-chat") == "upstream-chat"
-    assert words.upstream_model("gpt-4o") == m.OTHER  # what a wildcard passed on, typed by a client
-    assert words.backend("chat") == "chat" and words.backend("gone") == m.OTHER and words.backend(None) == ""
+    assert words.upstream_model("gpt-4o") == n.OTHER  # what a wildcard passed on, typed by a client
+    assert words.backend("chat") == "chat" and words.backend("gone") == n.OTHER and words.backend(None) == ""
     assert words.providers == {"chat": "chat", "oai": "openai", "az": "azure.openai", "native": "anthropic"}
 
 
@@ -103,25 +105,25 @@ def test_one_request_from_its_exchange(metrics):
     finish(metrics, exchange)
     found = samples(metrics)
     labels = {"team": "team-a", "model": "chat-model", "backend": "chat", "status_class": "2xx"}
-    assert value(found, m.REQUESTS, operation="messages", **labels) == 1
-    assert value(found, m.TOKENS, team="team-a", model="chat-model", token_type="input") == 10
-    assert value(found, m.TOKENS, token_type="cache_read") == 100
-    assert value(found, m.TOKENS, token_type="cache_creation") == 3
+    assert value(found, n.REQUESTS, operation="messages", **labels) == 1
+    assert value(found, n.TOKENS, team="team-a", model="chat-model", token_type="input") == 10
+    assert value(found, n.TOKENS, token_type="cache_read") == 100
+    assert value(found, n.TOKENS, token_type="cache_creation") == 3
     gen_ai = {"gen_ai_operation_name": "messages", "gen_ai_provider_name": "chat",
               "gen_ai_request_model": "upstream-chat", "gen_ai_original_model": "chat-alias", "error_type": ""}
-    assert value(found, m.GEN_AI_TOKEN_USAGE + "_sum", gen_ai_token_type="input", **gen_ai) == 113
-    assert value(found, m.GEN_AI_TOKEN_USAGE + "_sum", gen_ai_token_type="cached_input") == 100
-    assert value(found, m.GEN_AI_REQUEST_DURATION + "_sum", **gen_ai) == 1.0
-    assert value(found, m.GEN_AI_TIME_TO_FIRST_TOKEN + "_sum") == 0.25
-    assert value(found, m.GEN_AI_TIME_PER_OUTPUT_TOKEN + "_sum") == pytest.approx(0.75 / 4)
-    assert value(found, m.OVERHEAD + "_sum", operation="messages", backend="chat") == pytest.approx(0.25)
-    assert value(found, m.OVERHEAD + "_bucket", le="0.25") == 1
-    assert value(found, m.RETRIES, model="chat-model") == 2
-    assert value(found, m.FALLBACKS, model="chat-model", fallback_model="native-model") == 1
-    assert value(found, m.UPSTREAM_ERRORS, backend="chat", kind="timeout") == 1
-    assert value(found, m.UPSTREAM_ERRORS, backend="chat", kind="status_418") == 1
-    assert value(found, m.UPSTREAM_ERRORS, backend="other", kind="other") == 1
-    assert value(found, m.IN_FLIGHT) == 0
+    assert value(found, n.GEN_AI_TOKEN_USAGE + "_sum", gen_ai_token_type="input", **gen_ai) == 113
+    assert value(found, n.GEN_AI_TOKEN_USAGE + "_sum", gen_ai_token_type="cached_input") == 100
+    assert value(found, n.GEN_AI_REQUEST_DURATION + "_sum", **gen_ai) == 1.0
+    assert value(found, n.GEN_AI_TIME_TO_FIRST_TOKEN + "_sum") == 0.25
+    assert value(found, n.GEN_AI_TIME_PER_OUTPUT_TOKEN + "_sum") == pytest.approx(0.75 / 4)
+    assert value(found, n.OVERHEAD + "_sum", operation="messages", backend="chat") == pytest.approx(0.25)
+    assert value(found, n.OVERHEAD + "_bucket", le="0.25") == 1
+    assert value(found, n.RETRIES, model="chat-model") == 2
+    assert value(found, n.FALLBACKS, model="chat-model", fallback_model="native-model") == 1
+    assert value(found, n.UPSTREAM_ERRORS, backend="chat", kind="timeout") == 1
+    assert value(found, n.UPSTREAM_ERRORS, backend="chat", kind="status_418") == 1
+    assert value(found, n.UPSTREAM_ERRORS, backend="other", kind="other") == 1
+    assert value(found, n.IN_FLIGHT) == 0
     text = metrics.exposition("")[0].decode()
     assert "key_secret_id" not in text and exchange.request_id not in text
 
@@ -135,12 +137,12 @@ def test_errors_and_refusals(metrics):
     finish(metrics, Exchange(path="/v1/messages", team_id="t", model="chat-model", status=499,
                              error_type="client_disconnected"))
     found = samples(metrics)
-    assert value(found, m.RATE_LIMIT_REJECTIONS, team="t", limit="tokens_per_day") == 1
-    assert value(found, m.GEN_AI_REQUEST_DURATION + "_count", error_type="_OTHER") == 1
-    assert value(found, m.REQUESTS, team="", model="", backend="", status_class="4xx") == 1
-    assert value(found, m.REQUESTS, team="t", status_class="4xx") == 2
-    assert value(found, m.REQUESTS, status_class="5xx") == 1
-    assert value(found, m.TOKENS) == 0  # no usage, no token series
+    assert value(found, n.RATE_LIMIT_REJECTIONS, team="t", limit="tokens_per_day") == 1
+    assert value(found, n.GEN_AI_REQUEST_DURATION + "_count", error_type="_OTHER") == 1
+    assert value(found, n.REQUESTS, team="", model="", backend="", status_class="4xx") == 1
+    assert value(found, n.REQUESTS, team="t", status_class="4xx") == 2
+    assert value(found, n.REQUESTS, status_class="5xx") == 1
+    assert value(found, n.TOKENS) == 0  # no usage, no token series
 
 
 def test_paths_outside_the_api_are_not_counted(metrics):
@@ -148,7 +150,7 @@ def test_paths_outside_the_api_are_not_counted(metrics):
         assert metrics.request_started(path) is None
     assert metrics.request_started("/v1/models/x") == "models"
     assert metrics.request_started("/admin/teams") == "admin"
-    assert metrics.request_started("/wp-login.php") == m.OTHER
+    assert metrics.request_started("/wp-login.php") == n.OTHER
     assert metrics.request_started("/v1/messages/count_tokens") == "count_tokens"
 
 
@@ -156,8 +158,8 @@ def test_teams_past_the_cap_are_folded(metrics, monkeypatch):
     monkeypatch.setattr(m, "MAX_TEAM_LABELS", 3)
     for i in range(10):
         finish(metrics, Exchange(path="/v1/messages", team_id=f"team-{i}", model="chat-model", status=200))
-    teams = {dict(labels)["team"] for name, labels in samples(metrics) if name == m.REQUESTS}
-    assert teams == {"team-0", "team-1", "team-2", m.OTHER}
+    teams = {dict(labels)["team"] for name, labels in samples(metrics) if name == n.REQUESTS}
+    assert teams == {"team-0", "team-1", "team-2", n.OTHER}
 
 
 def test_a_new_configuration_is_picked_up(metrics):
@@ -166,7 +168,7 @@ def test_a_new_configuration_is_picked_up(metrics):
     runtime.config = parse(CONFIG + "  - name: new-model\n    routes: [{backend: chat, model: n}]\n", env={})
     finish(metrics, Exchange(path="/v1/messages", model="new-model", served_model="new-model", status=200))
     found = samples(metrics)
-    assert value(found, m.REQUESTS, model="other") == 1 and value(found, m.REQUESTS, model="new-model") == 1
+    assert value(found, n.REQUESTS, model="other") == 1 and value(found, n.REQUESTS, model="new-model") == 1
 
 
 def test_redis_observer(metrics):
@@ -182,24 +184,24 @@ def test_redis_observer(metrics):
     for event in ("outage", "fallback_admission", "refused_admission", "lost_settlement"):
         observer.limiter_event(event)
     found = samples(metrics)
-    assert value(found, m.REDIS_ROUND_TRIP + "_count") == 2
-    assert value(found, m.REDIS_ERRORS, component="limiter", operation="admit", kind="timeout") == 1
-    assert value(found, m.REDIS_ERRORS, component="store", kind="connection") == 1
-    assert value(found, m.REDIS_ERRORS, component="store", kind="error") == 1
-    assert value(found, m.LIMITER_DEGRADED) == 1
-    for name in (m.LIMITER_OUTAGES, m.LIMITER_FALLBACK_ADMISSIONS, m.LIMITER_REFUSED_ADMISSIONS,
-                 m.LIMITER_LOST_SETTLEMENTS):
+    assert value(found, n.REDIS_ROUND_TRIP + "_count") == 2
+    assert value(found, n.REDIS_ERRORS, component="limiter", operation="admit", kind="timeout") == 1
+    assert value(found, n.REDIS_ERRORS, component="store", kind="connection") == 1
+    assert value(found, n.REDIS_ERRORS, component="store", kind="error") == 1
+    assert value(found, n.LIMITER_DEGRADED) == 1
+    for name in (n.LIMITER_OUTAGES, n.LIMITER_FALLBACK_ADMISSIONS, n.LIMITER_REFUSED_ADMISSIONS,
+                 n.LIMITER_LOST_SETTLEMENTS):
         assert value(found, name) == 1
     observer.limiter_event("recovered")
-    assert value(samples(metrics), m.LIMITER_DEGRADED) == 0
+    assert value(samples(metrics), n.LIMITER_DEGRADED) == 0
 
 
 def test_two_apps_have_their_own_registries(config):
     first = m.Metrics(SimpleNamespace(config=config, router=None))
     second = m.Metrics(SimpleNamespace(config=config, router=None))
     finish(first, Exchange(path="/v1/messages", status=200))
-    assert value(samples(first), m.REQUESTS) == 1
-    assert value(samples(second), m.REQUESTS) == 0
+    assert value(samples(first), n.REQUESTS) == 1
+    assert value(samples(second), n.REQUESTS) == 0
 
 
 def test_openmetrics_when_asked(metrics):
@@ -220,31 +222,31 @@ def value_class(monkeypatch):
 
 def test_one_process_keeps_its_metrics_in_memory(value_class):
     environ: dict[str, str] = {}
-    assert m.setup_multiprocess(1, environ) == m.Multiprocess(None)
+    assert mp.setup_multiprocess(1, environ) == mp.Multiprocess(None)
     assert environ == {} and not getattr(values.ValueClass, "_multiprocess", False)
 
 
 def test_several_workers_get_a_fresh_directory(value_class):
     environ: dict[str, str] = {}
-    setup = m.setup_multiprocess(2, environ)
+    setup = mp.setup_multiprocess(2, environ)
     try:
-        assert setup.owned and Path(setup.directory).is_dir() and environ[m.MULTIPROC_ENV] == setup.directory
+        assert setup.owned and Path(setup.directory).is_dir() and environ[n.MULTIPROC_ENV] == setup.directory
         assert values.ValueClass._multiprocess
     finally:
-        m.teardown_multiprocess(setup)
+        mp.teardown_multiprocess(setup)
     assert not Path(setup.directory).exists()
 
 
 def test_an_operators_directory_is_emptied_for_workers_and_left_alone_for_one_process(value_class, tmp_path):
     (tmp_path / "counter_123.db").write_bytes(b"stale")
     (tmp_path / "notes.txt").write_text("not ours")
-    environ = {m.MULTIPROC_ENV: str(tmp_path)}
-    shared = m.setup_multiprocess(1, environ)
+    environ = {n.MULTIPROC_ENV: str(tmp_path)}
+    shared = mp.setup_multiprocess(1, environ)
     assert shared.shared and not shared.owned and (tmp_path / "counter_123.db").exists()
-    workers = m.setup_multiprocess(4, environ)
+    workers = mp.setup_multiprocess(4, environ)
     assert workers.directory == str(tmp_path) and not workers.owned
     assert not (tmp_path / "counter_123.db").exists() and (tmp_path / "notes.txt").exists()
-    m.teardown_multiprocess(workers)
+    mp.teardown_multiprocess(workers)
     assert tmp_path.exists()
 
 
@@ -255,7 +257,7 @@ def test_a_worker_starting_beside_others_neither_fails_its_start_nor_a_scrape(va
     the same way. Both now read only files that hold their header."""
     (tmp_path / "counter_1001.db").write_bytes(b"")
     (tmp_path / "gauge_livesum_1002.db").write_bytes(b"\0\0")
-    monkeypatch.setenv(m.MULTIPROC_ENV, str(tmp_path))  # where prometheus-client's values look
+    monkeypatch.setenv(n.MULTIPROC_ENV, str(tmp_path))  # where prometheus-client's values look
     config = parse(CONFIG, env={})
     metrics = m.Metrics(SimpleNamespace(config=config, router=SimpleNamespace(health=lambda: [])),
                         multiprocess_dir=str(tmp_path))
@@ -291,7 +293,7 @@ def test_the_readme_documents_every_metric(metrics):
     section = readme.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     for name in documented_names(metrics):
         assert f"`{name}`" in section, name
-    for label in {*m.GEN_AI_TOKEN_LABELS, *m.REQUEST_LABELS, *m.TOKEN_LABELS, *m.DEPLOYMENT_LABELS, *m.REDIS_ERROR_LABELS}:
+    for label in {*n.GEN_AI_TOKEN_LABELS, *n.REQUEST_LABELS, *n.TOKEN_LABELS, *n.DEPLOYMENT_LABELS, *n.REDIS_ERROR_LABELS}:
         assert label in section, label
     assert "x-gateway-overhead-ms" in section
 
@@ -314,9 +316,9 @@ def test_dashboard_and_rules_use_only_exported_names(metrics):
         for name in recorded:
             text = text.replace(name, "")
         texts.append(text)
-    used = {name for text in texts for name in METRIC_NAME.findall(text)} - set(m.GEN_AI_TOKEN_LABELS)
+    used = {name for text in texts for name in METRIC_NAME.findall(text)} - set(n.GEN_AI_TOKEN_LABELS)
     assert used <= names, used - names
-    assert {m.REQUESTS, m.GEN_AI_REQUEST_DURATION + "_count", m.LIMITER_DEGRADED} <= used
+    assert {n.REQUESTS, n.GEN_AI_REQUEST_DURATION + "_count", n.LIMITER_DEGRADED} <= used
     alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
     assert {"GatewayHighErrorRate", "GatewaySlowResponses", "GatewayRateLimitSaturation", "GatewayUpstreamFailures",
             "GatewayRedisDown"} <= alerts

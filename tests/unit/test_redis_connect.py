@@ -16,7 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.config import ConfigError, RedisStoreConfig, host_port, parse
 from gateway.limiter.redis import MAX_CONNECTIONS, profile
-from gateway.redis_connect import Profile, connect
+from gateway.redis.clients import Profile, connect
 from gateway.store.redis import profile as store_profile
 
 SECRET = "s3cr3t-Pa55"

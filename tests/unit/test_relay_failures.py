@@ -20,8 +20,9 @@ import pytest
 
 from gateway.backends.presets import ChatDialect
 from gateway.protocols.sse import SseDecoder
-from gateway.relay import ChatRelay, NativeRelay
-from gateway.translate.chat_request import to_chat_request
+from gateway.translate.messages_chat.relay import ChatRelay
+from gateway.translate.messages_chat.request import to_chat_request
+from gateway.translate.messages_native.relay import NativeRelay
 from tests.support.grammar import check_stream
 
 R = TypeVar("R", ChatRelay, NativeRelay)

@@ -32,7 +32,7 @@ from gateway.errors import (
 from gateway.exchange import Exchange
 from gateway.identity import ApiKey, Principal, Team
 from gateway.routing import Router
-from gateway.translate.chat_errors import error_from_upstream
+from gateway.translate.upstream_errors import error_from_upstream
 
 
 @dataclass

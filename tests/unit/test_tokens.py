@@ -8,7 +8,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.tokens import CHARS_PER_TOKEN, PER_MESSAGE, _Counter, estimate_input_tokens
+from gateway.translate.estimate import CHARS_PER_TOKEN, PER_MESSAGE, _Counter, estimate_input_tokens
 
 
 def reference(text: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import orjson
 
 from gateway.errors import InvalidRequest
 from gateway.protocols.messages import system_text
-from gateway.translate.dialect import ChatDialect, short_tool_name, upstream_tool_id
+from gateway.translate.messages_chat.dialect import ChatDialect, short_tool_name, upstream_tool_id
 
 BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
 TOOL_ERROR_MARK = "[tool error] "

@@ -1,4 +1,4 @@
-"""Every metric the gateway exports, defined here and nowhere else.
+"""What the gateway records in its metrics, and the `/metrics` exposition.
 
 Names follow the ecosystem: the OpenTelemetry gen_ai histograms exactly as Envoy AI
 Gateway exports them to Prometheus (`gen_ai_*`, with the conventions' attributes as
@@ -17,26 +17,18 @@ never prometheus_client's global `REGISTRY`. The request path touches it once, a
 (`Metrics.request_finished`, from the edge middleware): one dict lookup finds the label
 children of that label combination, built the first time it is seen.
 
-With several worker processes, prometheus-client's multiprocess mode keeps every value
-in memory-mapped files under `PROMETHEUS_MULTIPROC_DIR` and `/metrics` adds up all of
-them (`setup_multiprocess`, called by `gateway serve` before anything is built).
-Collectors that read this process's state at scrape time (deployment cooldowns, build
-info) report the process that answers the scrape.
+The names, labels and buckets are in `names.py`; several worker processes share their
+values through `multiprocess.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import glob
 import importlib.metadata
 import logging
 import os
 import platform
-import shutil
-import tempfile
-from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -47,127 +39,77 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     disable_created_metrics,
-    values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.errors import GatewayError
 from gateway.exchange import Exchange
-from gateway.identity import Limits
 
 if TYPE_CHECKING:
-    from gateway.app import Runtime
+    from gateway.runtime import Runtime
+
+from gateway.observe.multiprocess import FilesCollector, use_mmap_values
+from gateway.observe.names import (
+    BUILD_INFO,
+    CLIENT_TIMEOUT_PHASES,
+    CLIENT_TIMEOUTS,
+    CONNECTIONS_REFUSED,
+    DEPLOYMENT_LABELS,
+    DEPLOYMENT_STATE,
+    DEPLOYMENT_STATES,
+    DURATION_BUCKETS,
+    ERROR_TYPES,
+    FALLBACKS,
+    GEN_AI_LABELS,
+    GEN_AI_REQUEST_DURATION,
+    GEN_AI_TIME_PER_OUTPUT_TOKEN,
+    GEN_AI_TIME_TO_FIRST_TOKEN,
+    GEN_AI_TOKEN_LABELS,
+    GEN_AI_TOKEN_USAGE,
+    IN_FLIGHT,
+    LIMIT_NAMES,
+    LIMITER_DEGRADED,
+    LIMITER_FALLBACK_ADMISSIONS,
+    LIMITER_LOST_SETTLEMENTS,
+    LIMITER_OUTAGES,
+    LIMITER_REFUSED_ADMISSIONS,
+    LISTENERS,
+    MAX_TEAM_LABELS,
+    MULTIPROC_ENV,
+    NOT_COUNTED,
+    OPEN_CONNECTIONS,
+    OPEN_STREAMS,
+    OPERATIONS,
+    OTHER,
+    OVERHEAD,
+    OVERHEAD_BUCKETS,
+    OVERHEAD_LABELS,
+    RATE_LIMIT_REJECTIONS,
+    REDIS_BUCKETS,
+    REDIS_ERROR_LABELS,
+    REDIS_ERRORS,
+    REDIS_LABELS,
+    REDIS_ROUND_TRIP,
+    REQUEST_LABELS,
+    REQUESTS,
+    RETRIES,
+    STATUS_CLASSES,
+    TOKEN_BUCKETS,
+    TOKEN_LABELS,
+    TOKENS,
+    TPOT_BUCKETS,
+    TTFT_BUCKETS,
+    UPSTREAM_ERROR_KINDS,
+    UPSTREAM_ERRORS,
+    UPSTREAM_OPERATIONS,
+    USAGE_ESTIMATED,
+)
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------- names
-
-# OpenTelemetry gen_ai semantic conventions, as Envoy AI Gateway exports them.
-GEN_AI_TOKEN_USAGE = "gen_ai_client_token_usage"
-GEN_AI_REQUEST_DURATION = "gen_ai_server_request_duration_seconds"
-GEN_AI_TIME_TO_FIRST_TOKEN = "gen_ai_server_time_to_first_token_seconds"
-GEN_AI_TIME_PER_OUTPUT_TOKEN = "gen_ai_server_time_per_output_token_seconds"
-
-# The gateway's own.
-REQUESTS = "gateway_requests_total"
-OVERHEAD = "gateway_overhead_seconds"
-TOKENS = "gateway_tokens_total"
-USAGE_ESTIMATED = "gateway_usage_estimated_total"
-RATE_LIMIT_REJECTIONS = "gateway_rate_limit_rejections_total"
-UPSTREAM_ERRORS = "gateway_upstream_errors_total"
-RETRIES = "gateway_retries_total"
-FALLBACKS = "gateway_fallbacks_total"
-IN_FLIGHT = "gateway_in_flight_requests"
-OPEN_STREAMS = "gateway_open_streams"
-DEPLOYMENT_STATE = "gateway_deployment_state"
-REDIS_ROUND_TRIP = "gateway_redis_round_trip_seconds"
-REDIS_ERRORS = "gateway_redis_errors_total"
-LIMITER_DEGRADED = "gateway_limiter_degraded"
-LIMITER_OUTAGES = "gateway_limiter_outages_total"
-LIMITER_FALLBACK_ADMISSIONS = "gateway_limiter_fallback_admissions_total"
-LIMITER_REFUSED_ADMISSIONS = "gateway_limiter_refused_admissions_total"
-LIMITER_LOST_SETTLEMENTS = "gateway_limiter_lost_settlements_total"
-OPEN_CONNECTIONS = "gateway_open_connections"
-CONNECTIONS_REFUSED = "gateway_connections_refused_total"
-CLIENT_TIMEOUTS = "gateway_client_timeouts_total"
-BUILD_INFO = "gateway_build_info"
-
-# ---------------------------------------------------------------------------- labels
-
-GEN_AI_LABELS = (
-    "gen_ai_operation_name",
-    "gen_ai_provider_name",
-    "gen_ai_request_model",
-    "gen_ai_original_model",
-    "error_type",
-)
-GEN_AI_TOKEN_LABELS = (*GEN_AI_LABELS, "gen_ai_token_type")
-REQUEST_LABELS = ("operation", "team", "model", "backend", "status_class")
-OVERHEAD_LABELS = ("operation", "backend")
-TOKEN_LABELS = ("team", "model", "token_type")
-DEPLOYMENT_LABELS = ("model", "backend", "upstream_model", "state")
-REDIS_LABELS = ("component", "operation")
-REDIS_ERROR_LABELS = ("component", "operation", "kind")
-# The listeners (gateway/connections.py) and the parts of a request a deadline cuts.
-LISTENERS = ("client", "admin")
-CLIENT_TIMEOUT_PHASES = ("headers", "body")
-
-# The value that stands for every name the configuration does not declare.
-OTHER = "other"
-# Distinct team label values one process exports before it folds the rest into `other`.
-MAX_TEAM_LABELS = 1000
-DEPLOYMENT_STATES = ("closed", "half_open", "open")
-LIMIT_NAMES = frozenset(Limits.model_fields)
-UPSTREAM_ERROR_KINDS = frozenset({
-    "connect", "timeout", "protocol", "context_length", "status_429", "status_5xx",
-    "stream_reset", "stream_timeout", "stream_protocol", "stream_error",
-})
-
-
-def _error_types(cls: type[GatewayError]) -> Iterator[str]:
-    yield cls.error_type
-    for sub in cls.__subclasses__():
-        yield from _error_types(sub)
-
-
-# Every Messages error type the gateway answers with, and a client that left; anything
-# else (a type an upstream made up) is `_OTHER`, as in the conventions.
-ERROR_TYPES = frozenset({*_error_types(GatewayError), "client_disconnected", "_OTHER"})
-
-# Paths whose requests are counted, by operation; the rest of /v1 and /admin by prefix,
-# anything else as `other`. The probes and /metrics are not counted.
-OPERATIONS = {"/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens"}
-NOT_COUNTED = frozenset({"/metrics", "/healthz", "/readyz", "/health"})
-# The operations that reach an upstream: gen_ai histograms and the overhead histogram.
-UPSTREAM_OPERATIONS = frozenset(OPERATIONS.values())
-
-# ---------------------------------------------------------------------------- buckets
-
-# Envoy AI Gateway's doubling buckets (0.01 … 81.92 s), extended down to a millisecond
-# (what the gateway answers by itself) and up to eleven minutes (long generations).
-DURATION_BUCKETS = (0.001, 0.0025, 0.005, *(0.01 * 2**i for i in range(14)), 163.84, 327.68, 655.36)
-# Envoy's, plus two minutes and five (a cold model, a long prompt).
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
-    45.0, 60.0, 120.0, 300.0,
-)
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
-TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 … 67108864 (Envoy's)
-# The gateway's own time: from a tenth of a millisecond (a cached key, no limits) to
-# seconds (a Redis that makes admissions wait).
-OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
 
 # ---------------------------------------------------------------------------- vocabulary
 
@@ -428,29 +370,6 @@ class ConnectionObserver:
 # ---------------------------------------------------------------------------- the metrics
 
 
-class _FilesCollector(MultiProcessCollector):
-    """prometheus-client's multiprocess collector, safe to run while another process
-    starts: a worker creates its file empty and sizes it a moment later (and a process
-    marked dead has its live gauges' files removed), and the stock collector fails the
-    whole scrape, or the start of the worker registering it, on such a file."""
-
-    def describe(self) -> list:
-        return []  # registering need not read every process's files (the registry would collect)
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        files = []
-        for path in glob.glob(os.path.join(self._path, "*.db")):
-            try:
-                if os.path.getsize(path) >= 8:  # the used-bytes header and its padding
-                    files.append(path)
-            except OSError:  # removed meanwhile
-                continue
-        try:
-            return self.merge(files, accumulate=True)
-        except FileNotFoundError:  # removed between the look and the read: the next scrape has it right
-            return self.merge([f for f in files if os.path.exists(f)], accumulate=True)
-
-
 class Metrics:
     def __init__(self, runtime: Runtime, *, multiprocess_dir: str | None = None) -> None:
         """`multiprocess_dir`: default `$PROMETHEUS_MULTIPROC_DIR`; when set, values live
@@ -463,9 +382,9 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
         self.registry = CollectorRegistry(auto_describe=True)
         if self.multiprocess_dir:
-            _use_mmap_values()
+            use_mmap_values()
             own = None  # the metrics below register nowhere: the collector reads the files
-            _FilesCollector(self.registry, path=self.multiprocess_dir)
+            FilesCollector(self.registry, path=self.multiprocess_dir)
         else:
             own = self.registry
             ProcessCollector(registry=own)
@@ -725,70 +644,3 @@ class Metrics:
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
-# ---------------------------------------------------------------------------- processes
-
-
-def _use_mmap_values() -> None:
-    """prometheus-client picks where values live when it is imported, from the
-    environment; a directory chosen later (by `gateway serve`) must switch it, before
-    any metric is made."""
-    if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()
-
-
-@dataclass(frozen=True, slots=True)
-class Multiprocess:
-    """How this server keeps its metrics (`setup_multiprocess`)."""
-
-    directory: str | None  # None: in this process's memory
-    owned: bool = False  # created for this server: removed when it stops
-    shared: bool = False  # the operator's: other processes may be using it
-
-
-def setup_multiprocess(workers: int, environ: MutableMapping[str, str] | None = None) -> Multiprocess:
-    """Before the app is built (and before workers fork): where metric values will live.
-
-    - More than one worker: `$PROMETHEUS_MULTIPROC_DIR`, or a new temporary directory
-      (then set in the environment the workers inherit); emptied now, since files left
-      by an earlier run would add dead processes' counts to this one's.
-    - One process, `$PROMETHEUS_MULTIPROC_DIR` set: the operator runs several `gateway
-      serve` processes on one directory; it is used as it is (the operator empties it
-      before starting them all).
-    - Otherwise: this process's memory.
-    """
-    environ = os.environ if environ is None else environ
-    directory = environ.get(MULTIPROC_ENV) or None
-    if workers <= 1:
-        if directory is None:
-            return Multiprocess(None)
-        os.makedirs(directory, exist_ok=True)
-        _use_mmap_values()
-        return Multiprocess(directory, shared=True)
-    owned = directory is None
-    if owned:
-        directory = tempfile.mkdtemp(prefix="gateway-metrics-")
-        environ[MULTIPROC_ENV] = directory
-    else:
-        os.makedirs(directory, exist_ok=True)
-        for name in os.listdir(directory):
-            if name.endswith(".db"):
-                os.remove(os.path.join(directory, name))
-    _use_mmap_values()
-    return Multiprocess(directory, owned=owned)
-
-
-def worker_exited(setup: Multiprocess, pid: int) -> None:
-    """A worker process is gone: its live gauges (in flight, open streams) stop counting.
-    Its counters and histograms stay, so totals never go down."""
-    if setup.directory is not None:
-        with contextlib.suppress(OSError):
-            mark_process_dead(pid, setup.directory)
-
-
-def teardown_multiprocess(setup: Multiprocess) -> None:
-    """When the server stops: this process's live gauges go; a directory it made goes."""
-    if setup.directory is None:
-        return
-    worker_exited(setup, os.getpid())
-    if setup.owned:
-        shutil.rmtree(setup.directory, ignore_errors=True)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from gateway import accounts, cli_output
+from gateway import accounts
 from gateway.admin.models import KeyCreate, KeyRotate, KeyUpdate, TeamCreate, TeamUpdate, describe
+from gateway.cli import output as cli_output
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.identity import Limits

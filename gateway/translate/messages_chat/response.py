@@ -15,9 +15,9 @@ import orjson
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.messages import new_message_id
 from gateway.protocols.usage import token_count
-from gateway.tokens import estimate_output_tokens
-from gateway.translate.chat_request import ChatCall
-from gateway.translate.dialect import client_tool_id
+from gateway.translate.estimate import estimate_output_tokens
+from gateway.translate.messages_chat.dialect import client_tool_id
+from gateway.translate.messages_chat.request import ChatCall
 
 log = logging.getLogger(__name__)
 

@@ -49,17 +49,17 @@ import orjson
 
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
 from gateway.protocols.messages import new_message_id
-from gateway.tokens import estimate_output_tokens
-from gateway.translate.chat_errors import upstream_message
-from gateway.translate.chat_request import ChatCall
-from gateway.translate.chat_response import (
+from gateway.translate.estimate import estimate_output_tokens
+from gateway.translate.messages_chat.dialect import client_tool_id
+from gateway.translate.messages_chat.request import ChatCall
+from gateway.translate.messages_chat.response import (
     find_usage,
     reasoning_text,
     stop_reason,
     synthetic_tool_id,
     usage_from_chat,
 )
-from gateway.translate.dialect import client_tool_id
+from gateway.translate.upstream_errors import upstream_message
 
 
 class State(enum.Enum):

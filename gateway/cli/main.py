@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import NoReturn
 
-from gateway import cli_accounts as ca
 from gateway.accounts import USAGE_GROUPS
+from gateway.cli import accounts as ca
 from gateway.config import Config, ConfigError, exposure_problems, host_port, load
 
 

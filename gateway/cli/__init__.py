@@ -1,0 +1,1 @@
+"""The `gateway` command: serve, check-config, demo, and the operator's teams, keys and usage."""

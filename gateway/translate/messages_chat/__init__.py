@@ -1,0 +1,1 @@
+"""Anthropic Messages in, OpenAI Chat Completions out: request, answer, stream, relay."""

@@ -1,0 +1,1 @@
+"""Anthropic Messages in, Messages out: the native backends' stream relay."""
