@@ -26,7 +26,7 @@ import re
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from gateway.admin.models import (
     KeyCreate,
@@ -267,7 +267,7 @@ async def rotate_key(
     return record, raw
 
 
-def key_status(key: ApiKey, at: float) -> str:
+def key_status(key: ApiKey, at: float) -> Literal["active", "revoked", "expired"]:
     if key.revoked_at is not None:
         return "revoked"
     if key.expires_at is not None and at >= key.expires_at:
@@ -439,7 +439,7 @@ async def bootstrap(store: Store, teams: Sequence[TeamBootstrap], *, clock: Cloc
         )
     for declared in plan:
         await store.put_key(_declared_record(declared, at))
-        if declared.replaces:
+        if declared.record is not None and declared.replaces:  # (`replaces` says the same; mypy cannot see it)
             log.info("key '%s' (%s): replaced by the value the file declares; the previous one stops now",
                      declared.record.id, declared.where)
     kept = {declared.record.id for declared in plan if declared.record is not None}

@@ -6,6 +6,10 @@ renews their concurrency leases, and settles each exactly once in the background
 settlement never delays a response and a client that disconnects still gets settled.
 `count_demand` is a count_tokens request's: its own bucket, nothing to settle.
 
+The handlers ask for all of it through `Admission.admit_request` and `settle_request`
+(and `admit_count`): pricing, the usage an upstream reported as the limiter's `Usage`,
+and which model's prices apply (the one that served, maybe a fallback) are decided here.
+
 Neither side trusts a number it did not make: the reservation is bounded by what the
 model's routes may be asked for (a client's `max_tokens` of 10^19 would otherwise hold a
 team's whole budget while it runs), and every usage figure an upstream reports is
@@ -17,12 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from gateway.config import Pricing
+from gateway.config import ModelConfig, Pricing
+from gateway.exchange import Exchange
 from gateway.identity import Principal
-from gateway.limiter import COUNT_TOKENS, Demand, Limiter, MemoryLimiter, Ticket, Usage
+from gateway.limiter import COUNT_TOKENS, Demand, Limiter, LimitExceeded, Ticket, Usage, rate_limit_headers
+from gateway.limiter.rules import needs_input_estimate
+from gateway.protocols.messages import MessagesRequest
 from gateway.protocols.usage import token_count
-from gateway.routing import Plan
+from gateway.routing import Plan, Router
+from gateway.translate.estimate import estimate_input_tokens
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +42,7 @@ log = logging.getLogger(__name__)
 UNCAPPED_OUTPUT_RESERVATION = 128_000
 
 
-def output_reservation(body: dict, plan: Plan) -> int:
+def output_reservation(body: MessagesRequest, plan: Plan) -> int:
     """The output tokens admission holds for a request: its `max_tokens` (or the model's
     default), at most what the model's routes send upstream (`max_output_tokens`, or
     UNCAPPED_OUTPUT_RESERVATION for a route without one). Any of them may serve, so the
@@ -52,7 +63,7 @@ def cost(
     return tokens / 1e6 + web_searches * pricing.web_search_per_thousand / 1000
 
 
-def demand_for(principal: Principal, plan: Plan, body: dict, input_tokens: int) -> Demand:
+def demand_for(principal: Principal, plan: Plan, body: MessagesRequest, input_tokens: int) -> Demand:
     """`plan`: the first model that may serve; `input_tokens`: the request's estimate
     (`tokens.estimate_input_tokens`), made once by the caller."""
     pricing = plan.model.pricing
@@ -78,7 +89,7 @@ def count_demand(principal: Principal, plan: Plan) -> Demand:
     )
 
 
-def usage_of(messages_usage: dict | None, pricing: Pricing | None) -> Usage:
+def usage_of(messages_usage: Mapping[str, Any] | None, pricing: Pricing | None) -> Usage:
     """A Messages `usage` object (or None: nothing was generated) as the limiter's `Usage`,
     each figure clamped (`token_count`) whoever made the object."""
     if not messages_usage:
@@ -100,12 +111,31 @@ def usage_of(messages_usage: dict | None, pricing: Pricing | None) -> Usage:
     )
 
 
-def web_searches(messages_usage: dict) -> int:
+def web_searches(messages_usage: Mapping[str, Any]) -> int:
     """Server-side web searches the answer ran (`usage.server_tool_use`, native backends
     only), charged per search on top of the tokens. Like output, they are settled, not
     reserved: a request's count is known only once it ended."""
     tools = messages_usage.get("server_tool_use")
     return token_count(tools.get("web_search_requests")) if isinstance(tools, dict) else 0
+
+
+def served_model(router: Router, plans: Sequence[Plan], exchange: Exchange) -> ModelConfig:
+    """The configured model that answered (for its prices): one of the request's, or a
+    context fallback."""
+    for plan in plans:
+        if plan.model.name == exchange.served_model:
+            return plan.model
+    return router.resolve(exchange.served_model or plans[0].model.name).model
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A generation request let in: its ticket, and what prices what it used (the models
+    that may serve it, and the router that resolves a context fallback's name)."""
+
+    ticket: Ticket
+    router: Router
+    plans: Sequence[Plan]
 
 
 class Admission:
@@ -117,25 +147,59 @@ class Admission:
         self._queued: list[tuple[Ticket, Usage]] = []
         self._settling: set[asyncio.Task] = set()
 
+    async def admit_request(
+        self, principal: Principal, router: Router, plans: Sequence[Plan], body: MessagesRequest, exchange: Exchange
+    ) -> Admitted:
+        """Admit a generation request for `plans` (`routing.permitted`; the first prices
+        the demand), or raise the refusal (`LimitExceeded`, `Overloaded`). The exchange
+        gets the input estimate when a limit counts it, the limit that refused, or the
+        team's rate-limit headers. Every `Admitted` must reach `settle_request`."""
+        try:
+            # Made here only when a limit counts it; else later, if a stream's message_start
+            # or an answer without usage needs it (a 30–100 KB request takes ~50 µs).
+            if needs_input_estimate(principal.team.limits, principal.key.limits):
+                exchange.input_estimate = estimate_input_tokens(body)
+            ticket = await self.admit(demand_for(principal, plans[0], body, exchange.input_estimate or 0))
+        except LimitExceeded as refused:
+            exchange.rejected_limit = refused.limit
+            raise
+        exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
+        return Admitted(ticket=ticket, router=router, plans=plans)
+
+    def settle_request(self, admitted: Admitted, exchange: Exchange) -> None:
+        """Settle what the request used (`exchange.usage`: nothing when no answer came) at
+        the prices of the model that served it, in the background; once, however often
+        this is called: an upstream error settles nothing used, a client that left what
+        it was sent."""
+        pricing = served_model(admitted.router, admitted.plans, exchange).pricing
+        self.settle(admitted.ticket, usage_of(exchange.usage, pricing))
+
+    async def admit_count(self, principal: Principal, plan: Plan, exchange: Exchange) -> Ticket:
+        """A count_tokens request (`count_demand`): admitted or refused like any, then done
+        with (it holds no lease and uses no tokens: there is nothing to renew or settle).
+        The exchange gets the limit that refused, or the team's rate-limit headers."""
+        try:
+            ticket = await self.limiter.admit(count_demand(principal, plan))
+        except LimitExceeded as refused:
+            exchange.rejected_limit = refused.limit
+            raise
+        exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
+        return ticket
+
     async def admit(self, demand: Demand) -> Ticket:
         ticket = await self.limiter.admit(demand)
         self._live[id(ticket)] = ticket
         return ticket
 
-    async def admit_count(self, demand: Demand) -> Ticket:
-        """A `count_demand`: admitted or refused like any, then done with (it holds no
-        lease and uses no tokens: there is nothing to renew or settle)."""
-        return await self.limiter.admit(demand)
-
     def settle(self, ticket: Ticket, usage: Usage) -> None:
         """Settle in the background, once: the response (or the cancellation) goes on."""
         if self._live.pop(id(ticket), None) is None:
             return
-        if isinstance(self.limiter, MemoryLimiter):  # in this process: no task needed
-            try:
-                self.limiter.settle_now(ticket, usage)
-            except Exception:
-                log.exception("could not settle team %s's request", ticket.demand.team.id)
+        try:
+            if self.limiter.settle_inline(ticket, usage):  # in this process: no task needed
+                return
+        except Exception:
+            log.exception("could not settle team %s's request", ticket.demand.team.id)
             return
         if not self._queued:
             asyncio.get_running_loop().call_soon(self._send_queued)

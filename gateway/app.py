@@ -19,26 +19,22 @@ from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.backends.http_client import UpstreamClient
 from gateway.config import Config
-from gateway.limiter import open_limiter
+from gateway.limiter import Limiter, open_limiter
 from gateway.middleware import edge, on_response_prepare
 from gateway.observe.access_log import AccessLog
 from gateway.observe.metrics import METRICS, Metrics
 from gateway.routes import add_routes
-from gateway.runtime import RUNTIME, Runtime
+from gateway.runtime import RUNTIME, Runtime, build_routes
 from gateway.store import ALL, Store, open_store
 
 log = logging.getLogger("gateway")
 
 
 async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
-    runtime = app[RUNTIME]
-    # One pool of connections for every upstream; per-backend timeouts are set per call.
-    runtime.client = UpstreamClient()
-    runtime.build_router(runtime.config)
     try:
         yield
     finally:
-        await runtime.client.close()
+        await app[RUNTIME].client.close()
 
 
 async def _identity(app: web.Application) -> AsyncIterator[None]:
@@ -97,11 +93,12 @@ async def _limits(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _observe(app: web.Application) -> AsyncIterator[None]:
-    """Metrics: the Redis store and the limiter report their round trips and outages to
-    the app's `Metrics` (whose registry, made with the app, `/metrics` reads)."""
+    """Metrics: the store and the limiter report their round trips to Redis and their
+    outages to the app's `Metrics` (whose registry, made with the app, `/metrics` reads);
+    in memory they make none, and report nothing."""
     runtime, metrics = app[RUNTIME], app[METRICS]
-    observed = [runtime.store, runtime.admission.limiter if runtime.admission else None]
-    observed = [part for part in observed if part is not None and hasattr(part, "observer")]
+    assert runtime.store is not None and runtime.admission is not None  # set up before this
+    observed: list[Store | Limiter] = [runtime.store, runtime.admission.limiter]
     for part in observed:
         part.observer = metrics.redis
     try:
@@ -141,7 +138,11 @@ def build_app(config: Config, config_path: str | None = None, access_stream: Bin
     """`access_stream`: where access-log lines are written as bytes (`gateway serve`:
     stderr); None sends them to the `gateway.access` logger."""
     app = web.Application(middlewares=[edge], client_max_size=config.server.max_body_bytes)
-    app[RUNTIME] = runtime = Runtime(config=config, config_path=config_path, access_log=AccessLog(access_stream))
+    # One pool of connections for every upstream; per-backend timeouts are set per call.
+    client = UpstreamClient()
+    app[RUNTIME] = runtime = Runtime(
+        build_routes(config, client), client, config_path=config_path, access_log=AccessLog(access_stream)
+    )
     app.on_cleanup.append(lambda _: _flush(runtime.access_log))
     app.cleanup_ctx.append(_identity)
     app.cleanup_ctx.append(_limits)

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -138,7 +138,16 @@ class ChatOptions(_Strict):
     tool_name_limit: Annotated[int, Field(ge=16)] | None = None
 
 
-class _BackendBase(_Strict):
+class BackendSettings(_Strict):
+    """What every backend's settings hold, whatever its type.
+
+    A backend type's settings are a subclass here that names the type in a `type`
+    Literal (`type: Literal["openai"]`); defining it is all the configuration needs to
+    accept the type (`backend_types`). Its implementation is paired with it in
+    `gateway/backends/__init__.py`, the one registry of backend types. The registry
+    cannot live here: backends import this module, and so do the store and the limiter,
+    which must reach nothing of HTTP (`tests/unit/test_layering.py`)."""
+
     base_url: str
     api_key: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
@@ -148,6 +157,8 @@ class _BackendBase(_Strict):
     # and of one line or event of a stream. Past either, the answer is a protocol error.
     max_response_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     max_event_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    # Narrowed to one Literal by each type's settings.
+    type: str
 
     @field_validator("base_url")
     @classmethod
@@ -226,7 +237,7 @@ class ImageUrlGuard(_Strict):
     by default https only, to public addresses, the names resolved and checked first."""
 
     schemes: Annotated[list[Literal["https", "http"]], Field(min_length=1)] = Field(
-        default_factory=lambda: ["https"]
+        default_factory=lambda: list[Literal["https", "http"]](["https"])
     )
     # Also private, loopback, link-local... addresses and local names (`localhost`,
     # `*.internal`, single labels), and no DNS check: for servers fetching inside a trusted network.
@@ -237,7 +248,7 @@ class ImageUrlGuard(_Strict):
     max_per_request: Annotated[int, Field(ge=0)] = 100
 
 
-class OpenAIBackend(_BackendBase):
+class OpenAIBackend(BackendSettings):
     """Any Chat Completions server: OpenAI, Azure OpenAI, vLLM, Ollama, Groq, DeepSeek, Together."""
 
     type: Literal["openai"]
@@ -250,7 +261,7 @@ class OpenAIBackend(_BackendBase):
     image_url_guard: ImageUrlGuard = Field(default_factory=ImageUrlGuard)
 
 
-class AnthropicBackend(_BackendBase):
+class AnthropicBackend(BackendSettings):
     """A server that speaks the Messages API itself; requests pass through."""
 
     type: Literal["anthropic"]
@@ -262,8 +273,31 @@ class AnthropicBackend(_BackendBase):
     image_url_guard: ImageUrlGuard | None = None
 
 
-BackendConfig = OpenAIBackend | AnthropicBackend
-BACKEND_TYPES: dict[str, type[_BackendBase]] = {"openai": OpenAIBackend, "anthropic": AnthropicBackend}
+def backend_types() -> dict[str, type[BackendSettings]]:
+    """Each backend `type` the configuration accepts → its settings: the subclasses of
+    `BackendSettings` (at any depth) that name their type; a type named twice is a bug."""
+    found: dict[str, type[BackendSettings]] = {}
+    todo = BackendSettings.__subclasses__()
+    while todo:
+        settings = todo.pop()
+        todo.extend(settings.__subclasses__())
+        name = type_name(settings)
+        if name is None:
+            continue
+        if name in found:
+            raise TypeError(f"backend type {name!r} is named by both {found[name].__name__} and {settings.__name__}")
+        found[name] = settings
+    return found
+
+
+def type_name(settings: type[BackendSettings]) -> str | None:
+    """The backend type `settings` are for (their `type` Literal); None for settings
+    shared by several types, which name none."""
+    annotation = settings.model_fields["type"].annotation
+    if get_origin(annotation) is not Literal:
+        return None
+    (name,) = get_args(annotation)
+    return str(name)
 
 
 class RouteConfig(_Strict):
@@ -548,7 +582,7 @@ class Config(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     teams: list[TeamBootstrap] = Field(default_factory=list)
-    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    backends: dict[str, BackendSettings] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(default_factory=list)
 
 
@@ -637,7 +671,8 @@ def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
     # Backends are validated one by one so a bad field's path reads
     # `backends.openai.base_url`, not pydantic's union branch names.
     backends_raw = raw.get("backends") or {}
-    backends: dict[str, BackendConfig] = {}
+    backends: dict[str, BackendSettings] = {}
+    types = backend_types()
     if not isinstance(backends_raw, dict):
         problems.append("backends: must be a mapping of name → backend")
         backends_raw = {}
@@ -647,9 +682,9 @@ def parse(text: str, env: Mapping[str, str] | None = None) -> Config:
             problems.append(f"{_loc(path)}: must be a mapping")
             continue
         kind = spec.get("type")
-        cls = BACKEND_TYPES.get(kind) if isinstance(kind, str) else None
+        cls = types.get(kind) if isinstance(kind, str) else None
         if cls is None:
-            known = ", ".join(sorted(BACKEND_TYPES))
+            known = ", ".join(sorted(types))
             problems.append(f"{_loc(path + ('type',))}: unknown backend type {kind!r} (expected one of: {known})")
             continue
         try:
@@ -690,7 +725,7 @@ def check(models: Any, declared_backends: Mapping[str, Any]) -> list[str]:
     for i, model in enumerate(models if isinstance(models, list) else []):
         if not isinstance(model, dict):
             continue
-        aliases = model.get("aliases") if isinstance(model.get("aliases"), list) else []
+        aliases = _list(model.get("aliases"))
         for j, name in enumerate([model.get("name"), *aliases]):
             if not isinstance(name, str):
                 continue
@@ -699,7 +734,7 @@ def check(models: Any, declared_backends: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{where}: model name {name!r} is already used by {seen[name]}")
             else:
                 seen[name] = where
-        routes = model.get("routes") if isinstance(model.get("routes"), list) else []
+        routes = _list(model.get("routes"))
         wildcard = isinstance(model.get("name"), str) and model["name"].endswith("*")
         for k, route in enumerate(routes):
             backend = route.get("backend") if isinstance(route, dict) else None
@@ -712,7 +747,7 @@ def check(models: Any, declared_backends: Mapping[str, Any]) -> list[str]:
         if not isinstance(model, dict):
             continue
         for field in ("fallbacks", "context_fallbacks"):
-            targets = model.get(field) if isinstance(model.get(field), list) else []
+            targets = _list(model.get(field))
             for j, target in enumerate(targets):
                 if isinstance(target, str) and target not in seen:
                     problems.append(f"models[{i}].{field}[{j}]: unknown model {target!r}")
@@ -830,3 +865,8 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
     return parse(text, env)
+
+
+def _list(value: object) -> list[object]:
+    """`value` when the raw YAML has a list there, else none (the schema reports the shape)."""
+    return value if isinstance(value, list) else []

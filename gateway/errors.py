@@ -2,6 +2,7 @@
 
     GatewayError                      500 api_error
     ├── InvalidRequest                400 invalid_request_error
+    │   ├── ContextWindowExceeded     400 invalid_request_error
     │   ├── MethodNotAllowed          405 invalid_request_error
     │   └── RequestTimedOut           408 invalid_request_error
     ├── AuthenticationFailed          401 authentication_error
@@ -10,7 +11,7 @@
     ├── Conflict                      409 invalid_request_error
     ├── RequestTooLarge               413 request_too_large
     ├── RateLimited                   429 rate_limit_error
-    ├── UpstreamProtocolError         500 api_error
+    ├── UpstreamProtocolError         502 api_error
     │   └── UpstreamTooLarge          502 api_error
     ├── UpstreamTimeout               504 timeout_error
     └── Overloaded                    529 overloaded_error
@@ -25,6 +26,7 @@ no I/O library so the pure translators can raise these too.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 # Every error type a Messages client knows (the API's own list, wider than this tree's).
 MESSAGES_ERROR_TYPES = frozenset({
@@ -59,8 +61,8 @@ class GatewayError(Exception):
             headers.setdefault("x-should-retry", "false")
         return headers
 
-    def body(self, request_id: str | None) -> dict:
-        body: dict = {"type": "error", "error": {"type": self.error_type, "message": self.message}}
+    def body(self, request_id: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "error", "error": {"type": self.error_type, "message": self.message}}
         if request_id:
             body["request_id"] = request_id
         return body
@@ -72,6 +74,13 @@ class GatewayError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     error_type = "invalid_request_error"
+
+
+class ContextWindowExceeded(InvalidRequest):
+    """The upstream refused the request as too long for the model's context window (the
+    prompt, or the prompt with `max_tokens`). Still the client's 400, in the Messages API's
+    own words, which clients act on by compacting; routing may first send it to the
+    model's `context_fallbacks`."""
 
 
 class MethodNotAllowed(InvalidRequest):

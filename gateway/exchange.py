@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.passthrough import Policy
@@ -38,7 +39,7 @@ class Exchange:
     stream: bool = False
     status: int = 0
     error_type: str | None = None
-    usage: dict | None = None
+    usage: Mapping[str, Any] | None = None  # in Messages' `usage` shape
     # The local estimate of the request's input tokens, made once (admission needs it, and
     # a translated backend reports it when the upstream gives no usage).
     input_estimate: int | None = None

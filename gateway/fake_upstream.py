@@ -1,8 +1,9 @@
 """A small scripted upstream that speaks both Chat Completions and Messages, over real HTTP.
 
-The quick start routes its `demo` model here (no provider account, no network), and the
-tests drive it: each test queues the replies it wants (`script`), the server answers the
-next request with the next reply, and records every request it received (`requests`).
+The quick start routes its `demo` models here (no provider account, no network; `gateway
+demo` serves it in the gateway's own process, gateway/cli/demo.py), and the tests drive
+it: each test queues the replies it wants (`script`), the server answers the next request
+with the next reply, and records every request it received (`requests`).
 With nothing queued it answers like a polite model that repeats the last user message.
 
 Endpoints: `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/messages/count_tokens`,

@@ -8,24 +8,18 @@ import orjson
 from aiohttp import web
 
 from gateway import dispatch, streaming
-from gateway.admission import count_demand, demand_for, usage_of
 from gateway.auth import TEAM_HEADER
 from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS, Deployment
-from gateway.config import ModelConfig
 from gateway.errors import InvalidRequest, NotFound
 from gateway.exchange import Exchange
 from gateway.identity import Principal
-from gateway.limiter import LimitExceeded, rate_limit_headers
-from gateway.limiter.rules import needs_input_estimate
 from gateway.protocols.messages import unknown_fields, validate_request
+from gateway.responses import JSON, json_response
 from gateway.routing import Plan, Router, allowed, may_ask, permitted
 from gateway.runtime import EXCHANGE, RUNTIME
 from gateway.streaming import BACKEND_HEADER
-from gateway.translate.estimate import estimate_input_tokens
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
 
 
 async def read_json(request: web.Request) -> object:
@@ -39,10 +33,6 @@ async def read_json(request: web.Request) -> object:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-
-
-def json_response(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type=JSON)
 
 
 def client_headers(request: web.Request) -> dict[str, str]:
@@ -66,40 +56,32 @@ def check_text_headers(request: web.Request) -> None:
 async def authenticate(request: web.Request) -> Principal:
     check_text_headers(request)  # first: auth reads x-team-id
     runtime = request.app[RUNTIME]
-    principal = await runtime.auth.authenticate(request.headers)
+    auth, _ = runtime.serving()
+    principal = await auth.authenticate(request.headers)
     exchange = request[EXCHANGE]
     exchange.team_id, exchange.key_id = principal.team_id, principal.key_id
-    exchange.team_passthrough = runtime.team_passthrough.get(principal.team_id)
+    exchange.team_passthrough = runtime.routes.team_passthrough.get(principal.team_id)
     return principal
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
     exchange = request[EXCHANGE]
     runtime = request.app[RUNTIME]
+    # This request's routes and routing settings: a reload meanwhile does not change them.
+    routes = runtime.routes
+    _, admission = runtime.serving()
     principal = await authenticate(request)
-    body = validate_request(await read_json(request), runtime.config.server)
+    body = validate_request(await read_json(request), routes.config.server)
     exchange.model = body["model"]
     exchange.stream = bool(body.get("stream"))
     if log.isEnabledFor(logging.DEBUG):
         extra = unknown_fields(body)
         if extra:
             log.debug("request %s has undocumented fields %s; kept for native backends", exchange.request_id, extra)
-    # This request's routes and routing settings: a reload meanwhile does not change them.
-    router, config = runtime.router, runtime.config
+    router, config = routes.router, routes.config
     plans = permitted(router, principal, body["model"])
-    plan = plans[0]
-    exchange.served_model = plan.model.name
-    try:
-        # Made here only when a limit counts it; else later, if a stream's message_start
-        # or an answer without usage needs it (a 30–100 KB request takes ~50 µs).
-        if needs_input_estimate(principal.team.limits, principal.key.limits):
-            exchange.input_estimate = estimate_input_tokens(body)
-        demand = demand_for(principal, plan, body, exchange.input_estimate or 0)
-        ticket = await runtime.admission.admit(demand)
-    except LimitExceeded as refused:
-        exchange.rejected_limit = refused.limit
-        raise
-    exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
+    exchange.served_model = plans[0].model.name
+    admitted = await admission.admit_request(principal, router, plans, body, exchange)
     headers = client_headers(request)
 
     def may_use(plan: Plan) -> bool:  # context fallbacks the team may not use are skipped
@@ -107,7 +89,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
     try:
         if exchange.stream:
-            (upstream, relay), deployment = await dispatch.run(
+            stream, deployment = await dispatch.run(
                 router, config.routing, plans,
                 lambda d: d.backend.open_stream(body, d, headers, exchange), exchange, allowed=may_use,
                 judged_later=True,
@@ -115,7 +97,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             served_by(exchange, deployment)
             completed = False
             try:
-                response = await streaming.respond(request, exchange, deployment, upstream, relay)
+                response = await streaming.respond(request, exchange, stream)
                 completed = True
                 return response
             finally:
@@ -133,18 +115,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         response.headers[BACKEND_HEADER] = deployment.backend_name
         return response
     finally:
-        # Exactly once, whatever happened: an upstream error settles what was used (nothing),
-        # a client that left settles what it was sent.
-        runtime.admission.settle(ticket, usage_of(exchange.usage, served_model(router, plans, exchange).pricing))
-
-
-def served_model(router: Router, plans: list[Plan], exchange: Exchange) -> ModelConfig:
-    """The configured model that answered (for its prices): one of the request's, or a
-    context fallback."""
-    for plan in plans:
-        if plan.model.name == exchange.served_model:
-            return plan.model
-    return router.resolve(exchange.served_model or plans[0].model.name).model
+        admission.settle_request(admitted, exchange)  # exactly once, whatever happened
 
 
 def served_by(exchange: Exchange, deployment: Deployment) -> None:
@@ -157,17 +128,15 @@ def served_by(exchange: Exchange, deployment: Deployment) -> None:
 async def count_tokens(request: web.Request) -> web.Response:
     exchange = request[EXCHANGE]
     runtime = request.app[RUNTIME]
+    # This request's routes and routing settings: a reload meanwhile does not change them.
+    routes = runtime.routes
+    _, admission = runtime.serving()
     principal = await authenticate(request)
-    body = validate_request(await read_json(request), runtime.config.server)
+    body = validate_request(await read_json(request), routes.config.server)
     exchange.model = body["model"]
     # Counted by the model that would serve the same request to /v1/messages.
-    plan = permitted(runtime.router, principal, body["model"])[0]
-    try:
-        ticket = await runtime.admission.admit_count(count_demand(principal, plan))
-    except LimitExceeded as refused:
-        exchange.rejected_limit = refused.limit
-        raise
-    exchange.ratelimit_headers = rate_limit_headers(ticket.windows)
+    plan = permitted(routes.router, principal, body["model"])[0]
+    await admission.admit_count(principal, plan, exchange)
     deployment = plan.primary
     exchange.backend = deployment.backend_name
     response = json_response(await deployment.backend.count_tokens(body, deployment, client_headers(request), exchange))
@@ -185,7 +154,7 @@ def _model_entry(router: Router, name: str) -> dict:
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     principal = await authenticate(request)
-    router = runtime.router
+    router = runtime.routes.router
     names = [name for name in router.names() if may_ask(router, principal, name)]
     query = request.query
     try:
@@ -209,7 +178,7 @@ async def list_models(request: web.Request) -> web.Response:
         page, has_more = window[-limit:], len(window) > limit
     else:
         page, has_more = names[:limit], len(names) > limit
-    data = [_model_entry(runtime.router, name) for name in page]
+    data = [_model_entry(router, name) for name in page]
     return json_response(
         {"data": data, "has_more": has_more, "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
     )
@@ -219,9 +188,10 @@ async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     principal = await authenticate(request)
     name = request.match_info["model_id"]
-    if not may_ask(runtime.router, principal, name):
+    router = runtime.routes.router
+    if not may_ask(router, principal, name):
         raise NotFound(f"model: {name}")  # what a team may not use, it does not see
-    return json_response(_model_entry(runtime.router, name))
+    return json_response(_model_entry(router, name))
 
 
 async def health(request: web.Request) -> web.Response:

@@ -12,7 +12,6 @@ import base64
 import fnmatch
 import hashlib
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -22,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 KEY_PREFIX = "gk-"
 SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 TEAM_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-_TEAM_ID = re.compile(TEAM_ID)
 # What a client may send as a key: printable ASCII without spaces, at most this long
 # (a made key is 46). Checked before any lookup, so junk costs no store round trip.
 MAX_KEY_LENGTH = 256
@@ -128,10 +126,6 @@ def shown_prefix(key: str) -> str:
 def well_formed_key(value: str) -> bool:
     # (String methods: faster than a regular expression, and this runs on every request.)
     return 0 < len(value) <= MAX_KEY_LENGTH and value.isascii() and value.isprintable() and " " not in value
-
-
-def valid_team_id(value: str) -> bool:
-    return bool(_TEAM_ID.match(value))
 
 
 def models_allow(patterns: tuple[str, ...] | None, *names: str) -> bool:

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound, RequestTooLarge
 from gateway.exchange import Exchange, new_request_id
 from gateway.observe.metrics import METRICS
+from gateway.responses import json_response
 from gateway.runtime import EXCHANGE, RUNTIME
 
 log = logging.getLogger("gateway")
@@ -34,12 +35,7 @@ def error_response(error: GatewayError, exchange: Exchange) -> web.Response:
     exchange.error_type = error.error_type
     headers = {**exchange.ratelimit_headers, **error.response_headers()}
     headers["request-id"] = exchange.request_id
-    return web.Response(
-        status=error.status,
-        body=orjson.dumps(error.body(exchange.request_id)),
-        content_type="application/json",
-        headers=headers,
-    )
+    return json_response(error.body(exchange.request_id), status=error.status, headers=headers)
 
 
 def raw_error_response(error: GatewayError) -> bytes:
@@ -88,6 +84,7 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
     metrics = app[METRICS]
     runtime = app[RUNTIME]
     task = asyncio.current_task()
+    assert task is not None  # aiohttp serves every request in a task
     runtime.in_flight.add(task)
     operation = metrics.request_started(exchange.path)
     try:

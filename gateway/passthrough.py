@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.errors import InvalidRequest
-from gateway.protocols.messages import COMPAT_FIELDS, KNOWN_FIELDS
+from gateway.protocols.messages import COMPAT_FIELDS, KNOWN_FIELDS, Message, MessagesRequest
 
 if TYPE_CHECKING:
     from gateway.config import PassthroughConfig, TeamBootstrap, TeamPassthrough
@@ -121,7 +121,7 @@ def team_policies(teams: Sequence[TeamBootstrap]) -> dict[str, Policy]:
     }
 
 
-def check(body: dict, betas: str | None, policies: Sequence[Policy]) -> None:
+def check(body: MessagesRequest, betas: str | None, policies: Sequence[Policy]) -> None:
     """Refuse (`InvalidRequest`) a request that carries anything one of `policies` does not
     let through: the backend's, then the team's narrowing of it. `betas`: the
     `anthropic-beta` header as it will be forwarded."""
@@ -150,7 +150,7 @@ def _check_betas(header: str, policy: Policy) -> None:
         policy.passed.add(header)
 
 
-def _check_fields(body: dict, policy: Policy) -> None:
+def _check_fields(body: MessagesRequest, policy: Policy) -> None:
     assert policy.fields is not None
     for name in body:
         if name not in ALWAYS and not policy.fields.allows(name):
@@ -160,7 +160,7 @@ def _check_fields(body: dict, policy: Policy) -> None:
             )
 
 
-def _check_tools(body: dict, policy: Policy) -> None:
+def _check_tools(body: MessagesRequest, policy: Policy) -> None:
     assert policy.tools is not None
     for i, tool in enumerate(body.get("tools") or ()):
         kind = tool.get("type") or "custom"  # validated: a dict, its type a string if present
@@ -170,7 +170,7 @@ def _check_tools(body: dict, policy: Policy) -> None:
             )
 
 
-def _check_files(body: dict, policy: Policy) -> None:
+def _check_files(body: MessagesRequest, policy: Policy) -> None:
     path = file_reference(body["messages"])
     if path is not None:
         raise InvalidRequest(
@@ -183,7 +183,7 @@ def _shown(value: str) -> str:
     return value if len(value) <= _SHOWN else value[:_SHOWN] + "..."
 
 
-def file_reference(messages: list) -> str | None:
+def file_reference(messages: list[Message]) -> str | None:
     """The path of a `file_id` in the messages' content blocks (a file source, a container
     upload, a code-execution output), or None. A tool's `input` is the client's own data,
     not a reference the upstream resolves, and is not looked into. Walked with a stack,

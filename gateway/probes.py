@@ -11,22 +11,22 @@ probes.
 from __future__ import annotations
 
 import asyncio
+from types import MappingProxyType
 
-import orjson
 from aiohttp import web
 
 from gateway.bearer import check_bearer
 from gateway.errors import GatewayError
 from gateway.observe.metrics import METRICS
+from gateway.responses import json_response
 from gateway.runtime import RUNTIME
 
 # Seconds a readiness PING may take before the store counts as unreachable.
 READY_TIMEOUT = 1.0
 
 
-def _json(payload: dict, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json",
-                        headers={"cache-control": "no-store"})
+# A probe's answer is of this moment: no cache in between may keep it.
+NO_STORE = MappingProxyType({"cache-control": "no-store"})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -42,27 +42,24 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"}, headers=NO_STORE)
 
 
 async def readyz(request: web.Request) -> web.Response:
     reason = await not_ready(request.app)
     if reason is not None:
-        return _json({"status": "unavailable", "reason": reason}, status=503)
-    return _json({"status": "ready"})
+        return json_response({"status": "unavailable", "reason": reason}, status=503, headers=NO_STORE)
+    return json_response({"status": "ready"}, headers=NO_STORE)
 
 
 async def not_ready(app: web.Application) -> str | None:
     """Why the gateway should not get traffic now, or None."""
     runtime = app[RUNTIME]
-    if runtime.router is None or runtime.store is None or runtime.auth is None or runtime.admission is None:
+    if runtime.store is None or runtime.auth is None or runtime.admission is None:
         return "starting: the configuration is not in place yet"
-    ping = getattr(runtime.store, "ping", None)
-    if ping is None:  # the memory store is this process
-        return None
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            await ping()
+            await runtime.store.ping()
     except TimeoutError:
         return f"the store did not answer a PING within {READY_TIMEOUT:g}s"
     except GatewayError as exc:  # the store's own words, which never include its URL

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.backends import Backend, Deployment
 from gateway.breaker import Breaker, State
@@ -181,9 +182,9 @@ class Router:
         else:
             self._in_flight.pop(key, None)
 
-    def health(self) -> list[dict]:
+    def health(self) -> list[dict[str, Any]]:
         """Every deployment's state in this process (for /admin/health and metrics)."""
-        seen: dict[tuple[str, str], dict] = {}
+        seen: dict[tuple[str, str], dict[str, Any]] = {}
         for plan in self._plans.values():
             for deployment in plan.deployments:
                 key = _id(deployment)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,35 +34,54 @@ from gateway.store import Store
 log = logging.getLogger("gateway")
 
 
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """One configuration as a request sees it: the config, its router and backends, the
+    teams' pass-through narrowing. A reload builds a new one and swaps it whole, so a
+    request that took one keeps a consistent set until it ends."""
+
+    config: Config
+    router: Router
+    backends: Mapping[str, Backend]
+    # Team id → its narrowing of the native backends' passthrough (teams the file narrows).
+    team_passthrough: Mapping[str, Policy]
+
+
+def build_routes(config: Config, client: UpstreamClient) -> Routes:
+    backends = {name: build_backend(name, spec, client) for name, spec in config.backends.items()}
+    return Routes(config, Router(config, backends), backends, team_policies(config.teams))
+
+
 @dataclass(slots=True)
 class Runtime:
-    config: Config
+    """What one process serves with. `routes` is swapped whole on reload; the store, the
+    auth cache and admission are set up once, at startup, before any request is served."""
+
+    routes: Routes
+    client: UpstreamClient
     # The file the config came from, for reloads (None: built in code, not reloadable).
     config_path: str | None = None
-    router: Router | None = None
-    client: UpstreamClient | None = None
-    backends: dict[str, Backend] = field(default_factory=dict)
     store: Store | None = None
     auth: Authenticator | None = None
     admission: Admission | None = None
     access_log: AccessLog = field(default_factory=AccessLog)
     # The tasks serving requests now (the edge keeps it): what a shutdown drains.
-    in_flight: set[asyncio.Task] = field(default_factory=set)
+    in_flight: set[asyncio.Task[object]] = field(default_factory=set)
     # The hosts `gateway serve` listens on (client, admin; None: the config's own), which
     # a reloaded file's secrets must be strong enough for (`config.exposure_problems`).
     listen_hosts: tuple[str | None, str | None] = (None, None)
     # Recent wrong admin and metrics tokens, per source address (gateway/bearer.py).
     operator_failures: FailureThrottle = field(default_factory=FailureThrottle)
-    # Team id → its narrowing of the native backends' passthrough (teams the file narrows).
-    team_passthrough: dict[str, Policy] = field(default_factory=dict)
 
-    def build_router(self, config: Config) -> Router:
-        assert self.client is not None
-        backends = {name: build_backend(name, spec, self.client) for name, spec in config.backends.items()}
-        router = Router(config, backends)
-        self.config, self.backends, self.router = config, backends, router
-        self.team_passthrough = team_policies(config.teams)
-        return router
+    @property
+    def config(self) -> Config:
+        return self.routes.config
+
+    def serving(self) -> tuple[Authenticator, Admission]:
+        """The auth cache and admission, for a request handler (set up at startup)."""
+        if self.auth is None or self.admission is None:
+            raise RuntimeError("a request reached the gateway before its startup finished")
+        return self.auth, self.admission
 
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime")
@@ -84,8 +104,9 @@ async def reload(runtime: Runtime, path: str | Path) -> Config:
         raise ConfigError(problems)
     if config.server != runtime.config.server:
         log.warning("server settings changed in %s; the listening socket and body limit change at the next restart", path)
+    assert runtime.store is not None and runtime.auth is not None  # set at startup, before any reload
     await accounts.bootstrap(runtime.store, config.teams)
     runtime.auth.forget_unknown()  # a key the file adds works here at once, not after the feed's message
-    runtime.build_router(config)
+    runtime.routes = build_routes(config, runtime.client)
     log.info("configuration reloaded from %s (%d models, %d backends)", path, len(config.models), len(config.backends))
     return config

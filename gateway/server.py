@@ -6,12 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
-import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -20,7 +18,7 @@ from gateway.app import build_app
 from gateway.config import Config, ConfigError, ServerConfig, host_port
 from gateway.connections import GuardedSite, Listener
 from gateway.observe.metrics import METRICS
-from gateway.observe.multiprocess import setup_multiprocess, teardown_multiprocess, worker_exited
+from gateway.observe.multiprocess import setup_multiprocess, teardown_multiprocess
 from gateway.routes import admin_listener_serves, client_listener_serves
 from gateway.runtime import RUNTIME, reload
 
@@ -46,12 +44,16 @@ def _install_uvloop() -> None:
 
 
 async def _reload_on_sighup(app: web.Application) -> None:
-    """SIGHUP reloads the config file; a bad file is logged with its problems and ignored."""
+    """SIGHUP reloads the config file; a bad file is logged with its problems and ignored.
+    Without a file (`gateway demo`), SIGHUP is left alone."""
     runtime = app[RUNTIME]
+    path = runtime.config_path
+    if path is None:
+        return
 
     async def reload_now() -> None:
         try:
-            await reload(runtime, runtime.config_path)
+            await reload(runtime, path)
         except ConfigError as exc:
             log.error("reload refused; still serving the previous configuration:\n  %s", "\n  ".join(exc.problems))
         except Exception:
@@ -80,7 +82,7 @@ def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def bind_or_exit(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """`_socket`, or exit 1 saying which address could not be had (in use, not this host's)."""
     try:
         return _socket(host, port, reuse_port=reuse_port)
@@ -118,6 +120,16 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
+class Companion:
+    """Another application served by this process, in its loop, on a socket of its own
+    (`gateway demo`: the scripted upstream). It starts before the gateway listens and
+    stops after the gateway drained, so requests in flight can still reach it."""
+
+    app: web.Application
+    sock: socket.socket
+
+
 def serve(
     config: Config,
     host: str | None = None,
@@ -128,14 +140,18 @@ def serve(
     admin_listen: str | None = None,
     ready_fd: int | None = None,
     log_level: str = "info",
+    companion: Companion | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain (`_run`).
 
     `workers`: None is one per CPU (one with the memory store, which lives in one process);
-    1 serves in this process; more starts a supervisor (`_supervise`) that runs that many
-    `gateway serve` processes on the same port (and admin port). `admin_listen`: host:port
-    of the admin listener, instead of `server.admin_listen`. `ready_fd`: this process is
-    one of those workers; it writes to that pipe once it is serving."""
+    1 serves in this process; more starts a supervisor (gateway/supervisor.py) that runs
+    that many `gateway serve` processes on the same port (and admin port). `admin_listen`:
+    host:port of the admin listener, instead of `server.admin_listen`. `ready_fd`: this
+    process is one of those workers; it writes to that pipe once it is serving.
+    `companion`: served alongside, in this process (one worker only). `announce`: called
+    with the client listener's URL once it listens."""
     host = host or config.server.host
     port = config.server.port if port is None else port
     admin_listen = admin_listen or config.server.admin_listen
@@ -143,9 +159,22 @@ def serve(
     if admin is not None and admin[1] == port:
         log.error("the admin listener (%s) needs a port of its own, not the client listener's", admin_listen)
         sys.exit(1)
+    workers = _workers(config, workers)
+    if workers > 1:
+        if config_path is None:
+            raise ValueError("several workers need the config file's path (each worker loads it)")
+        from gateway.supervisor import Supervisor  # imported here: it binds with this module's helpers
+
+        Supervisor(config, (host, port), admin, config_path, workers, log_level).run()
+        return
+    _serve_here(config, (host, port), admin, config_path, ready_fd, companion, announce)
+
+
+def _workers(config: Config, asked: int | None) -> int:
+    """How many processes serve: `asked`, or its default; exit 1 when the store cannot be
+    shared by that many."""
     memory = config.store.type == "memory"
-    if workers is None:
-        workers = 1 if memory else default_workers()
+    workers = (1 if memory else default_workers()) if asked is None else asked
     if workers > 1 and memory:
         log.error(
             "--workers %d with the memory store: each process would keep its own keys, revocations and "
@@ -154,19 +183,24 @@ def serve(
             workers,
         )
         sys.exit(1)
-    if workers > 1:
-        if config_path is None:
-            raise ValueError("several workers need the config file's path (each worker loads it)")
-        _supervise(config, (host, port), admin, config_path, workers, log_level)
-        return
+    return workers
+
+
+def _serve_here(config: Config, client_address: tuple[str, int], admin: tuple[str, int] | None,
+                config_path: str | None, ready_fd: int | None, companion: Companion | None,
+                announce: Callable[[str], None] | None) -> None:
+    """Serve in this process: one event loop, the client listener and the admin one."""
+    host, port = client_address
+    memory = config.store.type == "memory"
     _install_uvloop()
     multiprocess = setup_multiprocess(1)
     if multiprocess.directory is not None and ready_fd is None:
         log.info("metrics: multiprocess mode, values kept in %s", multiprocess.directory)
     app = build_app(config, config_path, access_stream=sys.stderr.buffer)
     app[RUNTIME].listen_hosts = (host, admin[0] if admin else None)
-    if config_path is not None:
-        app.on_startup.append(_reload_on_sighup)
+    app.on_startup.append(_reload_on_sighup)
+    if companion is not None:
+        app.cleanup_ctx.append(_serving(companion))
     client, admin_rules = listeners(config.server, admin=admin is not None)
 
     def listening(sockets: list[socket.socket]) -> None:
@@ -188,16 +222,33 @@ def serve(
                 "the memory store lives in this process only: run one process, or configure "
                 "`store: {type: redis, url: ...}` to share keys, revocations and limits"
             )
+        if announce is not None:
+            announce(url(host, client_port))
 
     try:
         with contextlib.ExitStack() as bound:
             reuse_port = ready_fd is not None
-            sockets = [(bound.enter_context(_bound(host, port, reuse_port=reuse_port)), client)]
+            sockets = [(bound.enter_context(bind_or_exit(host, port, reuse_port=reuse_port)), client)]
             if admin is not None:
-                sockets.append((bound.enter_context(_bound(*admin, reuse_port=reuse_port)), admin_rules))
+                sockets.append((bound.enter_context(bind_or_exit(*admin, reuse_port=reuse_port)), admin_rules))
             asyncio.run(_run(app, sockets, config.server.drain_seconds, listening))
     finally:
         teardown_multiprocess(multiprocess)
+
+
+def _serving(companion: Companion) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup context of the gateway's app that serves `companion` for the app's lifetime."""
+
+    async def context(_app: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(companion.app, handle_signals=False, access_log=None, handler_cancellation=True)
+        await runner.setup()
+        try:
+            await web.SockSite(runner, companion.sock).start()
+            yield
+        finally:
+            await runner.cleanup()
+
+    return context
 
 
 async def _run(app: web.Application, sockets: list[tuple[socket.socket, Listener]], drain_seconds: float,
@@ -238,188 +289,3 @@ async def _run(app: web.Application, sockets: list[tuple[socket.socket, Listener
         await runner.cleanup()
     log.info("stopped")
 
-
-# ---------------------------------------------------------------------------- supervisor
-
-_RESTART_BACKOFF = 0.5  # seconds before a dead worker's replacement starts; doubles while they die young
-_RESTART_BACKOFF_MAX = 10.0
-_YOUNG = 5.0  # a worker that dies sooner than this after starting counts as dying young
-_READY_TIMEOUT = 60.0
-
-
-def _die_with_parent() -> None:  # in the child, before exec: SIGKILL when the supervisor dies
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class _Worker:
-    slot: int
-    process: subprocess.Popen
-    ready: int | None  # the pipe it reports readiness on, until it has
-    started: float
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"signal {signal.Signals(-code).name}"
-    return f"status {code}"
-
-
-def _supervise(config: Config, client: tuple[str, int], admin: tuple[str, int] | None, config_path: str,
-               workers: int, log_level: str) -> None:
-    """Run `workers` worker processes (`gateway serve ... --workers 1`, each binding the
-    client host:port, and the admin one if any, with SO_REUSEPORT and running its own
-    event loop), replace one that dies, forward SIGHUP (each reloads the file) and, on
-    SIGTERM/SIGINT, SIGTERM (each drains). Every worker serves the admin listener too:
-    the admin API's state is in the store, and any worker's /metrics adds up all of them."""
-    host, port = client
-    # Held, never listening: they reserve the ports (and resolve port 0) for the workers.
-    holder = _bound(host, port, reuse_port=True)
-    port = holder.getsockname()[1]
-    admin_holder = None
-    admin_args: list[str] = []
-    if admin is not None:
-        admin_holder = _bound(*admin, reuse_port=True)
-        admin = (admin[0], admin_holder.getsockname()[1])
-        admin_args = ["--admin-listen", address(*admin)]
-    multiprocess = setup_multiprocess(workers)
-    if multiprocess.directory is not None:
-        log.info("metrics: multiprocess mode, values kept in %s", multiprocess.directory)
-    running: dict[int, _Worker] = {}
-    stopping = hup = False
-
-    def spawn(slot: int) -> _Worker:
-        read, write = os.pipe()
-        argv = [
-            sys.executable, "-m", "gateway", "serve", "--config", config_path, "--host", host, "--port", str(port),
-            "--workers", "1", "--log-level", log_level, "--ready-fd", str(write), *admin_args,
-        ]
-        try:
-            process = subprocess.Popen(argv, pass_fds=(write,), preexec_fn=_die_with_parent)
-        finally:
-            os.close(write)
-        worker = _Worker(slot, process, read, time.monotonic())
-        running[slot] = worker
-        return worker
-
-    def on_stop(signum, _frame) -> None:
-        nonlocal stopping
-        stopping = True
-
-    def on_hup(_signum, _frame) -> None:
-        nonlocal hup
-        hup = True
-
-    def forward_hup() -> None:
-        nonlocal hup
-        if hup:
-            hup = False
-            log.info("SIGHUP: reloading the configuration in %d workers", len(running))
-            for worker in running.values():
-                with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(signal.SIGHUP)
-
-    def check_ready(timeout: float) -> list[_Worker]:
-        """Workers that reported ready (or closed their pipe: died) within `timeout`."""
-        waiting = {w.ready: w for w in running.values() if w.ready is not None}
-        if not waiting:
-            time.sleep(timeout)
-            return []
-        readable, _, _ = select.select(list(waiting), [], [], timeout)
-        answered = []
-        for fd in readable:
-            worker = waiting[fd]
-            ok = os.read(fd, 1) == b"r"
-            os.close(fd)
-            worker.ready = None
-            if ok:
-                answered.append(worker)
-        return answered
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGHUP, on_hup)
-    failed = False
-    try:
-        for slot in range(workers):
-            spawn(slot)
-        deadline = time.monotonic() + _READY_TIMEOUT
-        ready = 0
-        while ready < workers and not stopping:
-            ready += len(check_ready(0.1))
-            forward_hup()
-            dead = [w for w in running.values() if w.process.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                for worker in dead:
-                    log.error("worker %d exited with %s while starting", worker.process.pid, _describe(worker.process.returncode))
-                if not dead:
-                    log.error("workers did not start within %gs", _READY_TIMEOUT)
-                failed = True
-                return
-        if not stopping:
-            log.info(
-                "gateway listening on %s (%d workers, %d models, %d backends, store: %s)",
-                url(host, port), workers, len(config.models), len(config.backends), config.store.type,
-            )
-            if admin is not None:
-                log.info("admin listening on %s (/admin, /metrics)", url(*admin))
-        backoff = {slot: _RESTART_BACKOFF for slot in range(workers)}
-        restart_at: dict[int, float] = {}
-        while not stopping:
-            for worker in check_ready(0.1):
-                log.info("worker %d (pid %d) serving", worker.slot, worker.process.pid)
-            forward_hup()
-            now = time.monotonic()
-            for slot, worker in list(running.items()):
-                code = worker.process.poll()
-                if code is None:
-                    continue
-                del running[slot]
-                if worker.ready is not None:
-                    os.close(worker.ready)
-                worker_exited(multiprocess, worker.process.pid)
-                young = now - worker.started < _YOUNG
-                backoff[slot] = min(backoff[slot] * 2, _RESTART_BACKOFF_MAX) if young else _RESTART_BACKOFF
-                restart_at[slot] = now + backoff[slot]
-                log.warning(
-                    "worker %d (pid %d) exited with %s; restarting it in %.1fs",
-                    slot, worker.process.pid, _describe(code), backoff[slot],
-                )
-            for slot, when in list(restart_at.items()):
-                if now >= when and not stopping:
-                    del restart_at[slot]
-                    replacement = spawn(slot)
-                    log.info("worker %d restarted: pid %d", slot, replacement.process.pid)
-    finally:
-        _stop_workers(running.values(), config.server.drain_seconds, multiprocess)
-        holder.close()
-        if admin_holder is not None:
-            admin_holder.close()
-        teardown_multiprocess(multiprocess)
-        if failed:
-            sys.exit(1)
-
-
-def _stop_workers(workers, drain_seconds: float, multiprocess) -> None:
-    workers = list(workers)
-    if workers:
-        log.info("stopping %d workers (draining for up to %gs)", len(workers), drain_seconds)
-    for worker in workers:
-        with contextlib.suppress(ProcessLookupError):
-            worker.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + drain_seconds + 15.0
-    for worker in workers:
-        try:
-            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.error("worker pid %d did not stop in time; killing it", worker.process.pid)
-            worker.process.kill()
-            worker.process.wait()
-        if worker.ready is not None:
-            with contextlib.suppress(OSError):
-                os.close(worker.ready)
-        worker_exited(multiprocess, worker.process.pid)

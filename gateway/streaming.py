@@ -13,11 +13,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Protocol
 
 from aiohttp import web
 
-from gateway.backends.base import Deployment
+from gateway.backends.base import Relay, StreamHandle
 from gateway.backends.http_client import BadResponse, Response, TooLarge, UpstreamError
 from gateway.errors import GatewayError, Overloaded, UpstreamTimeout
 from gateway.exchange import Exchange
@@ -36,25 +35,6 @@ PING = encode_json({"type": "ping"})
 BACKEND_HEADER = "x-gateway-backend"
 # After `[DONE]` some servers still send usage (llama.cpp); wait this long for it.
 AFTER_DONE_GRACE = 0.5
-
-
-class Relay(Protocol):
-    finished: bool
-    has_content: bool
-    done: bool
-    # Set when the upstream's bytes ended the stream with an error (`relay.py`).
-    failure: GatewayError | None
-
-    @property
-    def usage(self) -> dict: ...
-
-    @property
-    def usage_reported(self) -> bool: ...
-
-    def start(self) -> bytes: ...
-    def feed(self, data: bytes) -> bytes: ...
-    def end(self) -> bytes: ...
-    def fail(self, error: GatewayError) -> bytes: ...
 
 
 class _Silence:
@@ -110,9 +90,19 @@ class _Silence:
         self._handle.cancel()
 
 
-class _EventStream(web.StreamResponse):
-    """Its headers leave with the first event (`message_start`, written at once), in one
-    write rather than two: aiohttp's own switch, the one its `Response` uses."""
+class EventStreamResponse(web.StreamResponse):
+    """A streamed response whose headers leave with its first body bytes, in one write.
+
+    aiohttp's `StreamResponse` writes its headers alone the moment it is prepared; its
+    `Response` holds them for the body. The choice is a private class attribute,
+    `_send_headers_immediately`, with no public way to make it: `Response` itself holds
+    the headers but refuses bytes in `write_eof` and chunking under HTTP/1.0, both of
+    which a stream needs. Held headers save each stream a write (a syscall, and a packet
+    of their own for the client to take); the client never waits on them, since the pump
+    writes `message_start` before any wait on the upstream.
+
+    This class is the one place the switch is set. `tests/unit/test_event_stream_headers.py`
+    fails when aiohttp stops honouring it."""
 
     _send_headers_immediately = False
 
@@ -128,31 +118,30 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         raise _ClientGone() from exc
 
 
-async def respond(
-    request: web.Request, exchange: Exchange, deployment: Deployment, upstream: Response, relay: Relay
-) -> web.StreamResponse:
+async def respond(request: web.Request, exchange: Exchange, stream: StreamHandle) -> web.StreamResponse:
     """Relay an opened upstream stream (status 200, body unread: `Backend.open_stream`)."""
+    upstream, relay = stream.response, stream.relay
     started = time.perf_counter()
     try:
-        response = _EventStream(
+        response = EventStreamResponse(
             status=200,
             headers={
                 **SSE_HEADERS,
                 **exchange.ratelimit_headers,
-                BACKEND_HEADER: deployment.backend_name,
+                BACKEND_HEADER: stream.backend,
                 "request-id": exchange.request_id,
             },
         )
         await response.prepare(request)
         exchange.status = 200
         ping_interval = request.app[RUNTIME].config.server.ping_interval
-        idle = deployment.backend.config.timeouts.idle
         try:
             # The headers and message_start leave with the first upstream bytes when they
             # are already here, else at once, before any wait (`_pump`); the last events
             # leave with the end of the body. A burst of chunks is then one write.
             tail = await _pump(
-                upstream, relay, response, exchange, relay.start(), ping_interval=ping_interval, idle=idle
+                upstream, relay, response, exchange, relay.start(), ping_interval=ping_interval,
+                idle=stream.idle_timeout,
             )
             await response.write_eof(tail)
         except _ClientGone:
@@ -233,12 +222,12 @@ async def _pump(
         _failed(exchange, error, "stream_timeout" if isinstance(error, UpstreamTimeout) else "stream_protocol")
         tail = relay.fail(error)
     except UpstreamError as exc:
-        error = GatewayError(
+        broken = GatewayError(
             f"the model's backend sent more at once than the gateway holds ({exc.limit} bytes, max_response_bytes)"
             if isinstance(exc, TooLarge) else "the model's backend dropped the connection mid-stream"
         )
-        _failed(exchange, error, "stream_protocol" if isinstance(exc, BadResponse) else "stream_reset")
-        tail = relay.fail(error)
+        _failed(exchange, broken, "stream_protocol" if isinstance(exc, BadResponse) else "stream_reset")
+        tail = relay.fail(broken)
     except _ClientGone:
         raise
     except asyncio.CancelledError:

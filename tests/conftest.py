@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import pytest
+
+from tests.support import binaries
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -19,16 +23,55 @@ def update_goldens(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-goldens"))
 
 
+# ---------------------------------------------------------------- strict mode (.ci/run)
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # (path, line, "Skipped: reason")
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _fail_if_missing(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under GATEWAY_TESTS_STRICT=1, a skip for want of something installed fails: a
+    skipif mark or a `pytest.skip` / `importorskip` whose reason says it is not installed
+    (tests/support/binaries.py)."""
+    if not report.skipped or hasattr(report, "wasxfail") or not binaries.strict():
+        return
+    reason = _skip_reason(report)
+    if binaries.says_missing(reason):
+        report.outcome = "failed"
+        report.longrepr = f"{reason}\n[{binaries.STRICT_ENV}=1: nothing may be skipped for want of it]"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    _fail_if_missing(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield
+    _fail_if_missing(report)
+    return report
+
+
 # ---------------------------------------------------------------- redis
 
 
 @pytest.fixture(scope="session")
 def redis_server():
     """A private redis-server for the whole run (never the one a developer may have on 6379)."""
-    from tests.support.redis_server import RedisServer, redis_server_path
+    from tests.support.redis_server import RedisServer
 
-    if redis_server_path() is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server); the Redis tests need a real one")
+    binaries.require("redis-server", "apt-get install redis-server; the Redis tests need a real one")
     server = RedisServer()
     server.start()
     yield server

@@ -18,6 +18,7 @@ from gateway.admin.openapi import Route, document
 from gateway.config import ConfigError
 from gateway.errors import Conflict, GatewayError, InvalidRequest
 from gateway.limiter import Limiter
+from gateway.responses import JSON, json_response
 from gateway.runtime import RUNTIME, reload
 from gateway.store.base import Store
 
@@ -68,36 +69,32 @@ async def body(request: web.Request, model: type[Body]) -> Body:
         raise InvalidRequest(describe(exc)) from None
 
 
-def answer(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
-
-
 # ---------------------------------------------------------------------------- teams
 
 
 async def create_team(request: web.Request) -> web.Response:
     team = await accounts.create_team(store(request), await body(request, TeamCreate))
-    return answer(accounts.team_view(team), status=201)
+    return json_response(accounts.team_view(team), status=201)
 
 
 async def list_teams(request: web.Request) -> web.Response:
-    return answer({"data": [accounts.team_view(team) for team in await accounts.list_teams(store(request))]})
+    return json_response({"data": [accounts.team_view(team) for team in await accounts.list_teams(store(request))]})
 
 
 async def get_team(request: web.Request) -> web.Response:
-    return answer(accounts.team_view(await accounts.get_team(store(request), request.match_info["team_id"])))
+    return json_response(accounts.team_view(await accounts.get_team(store(request), request.match_info["team_id"])))
 
 
 async def update_team(request: web.Request) -> web.Response:
     spec = await body(request, TeamUpdate)
     team = await accounts.update_team(store(request), request.match_info["team_id"], spec, source=source(request))
-    return answer(accounts.team_view(team))
+    return json_response(accounts.team_view(team))
 
 
 async def delete_team(request: web.Request) -> web.Response:
     team_id = request.match_info["team_id"]
     await accounts.delete_team(store(request), team_id, source=source(request))
-    return answer({"id": team_id, "deleted": True})
+    return json_response({"id": team_id, "deleted": True})
 
 
 # ---------------------------------------------------------------------------- keys
@@ -106,26 +103,26 @@ async def delete_team(request: web.Request) -> web.Response:
 async def create_key(request: web.Request) -> web.Response:
     record, raw = await accounts.create_key_from(store(request), await body(request, KeyCreate))
     forget_unknown(request)
-    return answer({**accounts.key_view(record), "key": raw}, status=201)
+    return json_response({**accounts.key_view(record), "key": raw}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     keys = await accounts.list_keys(store(request), request.query.get("team") or None)
-    return answer({"data": [accounts.key_view(key) for key in keys]})
+    return json_response({"data": [accounts.key_view(key) for key in keys]})
 
 
 async def get_key(request: web.Request) -> web.Response:
-    return answer(accounts.key_view(await accounts.get_key(store(request), request.match_info["key_id"])))
+    return json_response(accounts.key_view(await accounts.get_key(store(request), request.match_info["key_id"])))
 
 
 async def update_key(request: web.Request) -> web.Response:
     spec = await body(request, KeyUpdate)
     key = await accounts.update_key(store(request), request.match_info["key_id"], spec, source=source(request))
-    return answer(accounts.key_view(key))
+    return json_response(accounts.key_view(key))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    return answer(accounts.key_view(await accounts.revoke_key(store(request), request.match_info["key_id"])))
+    return json_response(accounts.key_view(await accounts.revoke_key(store(request), request.match_info["key_id"])))
 
 
 async def rotate_key(request: web.Request) -> web.Response:
@@ -135,7 +132,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     )
     forget_unknown(request)
     rotated_at = record.rotated_at if record.rotated_at is not None else record.created_at
-    return answer(
+    return json_response(
         {**accounts.key_view(record), "key": raw, "previous_key_expires_at": rotated_at + spec.grace_seconds}
     )
 
@@ -153,14 +150,15 @@ async def get_usage(request: web.Request) -> web.Response:
         query.get("by") or None,
         store=store(request),
     )
-    return answer(report)
+    return json_response(report)
 
 
 # ---------------------------------------------------------------------------- operations
 
 
 async def get_health(request: web.Request) -> web.Response:
-    return answer({"deployments": request.config_dict[RUNTIME].router.health()})
+    router = request.config_dict[RUNTIME].routes.router
+    return json_response({"deployments": router.health()})
 
 
 async def reload_config(request: web.Request) -> web.Response:
@@ -171,7 +169,7 @@ async def reload_config(request: web.Request) -> web.Response:
         config = await reload(runtime, runtime.config_path)
     except ConfigError as exc:
         raise InvalidRequest("the new configuration was refused; still serving the previous one: " + "; ".join(exc.problems)) from None
-    return answer({"reloaded": True, "models": len(config.models), "backends": len(config.backends)})
+    return json_response({"reloaded": True, "models": len(config.models), "backends": len(config.backends)})
 
 
 # ---------------------------------------------------------------------------- document
@@ -184,4 +182,4 @@ async def openapi_json(request: web.Request) -> web.Response:
     rendered = request.app[OPENAPI]
     if prefix not in rendered:
         rendered[prefix] = orjson.dumps(document(request.app[ROUTE_TABLE], prefix))
-    return web.Response(body=rendered[prefix], content_type="application/json")
+    return web.Response(body=rendered[prefix], content_type=JSON)  # encoded once, not per request

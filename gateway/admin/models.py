@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, create_model
+from pydantic.json_schema import JsonDict
 
 from gateway.identity import TEAM_ID, Limits
 
@@ -75,7 +76,11 @@ def _unset(description: str) -> Any:
     """A PATCH field, or a usage row's dimension: optional, but `null` is not a value (the
     type says what is), and the default is never applied (only the fields sent are, only
     the dimensions kept are shown), so the schema shows none."""
-    return Field(default=None, description=description, json_schema_extra=lambda schema: schema.pop("default", None))
+    return Field(default=None, description=description, json_schema_extra=_drop_default)
+
+
+def _drop_default(schema: JsonDict) -> None:
+    schema.pop("default", None)
 
 
 def _number_type(annotation: Any) -> type:
@@ -87,6 +92,13 @@ def _number_type(annotation: Any) -> type:
     raise TypeError(f"Limits field of unexpected type {annotation!r}")
 
 
+def _limits_input_fields() -> dict[str, Any]:
+    return {
+        name: (Annotated[_number_type(field.annotation), Field(ge=0, le=MAX_COUNT)] | None, None)
+        for name, field in Limits.model_fields.items()
+    }
+
+
 # The request-side twin of `Limits`, generated from it so the two cannot drift, with an
 # upper bound on every count (see MAX_COUNT).
 LimitsInput = create_model(
@@ -96,10 +108,7 @@ LimitsInput = create_model(
         "Per-team or per-key limits; every field optional, absent or null = unlimited (a team's "
         "count_tokens_per_minute: the gateway's limits.default_count_tokens_per_minute)."
     ),
-    **{
-        name: (Annotated[_number_type(field.annotation), Field(ge=0, le=MAX_COUNT)] | None, None)
-        for name, field in Limits.model_fields.items()
-    },
+    **_limits_input_fields(),
 )
 
 

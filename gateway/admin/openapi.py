@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway.admin.models import ErrorBody
 
@@ -59,7 +59,7 @@ class Route:
 
 
 def document(routes: tuple[Route, ...], prefix: str = "/admin") -> dict:
-    wanted = [(ErrorBody, "serialization")]
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
     for route in routes:
         if route.body is not None:
             wanted.append((route.body, "validation"))
@@ -67,7 +67,7 @@ def document(routes: tuple[Route, ...], prefix: str = "/admin") -> dict:
             wanted.append((route.answer, "serialization"))
     refs, schemas = models_json_schema(list(dict.fromkeys(wanted)), ref_template=REF)
 
-    def content(model: type[BaseModel] | None, mode: str) -> dict:
+    def content(model: type[BaseModel] | None, mode: JsonSchemaMode) -> dict:
         schema = refs[(model, mode)] if model is not None else {"type": "object"}
         return {"application/json": {"schema": schema}}
 

@@ -13,6 +13,8 @@ containers, MCP servers) is refused unless allowed (`gateway/passthrough.py`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from yarl import URL
@@ -20,27 +22,27 @@ from yarl import URL
 from gateway.backends.base import (
     FORWARDED_ANTHROPIC_HEADERS,
     Deployment,
+    StreamHandle,
     bad_answer,
     open_upstream_stream,
     post_json,
     read_error,
     with_max_tokens,
 )
-from gateway.backends.http_client import Response, UpstreamClient
+from gateway.backends.http_client import UpstreamClient
 from gateway.backends.image_hosts import check_image_urls, rules_of
 from gateway.config import AnthropicBackend
 from gateway.errors import UpstreamProtocolError
 from gateway.exchange import Exchange
 from gateway.passthrough import BETA_HEADER, backend_policy
 from gateway.passthrough import check as check_passthrough
+from gateway.protocols.messages import MessagesRequest
 from gateway.protocols.usage import clamped_usage
 from gateway.translate.messages_native.relay import NativeRelay
 from gateway.translate.upstream_errors import error_from_upstream
 
 
 class AnthropicMessagesBackend:
-    kind = "anthropic"
-
     def __init__(self, name: str, config: AnthropicBackend, client: UpstreamClient) -> None:
         self.name = name
         self.config = config
@@ -64,7 +66,7 @@ class AnthropicMessagesBackend:
         headers.setdefault("anthropic-version", self.config.anthropic_version)
         return headers
 
-    async def screen(self, request: dict, headers: dict[str, str], exchange: Exchange) -> None:
+    async def screen(self, request: MessagesRequest, headers: dict[str, str], exchange: Exchange) -> None:
         """Refuse (400, naming it) what this backend must not pass on: what its policy or
         the team's narrowing does not let through, and URLs its server must not fetch."""
         team = exchange.team_passthrough
@@ -73,7 +75,7 @@ class AnthropicMessagesBackend:
         if self.image_rules is not None:
             await check_image_urls(request, self.image_rules, documents=True, timeout=self.config.timeouts.connect)
 
-    def prepare(self, request: dict, deployment: Deployment) -> dict:
+    def prepare(self, request: MessagesRequest, deployment: Deployment) -> MessagesRequest:
         body = with_max_tokens(request, deployment, deployment.default_max_tokens)
         body = {**body, "model": deployment.upstream_model}
         temperature = body.get("temperature")
@@ -91,7 +93,9 @@ class AnthropicMessagesBackend:
             body["messages"] = messages
         return body
 
-    async def send(self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange) -> dict:
+    async def send(
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> Mapping[str, Any]:
         await self.screen(request, headers, exchange)
         body = self.prepare(request, deployment)
         started = time.perf_counter()
@@ -110,8 +114,8 @@ class AnthropicMessagesBackend:
         return answer
 
     async def open_stream(
-        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
-    ) -> tuple[Response, NativeRelay]:
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> StreamHandle:
         await self.screen(request, headers, exchange)
         body = self.prepare(request, deployment)
         upstream_headers = self.upstream_headers(headers)
@@ -122,10 +126,11 @@ class AnthropicMessagesBackend:
         )
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)
-        return response, NativeRelay(request["model"], max_event=self.config.max_event_bytes)
+        relay = NativeRelay(request["model"], max_event=self.config.max_event_bytes)
+        return StreamHandle(response, relay, idle_timeout=self.config.timeouts.idle, backend=self.name)
 
     async def count_tokens(
-        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
     ) -> dict:
         await self.screen(request, headers, exchange)
         body = {**request, "model": deployment.upstream_model}

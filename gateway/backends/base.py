@@ -8,6 +8,7 @@ only adds URLs, credentials, timeouts and error mapping.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from gateway.backends.http_client import (
 from gateway.config import RouteConfig, Timeouts
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError, UpstreamTimeout, UpstreamTooLarge
 from gateway.exchange import Exchange
+from gateway.protocols.messages import MessagesRequest
 from gateway.translate.upstream_errors import error_from_upstream
 
 # Client headers a native backend may see; everything else (credentials above all) stays here.
@@ -47,22 +49,71 @@ class Deployment:
         return self.backend.name
 
 
+class Relay(Protocol):
+    """What turns one stream's upstream bytes into Messages SSE, as the pump drives it: a
+    translator's relay (`translate/messages_chat/relay.py`, `translate/messages_native/relay.py`).
+    Pure: it never touches a socket or a clock, so the pump owns both."""
+
+    @property
+    def finished(self) -> bool:
+        """The stream's last event is out (its end, or an `error` event): nothing more to read."""
+
+    @property
+    def has_content(self) -> bool:
+        """A delta reached the client (time to first token counts from the first)."""
+
+    @property
+    def done(self) -> bool:
+        """The upstream said it is done (`[DONE]`), though usage may still follow."""
+
+    @property
+    def failure(self) -> GatewayError | None:
+        """Set when the upstream's bytes ended the stream with an error."""
+
+    @property
+    def usage(self) -> Mapping[str, Any]:
+        """What the stream used so far, in Messages' `usage` shape (what settles the request)."""
+
+    @property
+    def usage_reported(self) -> bool: ...
+
+    def start(self) -> bytes: ...
+    def feed(self, data: bytes) -> bytes: ...
+    def end(self) -> bytes: ...
+    def fail(self, error: GatewayError) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHandle:
+    """An opened upstream stream, with all the pump (`streaming.respond`) needs of the
+    backend that opened it, so it never reaches into a backend's configuration."""
+
+    # Status 200, body unread; the pump reads it and closes it.
+    response: Response
+    relay: Relay
+    # Seconds the upstream may stay silent mid-stream (`timeouts.idle`).
+    idle_timeout: float
+    # The backend's name in the configuration, for the client's `x-gateway-backend`.
+    backend: str
+
+
 class Backend(Protocol):
     name: str
-    kind: str
 
-    async def send(self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange) -> dict:
+    async def send(
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> Mapping[str, Any]:
         """Answer a non-streaming request with a Messages response body."""
 
     async def open_stream(
-        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
-    ) -> tuple[Response, Any]:
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> StreamHandle:
         """Start a streaming request: the upstream response (status 200, body unread) and the
-        relay that turns its bytes into Messages SSE (`relay.py`). A refusal raises before
-        anything reaches the client."""
+        relay that turns its bytes into Messages SSE. A refusal raises before anything
+        reaches the client."""
 
     async def count_tokens(
-        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
     ) -> dict:
         """Answer `/v1/messages/count_tokens` with `{"input_tokens": N}`."""
 
@@ -164,7 +215,7 @@ def bad_answer(message: str | UpstreamProtocolError) -> UpstreamProtocolError:
     return error
 
 
-def with_max_tokens(request: dict, deployment: Deployment, default: int | None) -> dict:
+def with_max_tokens(request: MessagesRequest, deployment: Deployment, default: int | None) -> MessagesRequest:
     """The request with `max_tokens` clamped to the route's cap (and filled in where a
     backend needs one); a shallow copy, the client's request is never changed."""
     cap = deployment.route.max_output_tokens

@@ -117,7 +117,7 @@ class Response:
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future | None = None
-        self._inflate = None
+        self._inflate: _Inflater | None = None
         self._paused = False
         self._stream = stream
         self._until_close = False  # no length and not chunked: the body ends with the connection
@@ -534,13 +534,15 @@ class UpstreamClient:
     async def _connect(self, url: URL, loop: asyncio.AbstractEventLoop, timeout: float,
                        deadline: float) -> _Connection:
         key = (url.scheme, url.host, url.port)
+        host, port = url.host, url.port
+        assert host is not None and port is not None  # a backend's URL is absolute (config checks it)
         tls = url.scheme == "https"
         context = self._ssl_context() if tls else None
         try:
             async with asyncio.timeout(min(timeout, max(deadline - loop.time(), 0.0))):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self, key, loop), url.host, url.port, ssl=context,
-                    server_hostname=url.host if tls else None,
+                    lambda: _Connection(self, key, loop), host, port, ssl=context,
+                    server_hostname=host if tls else None,
                 )
         except TimeoutError:
             raise TimeoutError(f"could not connect to {url.host}:{url.port} in time") from None

@@ -16,6 +16,7 @@ import socket
 
 from gateway.config import ImageUrlGuard
 from gateway.errors import InvalidRequest
+from gateway.protocols.messages import MessagesRequest
 from gateway.translate.image_urls import ImageUrlRules, UrlRefused, address_refusal, check_url, url_sources
 
 
@@ -28,7 +29,7 @@ def rules_of(guard: ImageUrlGuard) -> ImageUrlRules:
     )
 
 
-async def check_image_urls(request: dict, rules: ImageUrlRules, *, documents: bool, timeout: float) -> None:
+async def check_image_urls(request: MessagesRequest, rules: ImageUrlRules, *, documents: bool, timeout: float) -> None:
     """Refuse (400, naming the block and the reason) a request with a URL the server must
     not be sent to fetch. `documents`: document URLs too (a native server fetches them;
     translation refuses them). `timeout`: seconds for every name to resolve."""
@@ -76,7 +77,7 @@ async def _resolves_publicly(loop: asyncio.AbstractEventLoop, name: str) -> bool
         answers = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):  # socket.gaierror is an OSError
         return False
-    addresses = {answer[4][0] for answer in answers}
+    addresses = {str(answer[4][0]) for answer in answers}
     return bool(addresses) and all(_public(address) for address in addresses)
 
 

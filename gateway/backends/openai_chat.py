@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from yarl import URL
 
 from gateway.backends.base import (
     Deployment,
+    StreamHandle,
     bad_answer,
     open_upstream_stream,
     post_json,
     read_error,
     with_max_tokens,
 )
-from gateway.backends.http_client import Response, UpstreamClient
+from gateway.backends.http_client import UpstreamClient
 from gateway.backends.image_hosts import check_image_urls, rules_of
 from gateway.backends.presets import dialect_for
 from gateway.config import OpenAIBackend
 from gateway.errors import UpstreamProtocolError
 from gateway.exchange import Exchange
+from gateway.protocols.messages import MessagesRequest
 from gateway.translate.estimate import estimate_input_tokens
 from gateway.translate.messages_chat.relay import ChatRelay
 from gateway.translate.messages_chat.request import ChatCall, to_chat_request
@@ -29,8 +33,6 @@ from gateway.translate.upstream_errors import error_from_upstream
 
 
 class OpenAIChatBackend:
-    kind = "openai"
-
     def __init__(self, name: str, config: OpenAIBackend, client: UpstreamClient) -> None:
         self.name = name
         self.config = config
@@ -56,18 +58,20 @@ class OpenAIChatBackend:
         headers.update(self.config.headers)
         return headers
 
-    async def screen(self, request: dict) -> None:
+    async def screen(self, request: MessagesRequest) -> None:
         """Refuse (400) image URLs the server must not be sent to fetch: it fetches them
         from where it runs, often inside the operator's network. A server that fetches no
         URLs is sent none (the translation refuses them), so there is nothing to check."""
         if self.dialect.image_urls:
             await check_image_urls(request, self.image_rules, documents=False, timeout=self.config.timeouts.connect)
 
-    def prepare(self, request: dict, deployment: Deployment) -> ChatCall:
+    def prepare(self, request: MessagesRequest, deployment: Deployment) -> ChatCall:
         request = with_max_tokens(request, deployment, None)
         return to_chat_request(request, upstream_model=deployment.upstream_model, dialect=self.dialect)
 
-    async def send(self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange) -> dict:
+    async def send(
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> Mapping[str, Any]:
         await self.screen(request)
         call = self.prepare(request, deployment)
         started = time.perf_counter()
@@ -87,11 +91,11 @@ class OpenAIChatBackend:
             raise bad_answer(exc) from None
 
     async def open_stream(
-        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
-    ) -> tuple[Response, ChatRelay]:
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+    ) -> StreamHandle:
         await self.screen(request)
         call = self.prepare(request, deployment)
-        body = call.body
+        body: Mapping[str, object] = call.body
         if not self.stream_usage:
             body = {k: v for k, v in body.items() if k != "stream_options"}
         response = await open_upstream_stream(
@@ -111,10 +115,10 @@ class OpenAIChatBackend:
         if response.status != 200:
             raise error_from_upstream(response.status, await read_error(response), response.headers)
         relay = ChatRelay(call, input_tokens=_input_estimate(request, exchange), max_event=self.config.max_event_bytes)
-        return response, relay
+        return StreamHandle(response, relay, idle_timeout=self.config.timeouts.idle, backend=self.name)
 
     async def count_tokens(
-        self, request: dict, deployment: Deployment, headers: dict[str, str], exchange: Exchange
+        self, request: MessagesRequest, deployment: Deployment, headers: dict[str, str], exchange: Exchange
     ) -> dict:
         if not self.config.tokenize_url:
             return {"input_tokens": estimate_input_tokens(request)}
@@ -134,7 +138,7 @@ class OpenAIChatBackend:
 
 
 
-def _input_estimate(request: dict, exchange: Exchange) -> int:
+def _input_estimate(request: MessagesRequest, exchange: Exchange) -> int:
     """The estimate the request path already made, or one now (a caller that made none)."""
     if exchange.input_estimate is None:
         exchange.input_estimate = estimate_input_tokens(request)

@@ -16,6 +16,7 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -28,6 +29,8 @@ from gateway.errors import GatewayError
 from gateway.identity import Limits
 from gateway.limiter import open_limiter
 from gateway.store import Store, open_store
+
+Body = TypeVar("Body", bound=BaseModel)  # an admin API request body
 
 MEMORY_REFUSAL = (
     "the configured store is the in-memory one, which lives inside a single gateway process: "
@@ -131,7 +134,7 @@ def _common(args: argparse.Namespace) -> dict:
     return body
 
 
-def _validated(model: type[BaseModel], body: dict) -> BaseModel:
+def _validated(model: type[Body], body: dict) -> Body:
     # Through JSON and in strict mode, exactly as the admin API validates its bodies.
     try:
         return model.model_validate_json(orjson.dumps(body), strict=True)
@@ -158,8 +161,8 @@ async def _teams(store: Store, args: argparse.Namespace) -> Outcome:
         view = accounts.team_view(await accounts.create_team(store, spec))
         return Outcome(view, f"created team {view['id']}\n{cli_output.team_details(view)}")
     if action == "update":
-        spec = _validated(TeamUpdate, _common(args))
-        view = accounts.team_view(await accounts.update_team(store, args.id, spec, source=args.config))
+        changes = _validated(TeamUpdate, _common(args))
+        view = accounts.team_view(await accounts.update_team(store, args.id, changes, source=args.config))
         return Outcome(view, f"updated team {view['id']}\n{cli_output.team_details(view)}")
     if action == "delete":
         await accounts.delete_team(store, args.id, source=args.config)
@@ -182,17 +185,17 @@ async def _keys(store: Store, args: argparse.Namespace) -> Outcome:
         view = accounts.key_view(record)
         return Outcome({**view, "key": raw}, cli_output.new_key(view, raw), cli_output.NEW_KEY_WARNING)
     if action == "update":
-        spec = _validated(KeyUpdate, _common(args) | ({"teams": [t for g in args.team for t in g]} if args.team else {}))
-        view = accounts.key_view(await accounts.update_key(store, args.id, spec, source=args.config))
+        key_changes = _validated(KeyUpdate, _common(args) | ({"teams": [t for g in args.team for t in g]} if args.team else {}))
+        view = accounts.key_view(await accounts.update_key(store, args.id, key_changes, source=args.config))
         return Outcome(view, f"updated key {view['id']}\n{cli_output.key_details(view)}")
     if action == "revoke":
         view = accounts.key_view(await accounts.revoke_key(store, args.id))
         return Outcome(view, f"revoked key {view['id']} at {cli_output.when(view['revoked_at'])}")
     if action == "rotate":
-        spec = _validated(KeyRotate, {"grace_seconds": args.grace})
-        record, raw = await accounts.rotate_key(store, args.id, spec.grace_seconds, source=args.config)
+        rotation = _validated(KeyRotate, {"grace_seconds": args.grace})
+        record, raw = await accounts.rotate_key(store, args.id, rotation.grace_seconds, source=args.config)
         view = accounts.key_view(record)
-        until = (record.rotated_at or time.time()) + spec.grace_seconds
+        until = (record.rotated_at or time.time()) + rotation.grace_seconds
         payload = {**view, "key": raw, "previous_key_expires_at": until}
         return Outcome(payload, cli_output.new_key(view, raw, rotated_until=until), cli_output.NEW_KEY_WARNING)
     raise AssertionError(action)

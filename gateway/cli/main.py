@@ -1,6 +1,7 @@
-"""`gateway serve | check-config | fake-upstream | teams ... | keys ... | usage`: argument parsing only.
+"""`gateway serve | check-config | demo | fake-upstream | teams ... | keys ... | usage`: argument parsing only.
 
-The `teams`, `keys` and `usage` commands run in `cli_accounts.py` and print with `cli_output.py`.
+`serve` runs in gateway/server.py, `demo` in gateway/cli/demo.py; the `teams`, `keys` and
+`usage` commands run in gateway/cli/accounts.py and print with gateway/cli/output.py.
 """
 
 from __future__ import annotations
@@ -156,6 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("--admin-listen", type=_host_port, metavar="HOST:PORT",
                        help="the address `serve --admin-listen` will use (default: server.admin_listen)")
 
+    demo = commands.add_parser(
+        "demo", help="run the demo: the scripted upstream and the gateway on the embedded store, in one process",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+
     fake = commands.add_parser("fake-upstream", help="run the scripted demo upstream (OpenAI and Messages)")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9099)
@@ -177,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "check-config":
         config = _servable_or_exit(args.file, args.host, args.admin_listen)
         print(f"{args.file}: ok ({len(config.backends)} backends, {len(config.models)} models)")
+    elif args.command == "demo":
+        from gateway.cli.demo import run as run_demo
+
+        run_demo(args.host, args.port)
     elif args.command == "fake-upstream":
         from gateway.fake_upstream import main as fake_main
 

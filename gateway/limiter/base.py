@@ -25,6 +25,7 @@ from typing import Protocol
 
 from gateway.errors import RateLimited
 from gateway.identity import ApiKey, Team
+from gateway.redis.observer import Observer
 
 # What a demand is for: a generation (`/v1/messages`: every limit but one), or a count
 # (`/v1/messages/count_tokens`: `count_tokens_per_minute` alone).
@@ -90,6 +91,9 @@ class Usage:
 
 
 class Limiter(Protocol):
+    # Told of each round trip to Redis and of outages (`redis/observer.py`); None until the app sets it.
+    observer: Observer | None
+
     async def admit(self, demand: Demand) -> Ticket:
         """Check every limit of the team and of the key; charge all of them, or none.
         Raises `LimitExceeded` (a `RateLimited`: 429, with retry-after and the
@@ -101,6 +105,11 @@ class Limiter(Protocol):
 
     async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
         """`settle` each (ticket, usage), at once (one round trip for a store)."""
+
+    def settle_inline(self, ticket: Ticket, usage: Usage) -> bool:
+        """`settle` there and then, without awaiting, when this limiter can (it keeps its
+        state in this process): True when it did. False when it cannot, having done
+        nothing: the caller then awaits `settle_many` (batched, in the background)."""
 
     async def renew(self, tickets: Iterable[Ticket]) -> None:
         """Extend the leases of live requests (call every lease_seconds / 3 with

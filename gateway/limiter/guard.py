@@ -36,6 +36,7 @@ from gateway.limiter.base import Demand, Ticket, Usage
 from gateway.limiter.memory import MemoryLimiter
 from gateway.limiter.redis import RedisLimiter
 from gateway.limiter.rules import divided, has_limits
+from gateway.redis.observer import Observer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class GuardedLimiter:
         probe_interval: float = PROBE_INTERVAL,
     ) -> None:
         self.primary = primary
-        self.kind = getattr(primary, "kind", "redis")
+        self.kind = primary.kind
         self.on_store_error = on_store_error
         self.fallback_share = fallback_share
         self.count_tokens_per_minute = primary.count_tokens_per_minute  # (a team's when it sets none)
@@ -72,7 +73,7 @@ class GuardedLimiter:
         self.lost_settlements = 0
         # Told of each call to the store (`round_trip`) and of the events above
         # (`limiter_event`); set by the app to its metrics (`metrics.RedisObserver`).
-        self.observer = None
+        self.observer: Observer | None = None
         self._shares: dict[Limits, Limits] = {}
         # Usage not yet in Redis: (team, day) → `<key>|<model>|<field>` → total.
         self._pending: dict[tuple[str, str], dict[str, float]] = {}
@@ -102,6 +103,9 @@ class GuardedLimiter:
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
         await self.settle_many([(ticket, usage)])
 
+    def settle_inline(self, ticket: Ticket, usage: Usage) -> bool:
+        return False  # the store's tickets take a round trip; all go through `settle_many`
+
     async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
         """`settle` each (ticket, usage); those for the store in one round trip (see
         `RedisLimiter.settle_each`), each failure handled on its own. An error that is
@@ -127,15 +131,15 @@ class GuardedLimiter:
         # Each settlement is one round trip for the observer, of the batch's time.
         seconds = time.perf_counter() - started
         observer, unexpected = self.observer, None
-        for (ticket, usage), exc in zip(shared, errors, strict=True):  # in the order the replies came
+        for (ticket, usage), error in zip(shared, errors, strict=True):  # in the order the replies came
             if observer is not None:
-                observer.round_trip("limiter", "settle", seconds, exc)
-            if exc is None:
+                observer.round_trip("limiter", "settle", seconds, error)
+            if error is None:
                 self._back()
-            elif isinstance(exc, STORE_ERRORS):
-                self._settlement_failed(ticket, usage, exc)
+            elif isinstance(error, STORE_ERRORS):
+                self._settlement_failed(ticket, usage, error)
             elif unexpected is None:
-                unexpected = exc
+                unexpected = error
         if unexpected is not None:
             raise unexpected
 

@@ -31,6 +31,7 @@ from gateway.limiter.rules import (
     usage_rows,
     usage_values,
 )
+from gateway.redis.observer import Observer
 
 # Admissions between two sweeps of expired state.
 SWEEP_EVERY = 10_000
@@ -63,6 +64,8 @@ class MemoryLimiter:
         self._usage: dict[tuple[str, str], dict[str, float]] = {}  # (team, day) → field → value
         self._usage_expiry: dict[tuple[str, str], float] = {}
         self._admissions = 0
+        # Never told anything: nothing here makes a round trip.
+        self.observer: Observer | None = None
 
     async def admit(self, demand: Demand) -> Ticket:
         now = self._clock()
@@ -99,7 +102,7 @@ class MemoryLimiter:
                 if used >= check.limit or used + check.need > check.limit:
                     failures.append((i, budget_reset(check, cal) - now))
         if failures:
-            index, retry = pick_failure(failures)
+            index, wait = pick_failure(failures)
             failed = checks[index]
             raise rejection(
                 limit=failed.field,
@@ -107,7 +110,7 @@ class MemoryLimiter:
                 value=failed.limit,
                 team=team,
                 key=demand.key.id,
-                retry_after=retry,
+                retry_after=wait,
                 now=now,
                 windows=team_windows(checks, before, now),
             )
@@ -116,6 +119,7 @@ class MemoryLimiter:
             if check.kind == "rate":
                 self._tats[(team, check.name)] = after[check.name]
             elif check.kind == "conc":
+                assert lease is not None  # made above whenever a concurrency check is among them
                 leases = self._leases.setdefault((team, check.name), {})
                 for held, expiry in list(leases.items()):
                     if expiry <= now:
@@ -130,22 +134,23 @@ class MemoryLimiter:
         return Ticket(lease=lease, demand=demand, charged=charged_for(checks, cal), windows=team_windows(checks, after, now))
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
-        self.settle_now(ticket, usage)
+        self.settle_inline(ticket, usage)
 
     async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
         for ticket, usage in settlements:
-            self.settle_now(ticket, usage)
+            self.settle_inline(ticket, usage)
 
-    def settle_now(self, ticket: Ticket, usage: Usage) -> None:
-        """`settle`, for callers that need not await it: nothing here waits."""
+    def settle_inline(self, ticket: Ticket, usage: Usage) -> bool:
+        """`settle`, for callers that need not await it: nothing here waits. Always True."""
         if ticket.settled:
-            return
+            return True
         ticket.settled = True
         now = self._clock()
         team = ticket.demand.team.id
         for op, name, value in corrections(ticket.charged, usage):
             if op == "zrem":
-                self._leases.get((team, name), {}).pop(ticket.lease, None)
+                if ticket.lease is not None:  # (a lease was charged: there is one)
+                    self._leases.get((team, name), {}).pop(ticket.lease, None)
             elif op == "tat":
                 self._tats[(team, name)] = shift_tat(self._tats.get((team, name)), now, value)
             else:
@@ -153,6 +158,7 @@ class MemoryLimiter:
                 if entry is not None and entry[1] > now:
                     entry[0] += value
         self.record_usage(ticket.demand, usage)
+        return True
 
     def record_usage(self, demand: Demand, usage: Usage) -> None:
         """Add one request to its day's usage (settlement's last step; also how the guard

@@ -34,8 +34,9 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
+from pydantic import SecretStr
 from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -98,7 +99,12 @@ def _labels(day: bytes | str, month: bytes | str) -> Calendar:
     return Calendar(day=_text(day), month=_text(month), next_day=0, next_month=0)
 
 
-def _number(value: float | int) -> str:
+def _source(script: AsyncScript) -> str:
+    # redis-py types a script's text loosely; ours are registered as str (`_lua`).
+    return cast(str, script.script)
+
+
+def _number(value: float | int | str) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
@@ -176,7 +182,7 @@ class RedisLimiter:
         count_tokens_per_minute: int | None = DEFAULT_COUNT_TOKENS_PER_MINUTE,
     ) -> RedisLimiter:
         """On one server (`redis://`, `rediss://`)."""
-        client = connect(RedisStoreConfig(type="redis", url=url, prefix=prefix), profile(socket_timeout))
+        client = connect(RedisStoreConfig(type="redis", url=SecretStr(url), prefix=prefix), profile(socket_timeout))
         return cls(
             client, prefix=prefix, lease_seconds=lease_seconds, socket_timeout=socket_timeout,
             count_tokens_per_minute=count_tokens_per_minute,
@@ -256,7 +262,7 @@ class RedisLimiter:
         if self._lean is not None:
             packed = shape.packed + encode_args(own)
             count = 2 + len(shape.args) + len(own)
-            reply = await self._lean.evalsha_packed(self._admit.sha, self._admit.script, count, packed)
+            reply: Any = await self._lean.evalsha_packed(self._admit.sha, _source(self._admit), count, packed)
         else:
             async with self._turn():
                 reply = await self._admit(keys=[shape.key], args=shape.args + [_number(v) for v in own])
@@ -287,6 +293,16 @@ class RedisLimiter:
         key, args, _ = self._settle_static(ticket)
         await self._script(self._settle, key, args + [_number(arg) for arg in _settle_own(ticket, usage)])
 
+    def settle_inline(self, ticket: Ticket, usage: Usage) -> bool:
+        return False  # every settlement is a round trip to Redis
+
+    async def settle_many(self, settlements: Sequence[tuple[Ticket, Usage]]) -> None:
+        """`settle_each`, raising the first failure once every settlement was sent (the
+        guard, which handles each failure on its own, calls `settle_each` itself)."""
+        for error in await self.settle_each(settlements):
+            if error is not None:
+                raise error
+
     async def settle_each(self, settlements: Sequence[tuple[Ticket, Usage]]) -> list[BaseException | None]:
         """`settle` each (ticket, usage), on the lean connection in one write: what each
         raised, or None, in order (the guard handles each failure on its own). A ticket
@@ -307,7 +323,7 @@ class RedisLimiter:
         if not calls:
             return errors
         try:
-            replies = await self._lean.evalsha_many(self._settle.sha, self._settle.script, calls)
+            replies = await self._lean.evalsha_many(self._settle.sha, _source(self._settle), calls)
         except (RedisError, OSError) as exc:  # could not connect: none of them left
             replies = [exc] * len(calls)
         for i, reply in zip(sent, replies, strict=True):
@@ -334,7 +350,7 @@ class RedisLimiter:
 
     async def _script(self, script: AsyncScript, key: str, args: list[str]) -> Any:
         if self._lean is not None:
-            return await self._lean.evalsha(script.sha, script.script, (key,), args)
+            return await self._lean.evalsha(script.sha, _source(script), (key,), args)
         async with self._turn():
             return await script(keys=[key], args=args)
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import InvalidRequest
 from gateway.identity import Limits
@@ -282,10 +283,18 @@ def counter_expiry(check: Check, cal: Calendar) -> int:
     return cal.next_month + MONTH_COUNTER_GRACE
 
 
-def charged_for(checks: list[Check], cal: Calendar, costs: Sequence[float] | None = None) -> dict:
+# What admission charged a bucket (`Ticket.charged`): (settles, amount[, limit]), or
+# ("lease",) for a concurrency lease. Its length goes with `settles`, which no tuple
+# type can say: the figures are read into typed names where they are used.
+Charge = tuple[Any, ...]
+# One row of `usage_rows`: day, key and model, then each of USAGE_FIELDS.
+UsageRow = dict[str, str | float | int]
+
+
+def charged_for(checks: list[Check], cal: Calendar, costs: Sequence[float] | None = None) -> dict[str, Charge]:
     """`Ticket.charged`: bucket name → (settles, amount[, limit]). `costs`: each check's,
     when the checks do not carry the request's (`amounts`)."""
-    charged: dict = {}
+    charged: dict[str, Charge] = {}
     for i, check in enumerate(checks):
         cost = check.cost if costs is None else costs[i]
         if check.kind == "rate":
@@ -300,7 +309,7 @@ def charged_for(checks: list[Check], cal: Calendar, costs: Sequence[float] | Non
 _HEADER_KINDS = {field: kind for _, field, kind, _ in (*RATES, COUNT_RATE)}
 
 
-def team_windows(checks: list[Check], tats: dict[str, float | None], now: float) -> dict[str, Window]:
+def team_windows(checks: list[Check], tats: Mapping[str, float | None], now: float) -> dict[str, Window]:
     """The team's windows from its buckets' tats (after the charge when admitted)."""
     windows: dict[str, Window] = {}
     # The team's rate checks come first, in RATES order (`_scope_checks`): the headers' order.
@@ -331,7 +340,7 @@ def actual_total(usage: Usage) -> int:
     return actual_input(usage) + usage.output_tokens
 
 
-def corrections(charged: dict, usage: Usage) -> list[tuple[str, str, float]]:
+def corrections(charged: Mapping[str, Charge], usage: Usage) -> list[tuple[str, str, float]]:
     """Settlement's operations, from what admission charged and what happened:
     ("tat", bucket, seconds to move its tat), ("zrem", conc set, -), ("add", budget
     counter, delta). Nothing for a bucket already exact."""
@@ -350,18 +359,20 @@ def corrections(charged: dict, usage: Usage) -> list[tuple[str, str, float]]:
 CORRECTION_OPS = {"lease": "zrem", "input": "tat", "output": "tat", "tokens": "add", "cost": "add"}
 
 
-def correction(entry: tuple, usage: Usage) -> float:
+def correction(entry: Charge, usage: Usage) -> float:
     """The value of a charged bucket's correction (`corrections`): seconds to move a
     tat, or a budget counter's delta; 0 for a lease, or for a bucket already exact."""
     settles = entry[0]
     if settles in ("input", "output"):
         actual = actual_input(usage) if settles == "input" else usage.output_tokens
-        delta = actual - entry[1]
+        delta: float = actual - entry[1]
         return delta * interval(entry[2]) if delta else 0
     if settles == "tokens":
-        return actual_total(usage) - entry[1]
+        charged: float = entry[1]
+        return actual_total(usage) - charged
     if settles == "cost":
-        return usage.cost_usd - entry[1]
+        cost: float = entry[1]
+        return usage.cost_usd - cost
     return 0
 
 
@@ -377,9 +388,9 @@ def usage_values(usage: Usage) -> tuple[int, int, int, int, int, float]:
     )
 
 
-def usage_rows(day: str, fields: dict[str, str | float | int]) -> list[dict]:
+def usage_rows(day: str, fields: Mapping[str, str | float | int]) -> list[UsageRow]:
     """A day's usage hash (`<key>|<model>|<field>` → value) → rows, sorted by key and model."""
-    rows: dict[tuple[str, str], dict] = {}
+    rows: dict[tuple[str, str], UsageRow] = {}
     for name, value in fields.items():
         key, _, rest = name.partition("|")
         model, _, field = rest.rpartition("|")
@@ -437,7 +448,7 @@ def divided(limits: Limits, share: int) -> Limits:
     divided by `share`, never below 1 unless it was 0."""
     if share <= 1:
         return limits
-    changes: dict = {}
+    changes: dict[str, float | int] = {}
     for field, value in limits.model_dump().items():
         if value is None or value == 0:
             continue

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -37,7 +37,7 @@ class AccessLog:
     def enabled(self) -> bool:
         return logger.isEnabledFor(logging.INFO)
 
-    def write(self, line: dict) -> None:
+    def write(self, line: dict[str, Any]) -> None:
         if self._stream is None:
             logger.info(orjson.dumps(line).decode())
             return
@@ -56,13 +56,14 @@ class AccessLog:
     def flush(self) -> None:
         """Write what waits (also at shutdown: the app's cleanup calls it)."""
         self._scheduled = False
-        if not self._pending:
+        stream = self._stream
+        if stream is None or not self._pending:  # lines wait only when there is a stream
             return
         data = b"".join(self._pending)
         self._pending.clear()
         self._size = 0
         try:
-            self._stream.write(data)
-            self._stream.flush()
+            stream.write(data)
+            stream.flush()
         except (OSError, ValueError) as exc:  # a closed or full stream must not fail requests
             logging.getLogger("gateway").warning("access log: could not write %d bytes (%s)", len(data), exc)

@@ -176,7 +176,7 @@ def provider_name(backend: str, spec: Any) -> str:
     the backend's name in the configuration (as Envoy AI Gateway does)."""
     if getattr(spec, "type", None) == "anthropic":
         return "anthropic"
-    preset = getattr(spec, "preset", None)
+    preset: Any = getattr(spec, "preset", None)  # None too is a key `get` looks up
     return {"openai": "openai", "azure": "azure.openai", "groq": "groq", "deepseek": "deepseek"}.get(preset, backend)
 
 
@@ -206,7 +206,13 @@ class _Series:
         upstream = operation in UPSTREAM_OPERATIONS
         self.overhead = metrics.overhead.labels(operation, backend) if upstream else None
         self.duration = metrics.duration.labels(*gen_ai) if upstream else None
-        self._ttft = self._tpot = self._usage = self._tokens = self._estimated = self._retries = None
+        # Made on first use (see the class docstring).
+        self._ttft: Histogram | None = None
+        self._tpot: Histogram | None = None
+        self._usage: dict[str, Histogram] | None = None
+        self._tokens: dict[str, Counter] | None = None
+        self._estimated: Counter | None = None
+        self._retries: Counter | None = None
 
     def ttft(self) -> Histogram:
         if self._ttft is None:
@@ -275,14 +281,12 @@ class _Deployments(Collector):
             "A deployment's circuit breaker (cooldown) state in the answering process: 1 for its state.",
             labels=list(DEPLOYMENT_LABELS),
         )
-        health = getattr(self._runtime.router, "health", None)
-        if health is not None:
-            for deployment in health():
-                state = str(deployment.get("state", ""))
-                labels = [str(deployment.get("model", "")), str(deployment.get("backend", "")),
-                          str(deployment.get("upstream_model", ""))]
-                for each in DEPLOYMENT_STATES:
-                    family.add_metric([*labels, each], 1.0 if state == each else 0.0)
+        for deployment in self._runtime.routes.router.health():
+            state = str(deployment.get("state", ""))
+            labels = [str(deployment.get("model", "")), str(deployment.get("backend", "")),
+                      str(deployment.get("upstream_model", ""))]
+            for each in DEPLOYMENT_STATES:
+                family.add_metric([*labels, each], 1.0 if state == each else 0.0)
         yield family
 
 
@@ -543,11 +547,11 @@ class Metrics:
         if series is None:
             series = self._new_series(key, vocabulary)
         series.requests.inc()
-        duration = series.duration
-        if duration is None:
+        duration, overhead = series.duration, series.overhead
+        if duration is None or overhead is None:  # both or neither: set for upstream operations
             return
         duration.observe(elapsed)
-        series.overhead.observe(max(elapsed - exchange.upstream_seconds, 0.0))
+        overhead.observe(max(elapsed - exchange.upstream_seconds, 0.0))
         usage = exchange.usage
         output = 0
         if usage:

@@ -87,7 +87,7 @@ def setup_multiprocess(workers: int, environ: MutableMapping[str, str] | None = 
         use_mmap_values()
         return Multiprocess(directory, shared=True)
     owned = directory is None
-    if owned:
+    if directory is None:
         directory = tempfile.mkdtemp(prefix="gateway-metrics-")
         environ[MULTIPROC_ENV] = directory
     else:

@@ -5,7 +5,7 @@ with unknown fields untouched, and translators read it without a copy into model
 `validate_request` checks every field the API documents, in the API's own error style
 (`messages.1.content.0.text: Field required`), and accepts what it does not know.
 
-The served API is slightly wider than Anthropic's (see docs: protocol mapping §0):
+The served API is slightly wider than Anthropic's (docs/protocol-mapping.md §0):
 `max_tokens` is optional, `temperature` goes up to 2 and `metadata` takes any keys.
 """
 
@@ -13,10 +13,152 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, NotRequired, Protocol, Required, TypedDict, cast
 
 from gateway.errors import InvalidRequest
+
+# ---------------------------------------------------------------------------- the wire types
+# The shapes below are for the type checker only: at run time each is the plain dict that
+# orjson made or the gateway built (no copy, no check beyond `validate_request`'s). Fields
+# a client may send that the gateway never reads are left out or typed `Any`; unknown
+# fields stay in the dict all the same.
+
+JsonObject = dict[str, Any]  # a parsed JSON object whose shape the gateway does not rely on
+
+
+class ContentBlock(TypedDict, total=False):
+    """Any content block: one shape with every block type's fields, not a union per type,
+    because the translators switch on `type` held in a local, which a union cannot be
+    narrowed through."""
+
+    type: Required[str]
+    text: str  # text
+    thinking: str  # thinking
+    signature: str  # thinking
+    data: str  # redacted_thinking
+    id: str  # tool_use
+    name: str  # tool_use
+    input: JsonObject  # tool_use
+    tool_use_id: str  # tool_result
+    content: str | list[ContentBlock]  # tool_result, search_result
+    is_error: bool | None  # tool_result
+    # image and document: the source object; search_result: the source's URL, a string.
+    source: Any
+    title: str | None  # document, search_result
+    citations: list[Any]
+    cache_control: Any
+
+
+class Message(TypedDict):
+    role: Literal["user", "assistant", "system"]
+    content: str | list[ContentBlock]
+
+
+# A `system` value: a string, a list of text blocks, or (leniently) one block on its own.
+SystemPrompt = str | ContentBlock | list[ContentBlock]
+
+
+class Tool(TypedDict, total=False):
+    type: str | None  # None or "custom" for a client tool; server tools by their type name
+    name: Required[str]
+    description: str
+    input_schema: JsonObject
+    strict: Any  # passed on only when it is a bool
+
+
+class ToolChoice(TypedDict, total=False):
+    type: Required[Literal["auto", "any", "tool", "none"]]
+    name: str
+    disable_parallel_tool_use: bool | None
+
+
+class Thinking(TypedDict, total=False):
+    type: Required[Literal["enabled", "disabled", "adaptive"]]
+    budget_tokens: int
+
+
+class OutputFormat(TypedDict):
+    type: Literal["json_schema"]
+    schema: JsonObject
+
+
+class OutputConfig(TypedDict, total=False):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None
+    format: OutputFormat | None
+
+
+class MessagesRequest(TypedDict, total=False):
+    """A Messages request body once `validate_request` has accepted it."""
+
+    model: Required[str]
+    messages: Required[list[Message]]
+    max_tokens: int | None
+    system: SystemPrompt | None
+    stop_sequences: list[str] | None
+    stream: bool | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    metadata: JsonObject | None  # any keys; `user_id`, when there, a string
+    tools: list[Tool] | None
+    tool_choice: ToolChoice | None
+    thinking: Thinking | None
+    output_config: OutputConfig | None
+
+
+class Usage(TypedDict):
+    """The token counts of a Messages answer, as the gateway reports a translated one."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    server_tool_use: NotRequired[JsonObject]
+
+
+class MessagesResponse(TypedDict):
+    """A non-streamed Messages answer."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[ContentBlock]
+    stop_reason: str | None
+    stop_sequence: str | None
+    usage: Usage
+
+
+class EventDelta(TypedDict, total=False):
+    """The `delta` of a content_block_delta (with its `type`) or a message_delta (without)."""
+
+    type: str
+    text: str
+    thinking: str
+    signature: str
+    partial_json: str
+    stop_reason: str | None
+    stop_sequence: str | None
+
+
+class ErrorObject(TypedDict):
+    type: str
+    message: str
+
+
+class StreamEvent(TypedDict, total=False):
+    """Any Messages stream event, one shape for all (as `ContentBlock`, for the same reason)."""
+
+    type: Required[str]
+    message: MessagesResponse  # message_start
+    index: int  # content_block_*
+    content_block: ContentBlock  # content_block_start
+    delta: EventDelta  # content_block_delta, message_delta
+    usage: Usage  # message_delta
+    error: ErrorObject  # error
+
 
 # Fields the API accepts for portability and never uses for generation: accepted,
 # dropped for translated backends, forwarded to native ones where their `passthrough`
@@ -104,7 +246,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _require_str(obj: dict, key: str, path: str) -> str:
+def _require_str(obj: JsonObject, key: str, path: str) -> str:
     if key not in obj:
         raise _fail(f"{path}.{key}", "Field required")
     value = obj[key]
@@ -113,19 +255,19 @@ def _require_str(obj: dict, key: str, path: str) -> str:
     return value
 
 
-def _require_object(value: Any, path: str) -> dict:
+def _require_object(value: Any, path: str) -> JsonObject:
     if not isinstance(value, dict):
         raise _fail(path, "Input should be a valid dictionary or object")
     return value
 
 
-def _require_list(value: Any, path: str) -> list:
+def _require_list(value: Any, path: str) -> list[Any]:
     if not isinstance(value, list):
         raise _fail(path, "Input should be a valid list")
     return value
 
 
-def _number_in(body: dict, key: str, low: float, high: float, *, integer: bool = False) -> None:
+def _number_in(body: JsonObject, key: str, low: float, high: float, *, integer: bool = False) -> None:
     if key not in body or body[key] is None:
         return
     value = body[key]
@@ -137,7 +279,7 @@ def _number_in(body: dict, key: str, low: float, high: float, *, integer: bool =
         raise _fail(key, f"Input should be between {low:g} and {high:g}")
 
 
-def validate_request(body: Any, caps: RequestCaps = DEFAULT_CAPS) -> dict:
+def validate_request(body: Any, caps: RequestCaps = DEFAULT_CAPS) -> MessagesRequest:
     """Check a Messages request body (or a count_tokens body, its subset); return it
     unchanged or raise `InvalidRequest`. Every check is linear in the body's size."""
     body = _require_object(body, "")
@@ -193,7 +335,7 @@ def validate_request(body: Any, caps: RequestCaps = DEFAULT_CAPS) -> dict:
         _validate_thinking(body["thinking"], body.get("max_tokens"))
     if "output_config" in body and body["output_config"] is not None:
         _validate_output_config(body["output_config"])
-    return body
+    return cast(MessagesRequest, body)
 
 
 def _validate_system(system: Any) -> None:
@@ -206,7 +348,7 @@ def _validate_system(system: Any) -> None:
         _validate_text_block(_require_object(block, f"system.{i}"), f"system.{i}")
 
 
-def _validate_text_block(block: dict, path: str) -> None:
+def _validate_text_block(block: JsonObject, path: str) -> None:
     if block.get("type") != "text":
         raise _fail(f"{path}.type", "Input should be 'text'")
     _require_str(block, "text", path)
@@ -215,13 +357,13 @@ def _validate_text_block(block: dict, path: str) -> None:
 _NESTS = frozenset({dict, list})  # what parsed JSON nests in (orjson makes exactly these)
 
 
-def _check_depth(body: dict, limit: int) -> None:
+def _check_depth(body: JsonObject, limit: int) -> None:
     """Refuse JSON nested deeper than `limit` levels (the body is level 1), wherever it
     is: a schema, a tool input, metadata, a field only native backends read. What the
     gateway then does with a request (translate it, estimate it, encode it again for the
     upstream) stays within orjson's encoding depth and Python's recursion limit.
     One level at a time, each value looked at once, no recursion."""
-    level: list = [body]
+    level: list[Any] = [body]
     for _ in range(limit):
         level = [
             child for node in level for child in (node.values() if type(node) is dict else node) if type(child) in _NESTS
@@ -231,10 +373,14 @@ def _check_depth(body: dict, limit: int) -> None:
     raise _fail(_path_below(body, limit), f"JSON nested more than {limit} levels deep (server.max_json_depth)")
 
 
-def _path_below(body: dict, depth: int) -> str:
+# A step of a path to a nested value: its key (or list index) and the step to its parent.
+_Link = tuple[Any, "_Link | None"]
+
+
+def _path_below(body: JsonObject, depth: int) -> str:
     """The first few steps of a path to a value nested `depth` levels below `body` (only
     on a refusal: the walk keeps a link to its parent for every container)."""
-    level: list[tuple[Any, tuple | None]] = [(body, None)]
+    level: list[tuple[Any, _Link | None]] = [(body, None)]
     for _ in range(depth):
         level = [
             (child, (key, link))
@@ -252,7 +398,7 @@ def _path_below(body: dict, depth: int) -> str:
     return shown + "..." if len(keys) > 5 else shown
 
 
-def _require_blocks(content: Any, path: str, cap: int) -> list:
+def _require_blocks(content: Any, path: str, cap: int) -> list[Any]:
     blocks = _require_list(content, path)
     if len(blocks) > cap:
         raise _fail(path, f"{len(blocks)} content blocks, more than the limit of {cap} (server.max_blocks_per_message)")
@@ -318,7 +464,7 @@ def _validate_block(block: Any, path: str, max_blocks: int) -> None:
     # accepted here; a backend that cannot carry them says so by name.
 
 
-def _validate_image(block: dict, path: str) -> None:
+def _validate_image(block: JsonObject, path: str) -> None:
     source = _require_object(block.get("source"), f"{path}.source")
     kind = source.get("type")
     if kind == "base64":
@@ -394,12 +540,12 @@ def _validate_output_config(config: Any) -> None:
         _require_object(fmt["schema"], "output_config.format.schema")
 
 
-def unknown_fields(body: dict) -> list[str]:
+def unknown_fields(body: Mapping[str, Any]) -> list[str]:
     """Top-level fields the API does not document (kept for native backends, logged)."""
     return [key for key in body if key not in KNOWN_FIELDS]
 
 
-def system_text(system: Any) -> list[str]:
+def system_text(system: SystemPrompt | None) -> list[str]:
     """The text pieces of a `system` value (string, block list or a single block)."""
     if system is None:
         return []

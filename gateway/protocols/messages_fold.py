@@ -3,7 +3,7 @@
 Used to account a native pass-through stream (usage, stop reason) without re-encoding it,
 and by tests to compare a translated stream with the non-streamed translation.
 
-The rules are those of the Python SDK's `accumulate_event` (protocol mapping §2.3):
+The rules are those of the Python SDK's `accumulate_event` (docs/protocol-mapping.md §2.3):
 `message_start` gives the message; `content_block_start` *appends* (its `index` is not
 read); deltas apply to `content[index]` when their type fits the block; tool input JSON
 is the concatenation of the `input_json_delta`s, parsed at the block's stop (a block that
@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from gateway.protocols.messages import JsonObject
+
 _TOOL_BLOCKS = frozenset({"tool_use", "server_tool_use"})
 _OPTIONAL_USAGE = (
     "input_tokens",
@@ -38,10 +40,10 @@ class MessageFold:
     def __init__(self, *, strict: bool = False) -> None:
         self.strict = strict
         self.problems: list[str] = []
-        self.error: dict | None = None  # the `error` object of an `error` event
+        self.error: JsonObject | None = None  # the `error` object of an `error` event
         self.stopped = False  # message_stop seen
-        self._message: dict | None = None
-        self._content: list[dict] = []
+        self._message: JsonObject | None = None
+        self._content: list[JsonObject] = []
         self._texts: dict[int, list[str]] = {}  # block index → text/thinking pieces not yet joined
         self._json: dict[int, list[str]] = {}  # block index → input_json pieces not yet parsed
 
@@ -55,7 +57,7 @@ class MessageFold:
     # ------------------------------------------------------------------ reading
 
     @property
-    def message(self) -> dict | None:
+    def message(self) -> JsonObject | None:
         """The message so far (None before `message_start`)."""
         if self._message is None:
             return None
@@ -67,7 +69,7 @@ class MessageFold:
         return self._message
 
     @property
-    def usage(self) -> dict | None:
+    def usage(self) -> JsonObject | None:
         message = self.message
         return None if message is None else message.get("usage")
 
@@ -78,7 +80,7 @@ class MessageFold:
 
     # ------------------------------------------------------------------ folding
 
-    def feed(self, event: dict) -> None:
+    def feed(self, event: JsonObject) -> None:
         kind = event.get("type")
         if kind == "error":
             self.error = event.get("error") if isinstance(event.get("error"), dict) else {}
@@ -106,13 +108,13 @@ class MessageFold:
             self.stopped = True
         # ping, a second message_start and unknown events: ignored, as by the SDK
 
-    def _start(self, event: dict) -> None:
+    def _start(self, event: JsonObject) -> None:
         message = orjson.loads(orjson.dumps(event["message"]))  # a deep copy; events stay untouched
         self._content = message.setdefault("content", [])
         message["usage"] = dict(message.get("usage") or {})
         self._message = message
 
-    def _delta(self, event: dict) -> None:
+    def _delta(self, event: JsonObject) -> None:
         index = event.get("index")
         if not isinstance(index, int) or not 0 <= index < len(self._content):
             self._problem(f"content_block_delta for block {index}, which was never started")
@@ -149,7 +151,7 @@ class MessageFold:
             return
         self._content[index]["input"] = value
 
-    def _message_delta(self, event: dict) -> None:
+    def _message_delta(self, event: JsonObject) -> None:
         assert self._message is not None
         delta = event.get("delta") or {}
         message = self._message

@@ -5,7 +5,8 @@ the bytes completed, `flush()` the one the end of the stream completed. It accep
 split of the stream (a read may end mid-line, mid-`\\r\\n` or inside a UTF-8 character)
 and gives the same events for every split. Lines are split on bytes *before* decoding:
 `\\r` and `\\n` never occur inside a multi-byte UTF-8 sequence, so a character cut between
-two reads is decoded whole (pitfall P18) without an incremental text decoder.
+two reads is decoded whole (docs/protocol-mapping.md, pitfall P18) without an incremental text
+decoder.
 
 Field rules follow the WHATWG event-stream interpretation, as the Anthropic SDK's own
 decoder does: `\\r\\n`, `\\n` and `\\r` end a line; a blank line ends an event; lines
@@ -22,7 +23,9 @@ stream that never ends a line cannot grow the decoder past that.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -220,7 +223,7 @@ class _Overflow(Exception):
     """Past the cap, inside the decoder: `feed` and `flush` raise it as `SseOverflow`."""
 
 
-def encode(event_type: str, data: dict) -> bytes:
+def encode(event_type: str, data: Mapping[str, Any]) -> bytes:
     """One Messages event on the wire: `event: <type>`, one compact `data:` line, blank line.
 
     JSON escapes every `\\r` and `\\n` inside strings, so the data is always one line.
@@ -241,6 +244,6 @@ _HEADS = {
 }
 
 
-def encode_json(data: dict) -> bytes:
+def encode_json(data: Mapping[str, Any]) -> bytes:
     """`encode` with the event name taken from the payload's `type`, as the SDK requires."""
     return encode(data["type"], data)

@@ -36,7 +36,7 @@ def token_count(value: Any) -> int:
     return min(max(value, 0), MAX_TOKEN_COUNT)
 
 
-def clamped_usage(usage: dict) -> dict:
+def clamped_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """A Messages `usage` object with its counts clamped (`token_count`) and the rest as it
     came (a null stays null); the same object when nothing needed it."""
     fixed: dict[str, Any] = {name: token_count(usage[name]) for name in TOKEN_FIELDS if _out_of_range(usage.get(name))}

@@ -97,7 +97,8 @@ class _Cluster(RedisCluster):
 class _ClusterWithoutTimeoutRetries(_Cluster):
     """RedisCluster retries commands after a timeout, whatever its `retry` says."""
 
-    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
+    # The base class types this as its own four errors; leaving TimeoutError out is the point.
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -116,6 +117,7 @@ def connect(config: RedisStoreConfig, profile: Profile) -> Client:
         return _cluster(config, profile)
     if config.mode == "sentinel":
         return _sentinel_master(config, profile)
+    assert config.url is not None  # the settings require a url for a standalone server
     return Redis.from_url(config.url.get_secret_value(), **_settings(config, profile, tls=False))
 
 
@@ -197,7 +199,9 @@ async def feed_client(client: Client, key: str) -> Redis:
 
 async def _node_for(cluster: RedisCluster, key: str) -> ClusterNode:
     await cluster.initialize()  # reads the slot map once, or again after a failure
-    return cluster.get_node_from_key(key)
+    node = cluster.get_node_from_key(key)
+    assert node is not None  # None only when a replica is asked for; a slot's master is there or it raised
+    return node
 
 
 def _node_client(node: ClusterNode, retry: Retry, **overrides: Any) -> Redis:

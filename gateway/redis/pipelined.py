@@ -96,7 +96,7 @@ def _eval(script: str, count: int, packed: bytes) -> bytes:
     return b"*%d\r\n%b%b" % (count + 2, encode_args(("EVAL", script)), packed)
 
 
-def _reply_error(message: str) -> ResponseError:
+def _reply_error(message: str) -> RedisError:
     if message.startswith("READONLY"):  # a master demoted by a failover: find the new one
         return ReadOnlyError(message)
     if message.startswith("NOSCRIPT"):

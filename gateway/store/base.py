@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.errors import InvalidRequest
 from gateway.identity import ApiKey, Team
+from gateway.redis.observer import Observer
 
 # What an invalidation says: "key:<id>", "team:<id>", or ALL when everything may be stale.
 ALL = "*"
@@ -48,8 +49,15 @@ class FoundKey(NamedTuple):
 
 class Store(Protocol):
     kind: str  # "memory" or "redis"
+    # Told of each operation on Redis (`redis/observer.py`); None until the app sets it.
+    observer: Observer | None
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Return once the store answers (readiness: `/readyz`, under a timeout); raise
+        as any operation would when it cannot. The memory store is this process: it
+        answers at once."""
 
     # ---------------------------------------------------------------- teams
     async def create_team(self, team: Team) -> Team:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.errors import Conflict, InvalidRequest, NotFound
 from gateway.identity import ApiKey, Team
+from gateway.redis.observer import Observer
 from gateway.store.base import (
     ALL,
     FoundKey,
@@ -41,10 +42,15 @@ class MemoryStore:
         self._used: dict[str, float] = {}
         # One queue per live `invalidations()` iterator; None in a queue ends it.
         self._subscribers: set[asyncio.Queue[str | None]] = set()
+        # Never told anything: nothing here makes a round trip.
+        self.observer: Observer | None = None
 
     async def close(self) -> None:
         for queue in list(self._subscribers):
             self._cut_off(queue)
+
+    async def ping(self) -> None:
+        """Nothing to reach: the store answers while the process does."""
 
     # ---------------------------------------------------------------- teams
     async def create_team(self, team: Team) -> Team:

@@ -34,7 +34,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -47,6 +47,7 @@ from gateway.config import RedisStoreConfig
 from gateway.errors import Conflict, GatewayError, InvalidRequest, NotFound, StoreUnavailable
 from gateway.identity import ApiKey, Limits, Team
 from gateway.redis.clients import Client, Profile, SlotClients, connect, feed_client, unreachable
+from gateway.redis.observer import Observer
 from gateway.store.base import (
     ALL,
     FoundKey,
@@ -102,7 +103,7 @@ return out
 def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
     """Every public operation raises `StoreUnavailable` (529) when Redis cannot be reached,
     instead of letting a client library's connection error surface as a 500. Each is also
-    timed for the store's `observer`, when it has one (the app's metrics)."""
+    timed for the store's `observer`, when the app has set one (its metrics)."""
     for name, method in list(vars(cls).items()):
         if name.startswith("_") or name in ("invalidations", "close", "from_config") or not inspect.iscoroutinefunction(method):
             continue
@@ -110,7 +111,7 @@ def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
         def wrap(method: Callable[..., Awaitable[Any]] = method, name: str = name) -> Callable[..., Awaitable[Any]]:
             @functools.wraps(method)
             async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-                observer = getattr(self, "observer", None)
+                observer = self.observer
                 started = time.perf_counter()
                 try:
                     async with self._turn():
@@ -205,7 +206,7 @@ class RedisStore:
         self._closed = False
         # Told of each operation's time and failure (`round_trip`); set by the app to its
         # metrics (`metrics.RedisObserver`).
-        self.observer = None
+        self.observer: Observer | None = None
 
     @classmethod
     def from_config(cls, config: RedisStoreConfig) -> RedisStore:
@@ -404,7 +405,9 @@ class RedisStore:
 
     async def list_keys(self, team: str | None = None) -> list[ApiKey]:
         if team is None:
-            ids = [_text(key_id) for key_id in await self._redis.zrange(self._keys, 0, -1)]
+            # Without `withscores`, the members alone (the type covers both).
+            members = cast("list[bytes | str]", await self._redis.zrange(self._keys, 0, -1))
+            ids = [_text(key_id) for key_id in members]
         else:
             ids = [_text(key_id) for key_id in await self._redis.smembers(self._team_keys(team))]
         if not ids:
@@ -501,7 +504,8 @@ class RedisStore:
 
     async def record_last_used(self, used: Mapping[str, float]) -> None:
         if used:
-            await self._redis.hset(self._used, mapping=dict(used))
+            # redis-py types the map invariant in its keys (any field type), so str keys do not fit.
+            await self._redis.hset(self._used, mapping=dict(used))  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- change feed
     async def invalidations(self) -> AsyncIterator[str]:

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from gateway.protocols.messages import MessagesRequest
+
 CHARS_PER_TOKEN = 4
 PER_MESSAGE = 4
 PER_TOOL = 8
@@ -29,7 +31,7 @@ def estimate_output_tokens(chars: int) -> int:
     return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
-def estimate_input_tokens(request: dict) -> int:
+def estimate_input_tokens(request: MessagesRequest) -> int:
     counter = _Counter()
     counter.add(request.get("system"))
     for message in request.get("messages") or ():

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from gateway.protocols.messages import MessagesRequest
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Names that resolve on the local machine or network only: RFC 6761 (`localhost`), 6762
@@ -76,7 +78,7 @@ class Target:
     address: Address | None  # None: a DNS name
 
 
-def url_sources(request: dict, *, documents: bool) -> Iterator[tuple[str, str]]:
+def url_sources(request: MessagesRequest, *, documents: bool) -> Iterator[tuple[str, str]]:
     """(path, URL) of every `image` block with a URL source (and `document`, if asked),
     in the messages and in their tool results. The request is a validated one."""
     kinds = ("image", "document") if documents else ("image",)

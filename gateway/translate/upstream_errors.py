@@ -4,7 +4,9 @@ Mapped by status, never by the upstream's own `type` string, so vendor vocabular
 (`BadRequestError`, `server_error`) never reaches a client that only knows the Messages
 API's error types. The upstream's message is kept where it describes the client's own
 request (4xx); for the gateway's credentials and upstream failures it is replaced, so
-nothing about the upstream's keys or internals leaks.
+nothing about the upstream's keys or internals leaks. A 4xx saying the request overflowed
+the model's context window, in any upstream's words, is a `ContextWindowExceeded` in the
+Messages API's (routing sends those to the model's `context_fallbacks`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import (
+    ContextWindowExceeded,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -26,6 +29,10 @@ from gateway.errors import (
 )
 
 _MAX_MESSAGE = 1000
+
+# How the Messages API words a context overflow (and so how `context_length_message` words
+# one from any other upstream): a native backend's 400 says nothing more machine-readable.
+OVERFLOW_PREFIXES = ("prompt is too long", "input length and `max_tokens` exceed context limit")
 
 # "This model's maximum context length is 102400 tokens. However, you requested 107837
 # tokens (99645 in the messages, 8192 in the completion)."
@@ -90,7 +97,7 @@ def _message(body: bytes) -> str:
         if text.startswith("<"):
             return ""  # an HTML error page from a proxy in front of the upstream says nothing useful
         return text
-    message: Any = None
+    message: object = None
     if isinstance(payload, dict):
         error = payload.get("error")
         if isinstance(error, dict):
@@ -174,7 +181,7 @@ def _by_status(status: int, body: bytes, headers: Mapping[str, str] | None) -> G
         overflow = context_length_message(message)
         if overflow is None and upstream_code(body) == "context_length_exceeded":
             overflow = f"prompt is too long: {message}"
-        return InvalidRequest(overflow or message or "upstream rejected the request")
+        return _invalid(overflow or message or "upstream rejected the request")
     if status in (401, 403):
         # The gateway's own credential was refused: a 401 would make the client think its key is bad.
         return GatewayError("the gateway's credentials for this model's backend were refused")
@@ -193,5 +200,12 @@ def _by_status(status: int, body: bytes, headers: Mapping[str, str] | None) -> G
     if status in (502, 503, 529):
         return Overloaded("this model's backend is overloaded")
     if 400 <= status < 500:
-        return InvalidRequest(message or f"upstream rejected the request with status {status}")
+        return _invalid(message or f"upstream rejected the request with status {status}")
     return GatewayError(f"this model's backend failed (status {status})")
+
+
+def _invalid(message: str) -> InvalidRequest:
+    """The client's own bad request; a context overflow by its Messages wording."""
+    if message.startswith(OVERFLOW_PREFIXES):
+        return ContextWindowExceeded(message)
+    return InvalidRequest(message)

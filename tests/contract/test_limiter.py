@@ -3,7 +3,7 @@
 Each test takes `make_limiter`, parametrized over the in-process `MemoryLimiter`, a
 `RedisLimiter` on the tests' own redis-server and one on their own 3-master Redis
 Cluster, so all give the same answers. The
-peers' known failures (docs/peers.md §4d) each have a test here: charges for rejected
+failures seen in other gateways' limiters each have a test here: charges for rejected
 requests (LiteLLM #39309), leaked concurrency slots, fixed windows, client clocks.
 Tests that only make sense for Redis (key names, round trips, TIME, a server that dies)
 are at the end, then those for the cluster.
@@ -458,6 +458,24 @@ async def test_settle_is_idempotent(limiter: Limiter) -> None:
     await limiter.settle(other, Usage())
     rows = await limiter.usage("a", today(), today())
     assert [(r["requests"], r["input"], r["output"]) for r in rows] == [(2, 5, 100)]
+
+
+async def test_settle_inline_settles_at_once_or_leaves_all_of_it_to_settle_many(limiter: Limiter) -> None:
+    """`Admission` settles a ticket there and then when the limiter can (in this process),
+    else in a batch; either way exactly once, its lease freed."""
+    t = team(concurrent_requests=1)
+    ticket = await limiter.admit(demand(t))
+    usage = Usage(input_tokens=7, output_tokens=3)
+    inline = limiter.settle_inline(ticket, usage)
+    assert inline is isinstance(limiter, MemoryLimiter)  # the Redis limiters: a round trip each
+    assert ticket.settled is inline
+    if not inline:
+        await refused(limiter, demand(t))  # nothing was done: the lease is still held
+    await limiter.settle_many([(ticket, usage)])
+    assert limiter.settle_inline(ticket, usage) is inline  # and settled: nothing more
+    rows = await limiter.usage("a", today(), today())
+    assert [(r["requests"], r["input"], r["output"]) for r in rows] == [(1, 7, 3)]
+    await limiter.settle(await limiter.admit(demand(t)), Usage())  # the slot is free
 
 
 async def test_usage_is_the_exact_sum_of_what_was_settled(limiter: Limiter) -> None:

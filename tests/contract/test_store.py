@@ -512,6 +512,41 @@ async def test_close_ends_the_feed(store: Store) -> None:
         await asyncio.wait_for(waiting, WAIT)
 
 
+class Watching:
+    """An observer as the app's metrics are one: it keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.round_trips: list[tuple[str, str, BaseException | None]] = []
+
+    def round_trip(self, component: str, operation: str, seconds: float, error: BaseException | None = None) -> None:
+        self.round_trips.append((component, operation, error))
+
+    def limiter_event(self, event: str) -> None:
+        raise AssertionError(f"a store reported a limiter event: {event}")
+
+
+async def test_ping_answers_while_the_store_serves(store: Store) -> None:
+    async with asyncio.timeout(WAIT):
+        assert await store.ping() is None
+
+
+async def test_every_store_has_an_observer_and_tells_it_of_its_round_trips(store: Store) -> None:
+    assert store.observer is None  # until the app sets one
+    store.observer = watching = Watching()
+    await store.create_team(team("a"))
+    assert await store.get_team("a") is not None
+    await store.ping()
+    # In memory there is no round trip to tell of; on Redis, one per operation, none failed.
+    expected = [] if store.kind == "memory" else [("store", op, None) for op in ("create_team", "get_team", "ping")]
+    assert watching.round_trips == expected
+
+
+def test_memory_ping_answers_at_once() -> None:
+    ping = MemoryStore().ping()
+    with pytest.raises(StopIteration):
+        ping.send(None)  # complete on its first step: it never waits
+
+
 async def test_memory_subscriber_that_stops_reading_is_cut_off() -> None:
     store = MemoryStore()
     await store.create_team(team("a"))

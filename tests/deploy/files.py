@@ -2,7 +2,7 @@
 
 Every external validator is optional: a test that needs one it cannot find skips and says
 how to get it (`pip install -e '.[dev]'` for the PyPI ones, `apt-get install prometheus`
-for promtool).
+for promtool), or fails under .ci/run's strict mode (tests/support/binaries.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import json
 import re
 import secrets
 import shlex
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.support import binaries
 
 ROOT = Path(__file__).parent.parent.parent
 DEPLOY = ROOT / "deploy"
@@ -104,10 +103,7 @@ def random_secrets(names) -> dict[str, str]:
 
 def tool(name: str, hint: str) -> str:
     """The path of a command-line tool (on PATH or next to this Python), or skip saying how to get it."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.skip(f"{name} is not installed ({hint})")
-    return found
+    return binaries.require(name, hint)
 
 
 # ---------------------------------------------------------------------------- Dockerfile

@@ -99,7 +99,7 @@ async def released(gateway: Running, upstream, model: str) -> None:
         await asyncio.sleep(0.01)
     assert upstream.disconnects == 1
     await gateway.settled()
-    router = gateway.app[RUNTIME].router
+    router = gateway.app[RUNTIME].routes.router
     assert not router.breaker(router.resolve(model).primary).pristine
     async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key="client-key", max_retries=0) as sdk:
         answer = await sdk.messages.create(model=model, **ASK)

@@ -23,9 +23,10 @@ from gateway.admission import UNCAPPED_OUTPUT_RESERVATION
 from gateway.protocols.messages import MAX_TOKENS
 from gateway.runtime import RUNTIME
 from gateway.translate.estimate import estimate_input_tokens, estimate_output_tokens
+from tests.support import binaries
 from tests.support.processes import start_gateway_process
 from tests.support.redis_cluster import LocalRedisCluster, cluster_url_fixture, redis_cluster_fixture  # noqa: F401
-from tests.support.redis_server import RedisServer, redis_server_path
+from tests.support.redis_server import RedisServer
 from tests.support.replies import chat_chunks, chat_message, error
 from tests.support.servers import gateway_config, start_gateway
 
@@ -362,8 +363,7 @@ async def test_one_team_cannot_starve_another(gateway_on_redis, upstream):
 @pytest.fixture
 def own_redis():
     """A Redis of this test's own that keeps its data across a kill, as a production one does."""
-    if redis_server_path() is None:
-        pytest.skip("redis-server is not installed")
+    binaries.require("redis-server", "apt-get install redis-server")
     with RedisServer(persistent=True) as server:
         yield server
 

@@ -258,8 +258,8 @@ async def test_unknown_model_is_404(client):
 async def test_the_input_estimate_is_made_only_when_something_needs_it(client, upstream, monkeypatch):
     """team-a has no token limits: an answer with usage needs no estimate, a stream's
     message_start does (once), and so does an answer the upstream gave no usage for."""
+    import gateway.admission as admission
     import gateway.backends.openai_chat as openai_chat
-    import gateway.handlers as handlers
 
     made = []
 
@@ -267,8 +267,8 @@ async def test_the_input_estimate_is_made_only_when_something_needs_it(client, u
         made.append(request["model"])
         return estimate(request)
 
-    estimate = handlers.estimate_input_tokens
-    monkeypatch.setattr(handlers, "estimate_input_tokens", counting)
+    estimate = admission.estimate_input_tokens
+    monkeypatch.setattr(admission, "estimate_input_tokens", counting)
     monkeypatch.setattr(openai_chat, "estimate_input_tokens", counting)
     ask = {"model": "chat-model", "max_tokens": 16, "messages": [{"role": "user", "content": "Hello"}]}
 

@@ -20,8 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observe import names as n
 from gateway.runtime import RUNTIME
+from tests.support import binaries
 from tests.support.processes import start_gateway_process
-from tests.support.redis_server import RedisServer, redis_server_path
+from tests.support.redis_server import RedisServer
 from tests.support.replies import chat_chunks, chat_message, error, native_message
 from tests.support.servers import gateway_config, start_gateway
 
@@ -310,8 +311,7 @@ async def test_an_open_breaker_shows(upstream):
 @pytest.fixture
 def own_redis():
     """A Redis of this test's own that keeps its data across a kill, as a production one does."""
-    if redis_server_path() is None:
-        pytest.skip("redis-server is not installed")
+    binaries.require("redis-server", "apt-get install redis-server")
     with RedisServer(persistent=True) as server:
         yield server
 

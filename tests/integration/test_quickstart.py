@@ -1,5 +1,6 @@
-"""The README's quick start, as a user runs it: `gateway fake-upstream` and
-`gateway serve --config config.example.yaml` as real processes, with no provider key set."""
+"""The README's quick start from a configuration file, as a user runs it: `gateway
+fake-upstream` and `gateway serve --config config.example.yaml` as real processes, with no
+provider key set (`gateway demo`, the one-command quick start: test_demo.py)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.redis.pipelined import RespConnection, encode_args, encode_command, lean_connection
-from tests.support.redis_server import RedisServer, redis_server_path
+from tests.support import binaries
+from tests.support.redis_server import RedisServer
 
-pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
+pytestmark = binaries.needs("redis-server", how="apt-get install redis-server")
 
 SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 

@@ -177,7 +177,7 @@ def text_of(events: list[dict]) -> str:
 
 
 def states(gateway: Running) -> dict[str, str]:
-    return {h["upstream_model"]: h["state"] for h in gateway.app[RUNTIME].router.health()}
+    return {h["upstream_model"]: h["state"] for h in gateway.app[RUNTIME].routes.router.health()}
 
 
 # ============================================================ retries (not streaming)
@@ -425,7 +425,7 @@ async def test_a_stream_whose_client_leaves_says_nothing_of_its_deployment(start
         await response.content.readline()  # the stream began; now the client goes
     await gateway.settled()
     assert states(gateway)["a-solo"] == "closed"
-    assert gateway.app[RUNTIME].router.breaker(gateway.app[RUNTIME].router.resolve("solo-a").primary).pristine
+    assert gateway.app[RUNTIME].routes.router.breaker(gateway.app[RUNTIME].routes.router.resolve("solo-a").primary).pristine
 
 
 # ============================================================ weights
@@ -539,7 +539,7 @@ async def test_in_flight_counts_return_to_zero(gateway, http, providers):
     await post(http, gateway, "pair")
     await stream(http, gateway, "solo-a")
     await asyncio.gather(*(post(http, gateway, "weighted") for _ in range(10)))
-    assert all(h["in_flight"] == 0 for h in gateway.app[RUNTIME].router.health())
+    assert all(h["in_flight"] == 0 for h in gateway.app[RUNTIME].routes.router.health())
 
 
 async def until(condition, timeout: float = 10.0) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-import pytest
 from redis.asyncio import Redis
 
 from gateway.admission import Admission
@@ -16,9 +15,10 @@ from gateway.identity import ApiKey, Limits, Team
 from gateway.limiter.base import Demand, Usage
 from gateway.limiter.guard import GuardedLimiter
 from gateway.limiter.redis import RedisLimiter
-from tests.support.redis_server import RedisServer, redis_server_path
+from tests.support import binaries
+from tests.support.redis_server import RedisServer
 
-pytestmark = pytest.mark.skipif(redis_server_path() is None, reason="redis-server is not installed")
+pytestmark = binaries.needs("redis-server", how="apt-get install redis-server")
 
 PREFIX = "batch"
 LIMITS = Limits(requests_per_minute=1000, input_tokens_per_minute=100_000, concurrent_requests=50, tokens_per_day=10**9)

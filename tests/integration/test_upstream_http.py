@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import gzip
-import shutil
 import socket
 import ssl
 import struct
@@ -35,6 +34,7 @@ from gateway.backends.http_client import (
     UpstreamError,
 )
 from gateway.runtime import RUNTIME
+from tests.support import binaries
 from tests.support.processes import free_port
 
 # ---------------------------------------------------------------- a scripted server
@@ -433,7 +433,7 @@ async def test_through_the_gateway_a_stale_pooled_connection_is_no_upstream_fail
                     "model": "chat-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
                 }) as response:
                     assert response.status == 200, await response.text()
-        router = running.app[RUNTIME].router
+        router = running.app[RUNTIME].routes.router
         assert router.breaker(router.resolve("chat-model").primary).pristine
         assert server.accepted == 2
     finally:
@@ -1172,8 +1172,7 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
         return _certificates_with_cryptography(directory)
     except ImportError:
         pass
-    if shutil.which("openssl") is None:
-        pytest.skip("neither the cryptography package nor the openssl command is installed")
+    binaries.require("openssl", "apt-get install openssl, or pip install cryptography")
     return _certificates_with_openssl(directory)
 
 

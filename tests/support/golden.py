@@ -1,6 +1,6 @@
 """Golden fixtures: JSON files that hold an input and the expected output, one case per file.
 
-A golden states the documented behaviour (docs: protocol mapping); the expected part is
+A golden states the documented behaviour (docs/protocol-mapping.md); the expected part is
 written by reasoning from the mapping, not copied from what the code prints. When a
 deliberate change of behaviour makes many goldens stale, `pytest --update-goldens`
 rewrites the expected part of each failing case from the current output; review the

@@ -1,4 +1,4 @@
-"""The Messages stream grammar (protocol mapping §2.2, §2.3) as an assertion.
+"""The Messages stream grammar (docs/protocol-mapping.md §2.2, §2.3) as an assertion.
 
     stream := message_start ping* block* message_delta+ message_stop     (success)
             | [message_start ...] error                                  (failure)

@@ -19,13 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.support import binaries
+
 
 def missing_binaries(*names: str) -> str | None:
     """Why the Redis tests that need these binaries must skip, or None."""
-    missing = [name for name in names if shutil.which(name) is None]
-    if missing:
-        return f"{', '.join(missing)} not installed (apt-get install redis-server); these tests need real ones"
-    return None
+    return binaries.missing(*names, how="apt-get install redis-server; these tests need real ones")
 
 
 class RespError(Exception):

@@ -2,8 +2,8 @@
 
 Mapped by status, never by the upstream's own `type` string (envoy copied it and
 invented types clients do not know); context-length overflows get the Messages API's
-own wording so clients that compact on "prompt is too long" can (P34); the gateway's
-own credential problems are never shown as the client's 401."""
+own wording so clients that compact on "prompt is too long" can (P34 in
+docs/protocol-mapping.md); the gateway's own credential problems are never shown as the client's 401."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Messages request → Chat Completions request, against the golden fixtures in
 tests/fixtures/chat/requests (one case per file; each names the mapping row or pitfall
-it pins). Peers got these wrong in ways clients notice: tool results dumped as JSON
-(P1), system blocks glued together (P38), parallel tool use ignored (P29), DeepSeek
+it pins, in docs/protocol-mapping.md). Peers got these wrong in ways clients notice: tool
+results dumped as JSON (P1), system blocks glued together (P38), parallel tool use ignored (P29), DeepSeek
 history without reasoning (P22), tool names over 64 characters (P25)."""
 
 from __future__ import annotations

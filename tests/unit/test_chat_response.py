@@ -1,8 +1,8 @@
 """Chat Completions response → Messages response, against the golden fixtures in
 tests/fixtures/chat/responses. Each fixture holds the client's request (for the stop
 sequences and tool names the answer depends on), the upstream body and the Messages
-body the client must get; peers reported `stop` with tool calls as end_turn (P12),
-content_filter as stop_sequence (P13) and cached tokens twice (P21)."""
+body the client must get (docs/protocol-mapping.md); peers reported `stop` with tool calls
+as end_turn (P12), content_filter as stop_sequence (P13) and cached tokens twice (P21)."""
 
 from __future__ import annotations
 

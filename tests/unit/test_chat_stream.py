@@ -2,13 +2,14 @@
 
 Each golden in `fixtures/chat/streams/<case>.json` holds a Messages request, the upstream
 chunks (objects, or the string "[DONE]") and the exact events the client must get; the
-expected events are written from protocol-mapping §2 and §6, not printed by the code.
+expected events are written from docs/protocol-mapping.md §2 and §6 (P-numbers are its
+pitfalls), not printed by the code.
 `run()` drives the translator the way the pump does: `start()`, `feed()` per chunk,
 chunks after `[DONE]` are still fed (the pump drains until EOF for late usage, §6.3),
 then `finish()` if `[DONE]` or a finish_reason was seen, else `fail()` (P16); an error
 raised by `feed`/`finish` is answered with `fail(error)`.
 
-Standing checks on every golden (STYLE §3.6): the grammar holds, and for every stream that
+Standing checks on every golden: the grammar holds, and for every stream that
 ends cleanly, folding the events gives what `from_chat_response` gives for the same
 answer unstreamed.
 """
@@ -584,7 +585,7 @@ def test_grammar_rejects(events: list[dict]):
 
 @pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem)
 def test_the_anthropic_sdk_reads_every_golden(path: Path):
-    """The official Python SDK's `messages.stream` over the encoded golden (real-clients §4.3)."""
+    """The official Python SDK's `messages.stream` over the encoded golden: it raises on what breaks its fold."""
     anthropic = pytest.importorskip("anthropic")
     httpx = pytest.importorskip("httpx2")  # the SDK's HTTP client
 

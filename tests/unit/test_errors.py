@@ -18,6 +18,7 @@ from gateway.translate.upstream_errors import error_from_upstream, scrub, upstre
 
 TABLE = [
     (errors.InvalidRequest, 400, "invalid_request_error", None),
+    (errors.ContextWindowExceeded, 400, "invalid_request_error", None),
     (errors.MethodNotAllowed, 405, "invalid_request_error", None),
     (errors.AuthenticationFailed, 401, "authentication_error", "false"),
     (errors.PermissionDenied, 403, "permission_error", "false"),
@@ -46,6 +47,72 @@ def test_status_type_and_retry_advice(cls, status, error_type, should_retry):
     assert headers.get("x-should-retry") == should_retry
     if status == 429:
         assert headers["retry-after"] == "3"
+
+
+def _gateway_errors() -> list[type[errors.GatewayError]]:
+    """Every error class `errors.py` itself defines (not those it imports)."""
+    return [
+        value for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.GatewayError) and value.__module__ == errors.__name__
+    ]
+
+
+def _docstring_tree() -> dict[str, tuple[str | None, int, str]]:
+    """The tree in `errors.py`'s docstring: each class's parent, status and error type."""
+    rows: dict[str, tuple[str | None, int, str]] = {}
+    parents: list[str] = []
+    for line in (errors.__doc__ or "").splitlines():
+        words = line.strip(" │├└─").split()
+        if not line.startswith("    ") or len(words) != 3:
+            continue
+        depth = (len(line) - len(line.lstrip(" │├└─")) - 4) // 4
+        del parents[depth:]
+        rows[words[0]] = (parents[-1] if parents else None, int(words[1]), words[2])
+        parents.append(words[0])
+    return rows
+
+
+def test_the_module_docstring_draws_every_error_class():
+    defined = {cls.__name__ for cls in _gateway_errors()}
+    tree = set(_docstring_tree())
+    assert len(defined) > 10 and defined == tree, f"missing: {sorted(defined - tree)}, extra: {sorted(tree - defined)}"
+
+
+@pytest.mark.parametrize("cls", _gateway_errors(), ids=lambda cls: cls.__name__)
+def test_the_docstring_tree_gives_each_class_its_parent_status_and_type(cls):
+    parent = cls.__base__.__name__ if cls is not errors.GatewayError else None
+    assert _docstring_tree()[cls.__name__] == (parent, cls.status, cls.error_type)
+
+
+# ---------------------------------------------------------------- context overflow
+
+OVERFLOWS = {
+    # A native (Anthropic) upstream's own words, kept as they are.
+    "native-prompt": (b'{"type": "error", "error": {"type": "invalid_request_error", '
+                      b'"message": "prompt is too long: 210000 tokens > 200000 maximum"}}'),
+    "native-output": (b'{"type": "error", "error": {"type": "invalid_request_error", "message": '
+                      b'"input length and `max_tokens` exceed context limit: 190000 + 20000 > 200000, '
+                      b'decrease input length or max_tokens and try again"}}'),
+    # Chat upstreams, reworded to the Messages API's.
+    "vllm": b'{"error": {"message": "This model\'s maximum context length is 4096 tokens. However, your '
+            b'request has 5000 input tokens."}}',
+    "code-only": b'{"error": {"message": "too many tokens", "code": "context_length_exceeded"}}',
+}
+
+
+@pytest.mark.parametrize("body", OVERFLOWS.values(), ids=OVERFLOWS.keys())
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_context_overflow_from_any_upstream_is_its_own_class(status, body):
+    error = error_from_upstream(status, body)
+    assert isinstance(error, errors.ContextWindowExceeded)
+    assert (error.status, error.error_type, error.upstream_status) == (400, "invalid_request_error", status)
+    assert error.message.startswith(("prompt is too long", "input length and `max_tokens` exceed context limit"))
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+def test_other_client_errors_are_not_overflows(status):
+    error = error_from_upstream(status, b'{"error": {"message": "messages: field required"}}')
+    assert not isinstance(error, errors.ContextWindowExceeded)
 
 
 # ---------------------------------------------------------------- secrets in upstream text

@@ -1,4 +1,4 @@
-"""MessageFold folds Messages events as the official SDK accumulator does (protocol mapping §2.3).
+"""MessageFold folds Messages events as the official SDK accumulator does (docs/protocol-mapping.md §2.3).
 
 The reference is the installed `anthropic` SDK's own `accumulate_event`: every stream
 golden and the recorded native stream are folded by both and must agree.

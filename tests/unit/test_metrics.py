@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
 from prometheus_client import generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import parse
+from gateway.backends.http_client import UpstreamClient
+from gateway.config import Config, parse
 from gateway.exchange import Exchange
 from gateway.observe import metrics as m
 from gateway.observe import multiprocess as mp
 from gateway.observe import names as n
+from gateway.runtime import Runtime, build_routes
+from tests.support import binaries
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -49,7 +50,12 @@ def config():
 
 @pytest.fixture
 def metrics(config):
-    return m.Metrics(SimpleNamespace(config=config, router=None))
+    return m.Metrics(_runtime(config))
+
+
+def _runtime(config: Config) -> Runtime:
+    client = UpstreamClient()  # never used: nothing here calls a backend
+    return Runtime(build_routes(config, client), client)
 
 
 def samples(metrics: m.Metrics) -> dict[tuple[str, frozenset], float]:
@@ -165,7 +171,8 @@ def test_teams_past_the_cap_are_folded(metrics, monkeypatch):
 def test_a_new_configuration_is_picked_up(metrics):
     runtime = metrics._runtime
     finish(metrics, Exchange(path="/v1/messages", model="new-model", status=404))
-    runtime.config = parse(CONFIG + "  - name: new-model\n    routes: [{backend: chat, model: n}]\n", env={})
+    runtime.routes = build_routes(parse(CONFIG + "  - name: new-model\n    routes: [{backend: chat, model: n}]\n", env={}),
+                                  runtime.client)
     finish(metrics, Exchange(path="/v1/messages", model="new-model", served_model="new-model", status=200))
     found = samples(metrics)
     assert value(found, n.REQUESTS, model="other") == 1 and value(found, n.REQUESTS, model="new-model") == 1
@@ -197,8 +204,8 @@ def test_redis_observer(metrics):
 
 
 def test_two_apps_have_their_own_registries(config):
-    first = m.Metrics(SimpleNamespace(config=config, router=None))
-    second = m.Metrics(SimpleNamespace(config=config, router=None))
+    first = m.Metrics(_runtime(config))
+    second = m.Metrics(_runtime(config))
     finish(first, Exchange(path="/v1/messages", status=200))
     assert value(samples(first), n.REQUESTS) == 1
     assert value(samples(second), n.REQUESTS) == 0
@@ -259,8 +266,7 @@ def test_a_worker_starting_beside_others_neither_fails_its_start_nor_a_scrape(va
     (tmp_path / "gauge_livesum_1002.db").write_bytes(b"\0\0")
     monkeypatch.setenv(n.MULTIPROC_ENV, str(tmp_path))  # where prometheus-client's values look
     config = parse(CONFIG, env={})
-    metrics = m.Metrics(SimpleNamespace(config=config, router=SimpleNamespace(health=lambda: [])),
-                        multiprocess_dir=str(tmp_path))
+    metrics = m.Metrics(_runtime(config), multiprocess_dir=str(tmp_path))
     text = generate_latest(metrics.registry).decode()
     assert "gateway_build_info" in text
 
@@ -324,7 +330,7 @@ def test_dashboard_and_rules_use_only_exported_names(metrics):
             "GatewayRedisDown"} <= alerts
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+@binaries.needs("promtool", how="apt-get install prometheus")
 def test_promtool_accepts_the_rules_and_their_tests():
     rules = ROOT / "deploy" / "prometheus-rules.yaml"
     checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False)

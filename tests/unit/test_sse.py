@@ -1,4 +1,5 @@
-"""The SSE decoder accepts any split of the byte stream (STYLE §3.6, pitfalls P17, P18).
+"""The SSE decoder accepts any split of the byte stream (pitfalls P17, P18 in
+docs/protocol-mapping.md).
 
 Every recorded upstream stream under `fixtures/chat/streams/raw/` is decoded in one
 piece, split at every byte offset, byte by byte, and (for the short one) split at every

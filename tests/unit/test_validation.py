@@ -2,7 +2,7 @@
 invalid_request_error whose message names the bad field by path (the API's own style,
 `messages.0.role: …`); each body in tests/fixtures/messages/valid passes unchanged.
 
-The valid set is mostly what Claude Code really sends (docs: real-clients §3.3): every
+The valid set is mostly what Claude Code really sends (trimmed captures): every
 400 there makes it re-send the same turn up to five more times."""
 
 from __future__ import annotations

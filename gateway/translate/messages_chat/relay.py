@@ -27,6 +27,7 @@ import re
 import orjson
 
 from gateway.errors import GatewayError, UpstreamProtocolError
+from gateway.protocols.messages import StreamEvent, Usage
 from gateway.protocols.sse import DONE, MAX_EVENT, SseDecoder, SseOverflow, encode_json
 from gateway.translate.messages_chat.request import ChatCall
 from gateway.translate.messages_chat.stream import ChatStreamTranslator
@@ -48,7 +49,7 @@ class ChatRelay:
         return self._translator.finished
 
     @property
-    def usage(self) -> dict:
+    def usage(self) -> Usage:
         return self._translator.usage
 
     @property
@@ -177,7 +178,7 @@ class ChatRelay:
             self.failure = tagged(error)
         return self.fail(error)
 
-    def _encode(self, events: list[dict]) -> bytes:
+    def _encode(self, events: list[StreamEvent]) -> bytes:
         if not events:
             return b""
         if not self.has_content:
@@ -185,7 +186,7 @@ class ChatRelay:
         return b"".join(map(encode_json, events))
 
 
-def _has_delta(events: list[dict]) -> bool:
+def _has_delta(events: list[StreamEvent]) -> bool:
     return any(e["type"] == "content_block_delta" for e in events)
 
 

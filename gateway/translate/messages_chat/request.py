@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.protocols.messages import system_text
+from gateway.protocols.messages import ContentBlock, JsonObject, MessagesRequest, Tool, ToolChoice, system_text
+from gateway.protocols.openai_chat import ChatMessage, ChatRequest, ChatTool, ContentPart, Function, ToolCall
 from gateway.translate.messages_chat.dialect import ChatDialect, short_tool_name, upstream_tool_id
 
+# The sampling settings a Chat Completions request takes under the same names.
+_SAMPLING: tuple[Literal["temperature", "top_p"], ...] = ("temperature", "top_p")
 BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
 TOOL_ERROR_MARK = "[tool error] "
 
@@ -25,7 +28,7 @@ TOOL_ERROR_MARK = "[tool error] "
 class ChatCall:
     """A translated request and what the answer's translation needs to know about it."""
 
-    body: dict
+    body: ChatRequest
     model: str  # the model name the client asked for; answers carry it back
     tool_names: Mapping[str, str] = field(default_factory=dict)  # sent name → client's name
     stop_sequences: tuple[str, ...] = ()
@@ -34,9 +37,9 @@ class ChatCall:
         return self.tool_names.get(sent, sent)
 
 
-def to_chat_request(request: dict, *, upstream_model: str, dialect: ChatDialect) -> ChatCall:
+def to_chat_request(request: MessagesRequest, *, upstream_model: str, dialect: ChatDialect) -> ChatCall:
     names = _ToolNames(dialect.tool_name_limit)
-    messages: list[dict] = []
+    messages: list[ChatMessage] = []
 
     system = [
         text
@@ -59,7 +62,7 @@ def to_chat_request(request: dict, *, upstream_model: str, dialect: ChatDialect)
         else:
             messages.extend(_assistant_messages(content, path, dialect, names))
 
-    body: dict[str, Any] = {"model": upstream_model, "messages": _merge_consecutive(messages)}
+    body: ChatRequest = {"model": upstream_model, "messages": _merge_consecutive(messages)}
 
     tools = request.get("tools") or []
     if tools:
@@ -77,16 +80,19 @@ def to_chat_request(request: dict, *, upstream_model: str, dialect: ChatDialect)
             )
         body["stop"] = list(stop)
 
-    if request.get("max_tokens") is not None:
-        body[dialect.max_tokens_field] = request["max_tokens"]
+    max_tokens = request.get("max_tokens")
+    if max_tokens is not None:
+        body[dialect.max_tokens_field] = max_tokens
     if dialect.sampling:
-        for key in ("temperature", "top_p"):
-            if request.get(key) is not None:
-                body[key] = request[key]
-    if dialect.top_k and request.get("top_k"):  # 0 means "disabled"
-        body["top_k"] = request["top_k"]
+        for key in _SAMPLING:
+            value = request.get(key)
+            if value is not None:
+                body[key] = value
+    top_k = request.get("top_k")
+    if dialect.top_k and top_k:  # 0 means "disabled"
+        body["top_k"] = top_k
 
-    metadata = request.get("metadata") or {}
+    metadata: JsonObject = request.get("metadata") or {}
     if dialect.send_user and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
         body["user"] = hashlib.sha256(metadata["user_id"].encode()).hexdigest()[:32]
 
@@ -118,11 +124,11 @@ class _ToolNames:
 # ---------------------------------------------------------------------------- messages
 
 
-def _user_messages(content: Any, path: str, dialect: ChatDialect) -> list[dict]:
+def _user_messages(content: str | list[ContentBlock], path: str, dialect: ChatDialect) -> list[ChatMessage]:
     if isinstance(content, str):
         return [{"role": "user", "content": content}] if content else []
-    tool_messages: list[dict] = []
-    parts: list[dict] = []
+    tool_messages: list[ChatMessage] = []
+    parts: list[ContentPart] = []
     for j, block in enumerate(content):
         kind = block["type"]
         bpath = f"{path}.content.{j}"
@@ -138,14 +144,14 @@ def _user_messages(content: Any, path: str, dialect: ChatDialect) -> list[dict]:
     return messages
 
 
-def _flatten(parts: list[dict]) -> str | list[dict]:
+def _flatten(parts: list[ContentPart]) -> str | list[ContentPart]:
     """Text-only content as one string (every server takes that); parts otherwise."""
     if all(part["type"] == "text" for part in parts):
         return "\n".join(part["text"] for part in parts)
     return parts
 
 
-def _user_part(block: dict, path: str, dialect: ChatDialect) -> list[dict]:
+def _user_part(block: ContentBlock, path: str, dialect: ChatDialect) -> list[ContentPart]:
     kind = block["type"]
     if kind == "text":
         return [{"type": "text", "text": block["text"]}] if block["text"] else []
@@ -158,7 +164,7 @@ def _user_part(block: dict, path: str, dialect: ChatDialect) -> list[dict]:
     raise InvalidRequest(f"{path}.type: content block type '{kind}' is not supported by this model's backend")
 
 
-def _image_part(block: dict, path: str, dialect: ChatDialect) -> dict:
+def _image_part(block: ContentBlock, path: str, dialect: ChatDialect) -> ContentPart:
     source = block["source"]
     if source["type"] == "base64":
         url = f"data:{source['media_type']};base64,{source['data']}"
@@ -173,7 +179,7 @@ def _image_part(block: dict, path: str, dialect: ChatDialect) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _document_part(block: dict, path: str, dialect: ChatDialect) -> dict:
+def _document_part(block: ContentBlock, path: str, dialect: ChatDialect) -> ContentPart:
     source = block["source"]
     title = block.get("title")
     kind = source.get("type")
@@ -194,16 +200,18 @@ def _document_part(block: dict, path: str, dialect: ChatDialect) -> dict:
     raise InvalidRequest(f"{path}.source: document source '{kind}' is not supported by this model's backend")
 
 
-def _search_result_text(block: dict) -> str:
+def _search_result_text(block: ContentBlock) -> str:
     lines = [block.get("title", ""), block.get("source", "")]
-    lines += [b.get("text", "") for b in block.get("content") or [] if b.get("type") == "text"]
+    # A search result's content is a list of text blocks, never a string.
+    content = cast("list[ContentBlock]", block.get("content") or [])
+    lines += [b.get("text", "") for b in content if b.get("type") == "text"]
     return "\n".join(line for line in lines if line)
 
 
-def _tool_result(block: dict, path: str, dialect: ChatDialect) -> tuple[str, list[dict]]:
+def _tool_result(block: ContentBlock, path: str, dialect: ChatDialect) -> tuple[str, list[ContentPart]]:
     """The tool message text, and the parts (images) that must follow in a user message."""
     content = block.get("content")
-    extra: list[dict] = []
+    extra: list[ContentPart] = []
     if content is None:
         text = ""
     elif isinstance(content, str):
@@ -230,8 +238,10 @@ def _tool_result(block: dict, path: str, dialect: ChatDialect) -> tuple[str, lis
     return text, extra
 
 
-def _assistant_messages(content: Any, path: str, dialect: ChatDialect, names: _ToolNames) -> list[dict]:
-    message: dict[str, Any] = {"role": "assistant"}
+def _assistant_messages(
+    content: str | list[ContentBlock], path: str, dialect: ChatDialect, names: _ToolNames
+) -> list[ChatMessage]:
+    message: ChatMessage = {"role": "assistant"}
     if isinstance(content, str):
         message["content"] = content
         if dialect.reasoning_history != "drop":
@@ -239,7 +249,7 @@ def _assistant_messages(content: Any, path: str, dialect: ChatDialect, names: _T
         return [message]
     texts: list[str] = []
     thinking: list[str] = []
-    calls: list[dict] = []
+    calls: list[ToolCall] = []
     for j, block in enumerate(content):
         kind = block["type"]
         if kind == "text":
@@ -273,13 +283,13 @@ def _assistant_messages(content: Any, path: str, dialect: ChatDialect, names: _T
     return [message]
 
 
-def _merge_consecutive(messages: list[dict]) -> list[dict]:
+def _merge_consecutive(messages: list[ChatMessage]) -> list[ChatMessage]:
     """Join adjacent user turns and adjacent assistant turns: strict chat templates demand
     alternation ("conversation roles must alternate"), and the Messages API merges them itself.
     Each run is joined once, at its end: joining turn by turn copied everything joined so
     far once per turn, and a body of many short turns held the worker for minutes."""
-    merged: list[dict] = []
-    run: list[dict] = []
+    merged: list[ChatMessage] = []
+    run: list[ChatMessage] = []
     for message in messages:
         if run and not _continues(run[0], message):
             merged.append(_join_run(run))
@@ -290,27 +300,29 @@ def _merge_consecutive(messages: list[dict]) -> list[dict]:
     return merged
 
 
-def _continues(first: dict, message: dict) -> bool:
+def _continues(first: ChatMessage, message: ChatMessage) -> bool:
     """Whether `message` joins the run `first` began: a user turn after user turns, an
     assistant turn after assistant turns (never system or tool messages)."""
     return message["role"] == first["role"] and message["role"] in ("user", "assistant")
 
 
-def _join_run(run: list[dict]) -> dict:
+def _join_run(run: list[ChatMessage]) -> ChatMessage:
     if len(run) == 1:
         return run[0]
     if run[0]["role"] == "user":
-        return {"role": "user", "content": _join_user_contents([m["content"] for m in run])}
+        # The translation gives every user message a content, never None.
+        contents = cast("list[str | list[ContentPart]]", [m["content"] for m in run])
+        return {"role": "user", "content": _join_user_contents(contents)}
     return _join_assistants(run)
 
 
-def _join_user_contents(contents: list[str | list[dict]]) -> str | list[dict]:
+def _join_user_contents(contents: list[str | list[ContentPart]]) -> str | list[ContentPart]:
     """Text-only turns as one string, a line apart; with any non-text part, the parts of
     every turn in order (a text-only turn as one text part)."""
     texts = [c for c in contents if isinstance(c, str)]
     if len(texts) == len(contents):
         return "\n".join(texts)
-    parts: list[dict] = []
+    parts: list[ContentPart] = []
     for content in contents:
         if isinstance(content, str):
             parts.append({"type": "text", "text": content})
@@ -319,9 +331,9 @@ def _join_user_contents(contents: list[str | list[dict]]) -> str | list[dict]:
     return parts
 
 
-def _join_assistants(run: list[dict]) -> dict:
-    texts = [m["content"] for m in run if m.get("content")]
-    joined: dict[str, Any] = {"role": "assistant", "content": "\n".join(texts) if texts else None}
+def _join_assistants(run: list[ChatMessage]) -> ChatMessage:
+    texts = cast("list[str]", [m["content"] for m in run if m.get("content")])  # an assistant's content: text or None
+    joined: ChatMessage = {"role": "assistant", "content": "\n".join(texts) if texts else None}
     calls = [call for m in run for call in m.get("tool_calls") or ()]
     if calls:
         joined["tool_calls"] = calls
@@ -339,15 +351,11 @@ def _json(value: Any) -> str:
 
 # ---------------------------------------------------------------------------- tools
 
-# Keys of a Messages tool that have no meaning in a Chat Completions function.
-_TOOL_ONLY_KEYS = ("cache_control", "defer_loading", "input_examples", "eager_input_streaming", "allowed_callers")
-
-
-def _tool(tool: dict, path: str, names: _ToolNames) -> dict:
+def _tool(tool: Tool, path: str, names: _ToolNames) -> ChatTool:
     kind = tool.get("type")
     if kind not in (None, "custom"):
         raise InvalidRequest(f"{path}.type: tool type '{kind}' is not supported by this model's backend")
-    function: dict[str, Any] = {"name": names.sent(tool["name"])}
+    function: Function = {"name": names.sent(tool["name"])}
     if tool.get("description"):
         function["description"] = tool["description"]
     function["parameters"] = tool["input_schema"]
@@ -356,7 +364,7 @@ def _tool(tool: dict, path: str, names: _ToolNames) -> dict:
     return {"type": "function", "function": function}
 
 
-def _tool_choice(choice: dict, body: dict, names: _ToolNames) -> None:
+def _tool_choice(choice: ToolChoice, body: ChatRequest, names: _ToolNames) -> None:
     kind = choice["type"]
     if kind == "auto":
         body["tool_choice"] = "auto"
@@ -383,10 +391,10 @@ def effort_for_budget(budget: int) -> str:
     return "high"
 
 
-def _reasoning(request: dict, body: dict, dialect: ChatDialect) -> None:
+def _reasoning(request: MessagesRequest, body: ChatRequest, dialect: ChatDialect) -> None:
     if dialect.reasoning == "none":
         return
-    thinking = request.get("thinking") or {}
+    thinking: Mapping[str, Any] = request.get("thinking") or {}
     kind = thinking.get("type")
     effort = (request.get("output_config") or {}).get("effort")
     if kind is None and effort is None:
@@ -407,7 +415,7 @@ def _reasoning(request: dict, body: dict, dialect: ChatDialect) -> None:
             body["thinking"] = {"type": "enabled" if on else "disabled"}
 
 
-def _output_format(request: dict, body: dict) -> None:
+def _output_format(request: MessagesRequest, body: ChatRequest) -> None:
     fmt = (request.get("output_config") or {}).get("format")
     if not fmt:
         return

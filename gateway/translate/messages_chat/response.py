@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
-from gateway.protocols.messages import new_message_id
+from gateway.protocols.messages import ContentBlock, JsonObject, MessagesResponse, Usage, new_message_id
 from gateway.protocols.usage import token_count
 from gateway.translate.estimate import estimate_output_tokens
 from gateway.translate.messages_chat.dialect import client_tool_id
@@ -53,7 +53,7 @@ def stop_reason(
     return "end_turn", None
 
 
-def usage_from_chat(usage: Any) -> dict | None:
+def usage_from_chat(usage: Any) -> Usage | None:
     """Messages usage from an OpenAI `usage` object (None when the server sent none).
 
     Cached prompt tokens are reported apart, as the Messages API does: `input_tokens` is
@@ -76,7 +76,7 @@ def usage_from_chat(usage: Any) -> dict | None:
     }
 
 
-def find_usage(payload: dict) -> Any:
+def find_usage(payload: JsonObject) -> Any:
     """The usage object wherever a server puts it (Groq nests it in `x_groq`)."""
     usage = payload.get("usage")
     if usage is None and isinstance(payload.get("x_groq"), dict):
@@ -84,7 +84,7 @@ def find_usage(payload: dict) -> Any:
     return usage
 
 
-def tool_input(arguments: Any, *, name: str) -> dict:
+def tool_input(arguments: Any, *, name: str) -> JsonObject:
     """The parsed arguments of a tool call. Unparsable or non-object arguments become `{}`
     (a string `input` breaks every client) and are logged."""
     if isinstance(arguments, dict):
@@ -102,7 +102,7 @@ def tool_input(arguments: Any, *, name: str) -> dict:
     return value
 
 
-def reasoning_text(message: dict) -> str | None:
+def reasoning_text(message: JsonObject) -> str | None:
     """Reasoning text under either of the names servers use (`reasoning_content`, `reasoning`)."""
     for key in ("reasoning_content", "reasoning"):
         value = message.get(key)
@@ -121,7 +121,7 @@ def message_id(upstream_id: Any) -> str:
     return new_message_id()
 
 
-def _generated(block: dict) -> str:
+def _generated(block: ContentBlock) -> str:
     if block["type"] == "tool_use":
         return orjson.dumps(block["input"]).decode()
     return block.get("text") or block.get("thinking") or ""
@@ -133,7 +133,7 @@ def synthetic_tool_id(message_id: str, ordinal: int) -> str:
     return f"toolu_{message_id.removeprefix('msg_')}_{ordinal}"
 
 
-def from_chat_response(response: Any, call: ChatCall, *, input_tokens: int = 0) -> dict:
+def from_chat_response(response: Any, call: ChatCall, *, input_tokens: int = 0) -> MessagesResponse:
     """`input_tokens` is the gateway's estimate, reported only if the server sent no usage."""
     if not isinstance(response, dict):
         raise UpstreamProtocolError("upstream answer is not a JSON object")
@@ -146,7 +146,7 @@ def from_chat_response(response: Any, call: ChatCall, *, input_tokens: int = 0) 
         raise UpstreamProtocolError("upstream answer has no message")
 
     msg_id = message_id(response.get("id"))
-    content: list[dict] = []
+    content: list[ContentBlock] = []
     thinking = reasoning_text(message)
     if thinking:
         content.append({"type": "thinking", "thinking": thinking, "signature": ""})
@@ -180,7 +180,7 @@ def from_chat_response(response: Any, call: ChatCall, *, input_tokens: int = 0) 
             matched=choice.get("stop_reason", choice.get("matched_stop")),
             stop_sequences=call.stop_sequences,
         )
-    usage = usage_from_chat(find_usage(response)) or {
+    usage: Usage = usage_from_chat(find_usage(response)) or {
         "input_tokens": input_tokens,
         "output_tokens": estimate_output_tokens(sum(len(_generated(block)) for block in content)),
         "cache_creation_input_tokens": 0,

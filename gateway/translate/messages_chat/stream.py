@@ -16,9 +16,10 @@ the only meaningful next call (events of the failing chunk are not returned). `f
 decides everything that can fail before producing any event, so if it raises the pump can
 still `fail()`. `feed()` before `start()` sends `message_start` first.
 
-What the client gets obeys the grammar the SDK accumulators need (protocol mapping §2.3):
-block indexes 0, 1, 2… in start order, exactly one block open at a time, no delta after
-its block's stop. Upstream pieces are placed in blocks like this (§6.4):
+What the client gets obeys the grammar the SDK accumulators need (docs/protocol-mapping.md §2.3;
+P-numbers are the pitfalls listed there): block indexes 0, 1, 2… in start order, exactly
+one block open at a time, no delta after its block's stop. Upstream pieces are placed in
+blocks like this (§6.4):
 
 - One chunk is split in a fixed order: reasoning → text (and `refusal`) → tool calls.
   Empty strings open nothing (P4), nor does `tool_calls: []`.
@@ -43,12 +44,20 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from gateway.errors import GatewayError, Overloaded, UpstreamProtocolError
-from gateway.protocols.messages import new_message_id
+from gateway.protocols.messages import (
+    ContentBlock,
+    ErrorObject,
+    EventDelta,
+    JsonObject,
+    StreamEvent,
+    Usage,
+    new_message_id,
+)
 from gateway.translate.estimate import estimate_output_tokens
 from gateway.translate.messages_chat.dialect import client_tool_id
 from gateway.translate.messages_chat.request import ChatCall
@@ -194,7 +203,7 @@ class ChatStreamTranslator:
         self._finish_reason: str | None = None
         self._matched: Any = None  # vLLM `stop_reason` / SGLang `matched_stop`
         self._refused = False
-        self._usage: dict | None = None  # Messages usage, once the upstream reported any
+        self._usage: Usage | None = None  # Messages usage, once the upstream reported any
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
 
@@ -221,11 +230,11 @@ class ChatStreamTranslator:
         return self._emitted
 
     @property
-    def usage(self) -> dict:
+    def usage(self) -> Usage:
         """Messages usage so far: the upstream's, or (`usage_reported` False) an estimate:
         the input estimate given at creation and the streamed output's length."""
         if self._usage is not None:
-            return dict(self._usage)
+            return self._usage.copy()
         return {
             "input_tokens": self._input_estimate,
             "output_tokens": estimate_output_tokens(self._output_chars),
@@ -254,12 +263,12 @@ class ChatStreamTranslator:
 
     # ------------------------------------------------------------------ the interface
 
-    def start(self) -> list[dict]:
+    def start(self) -> list[StreamEvent]:
         if self._state is not State.NOT_STARTED:
             return []
         return self._done([self._message_start()])
 
-    def feed(self, chunk: Any) -> list[dict]:
+    def feed(self, chunk: Any) -> list[StreamEvent]:
         if self._state is State.FINISHED:
             return []
         if not isinstance(chunk, dict):
@@ -271,7 +280,7 @@ class ChatStreamTranslator:
             choices = []
         if not isinstance(choices, list):
             raise UpstreamProtocolError("upstream stream chunk has `choices` that is not a list")
-        out: list[dict] = []
+        out: list[StreamEvent] = []
         if self._state is State.NOT_STARTED:
             out.append(self._message_start())
 
@@ -333,7 +342,7 @@ class ChatStreamTranslator:
         """The open block's index."""
         return self._index
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[StreamEvent]:
         if self._state is State.FINISHED:
             return []
         # Everything that can fail is decided before the first event is produced, so a
@@ -351,7 +360,7 @@ class ChatStreamTranslator:
                 stop_sequences=self._call.stop_sequences,
             )
 
-        out: list[dict] = []
+        out: list[StreamEvent] = []
         if self._state is State.NOT_STARTED:
             out.append(self._message_start())
         self._close(out)
@@ -376,10 +385,11 @@ class ChatStreamTranslator:
         self._state = State.FINISHED
         return self._done(out)
 
-    def fail(self, error: BaseException) -> list[dict]:
+    def fail(self, error: BaseException) -> list[StreamEvent]:
         """The closing `error` event. No block stop, no message_delta, nothing after it (P14, P15)."""
         if self._state is State.FINISHED:
             return []
+        body: ErrorObject
         if isinstance(error, GatewayError):
             body = {"type": error.error_type, "message": error.message}
         else:
@@ -391,7 +401,7 @@ class ChatStreamTranslator:
 
     # ------------------------------------------------------------------ one delta
 
-    def _delta(self, delta: dict, out: list[dict]) -> None:
+    def _delta(self, delta: JsonObject, out: list[StreamEvent]) -> None:
         if delta.keys() <= _TEXT_ONLY:  # most chunks: text and nothing else to look for
             text = _text(delta.get("content"))
             if text:
@@ -421,7 +431,7 @@ class ChatStreamTranslator:
             for call in calls:
                 self._tool_fragment(call, out)
 
-    def _record_finish(self, choice: dict) -> None:
+    def _record_finish(self, choice: JsonObject) -> None:
         finish = choice.get("finish_reason")
         if finish is not None:
             if not isinstance(finish, str):
@@ -435,18 +445,24 @@ class ChatStreamTranslator:
         if matched is not None:
             self._matched = matched
 
-    def _append(self, kind: BlockKind, delta_type: str, key: str, value: str, out: list[dict]) -> None:
+    def _append(
+        self, kind: BlockKind, delta_type: str, key: Literal["text", "thinking"], value: str, out: list[StreamEvent]
+    ) -> None:
         if not (self._state is State.OPEN and self._kind is kind):
             self._close(out)
             if kind is BlockKind.THINKING:
                 self._open(kind, {"type": "thinking", "thinking": "", "signature": ""}, out)
             else:
                 self._open(kind, {"type": "text", "text": ""}, out)
-        out.append({"type": "content_block_delta", "index": self._index, "delta": {"type": delta_type, key: value}})
+        # Spelled per key: a checked TypedDict display takes literal keys only.
+        delta: EventDelta = (
+            {"type": delta_type, "text": value} if key == "text" else {"type": delta_type, "thinking": value}
+        )
+        out.append({"type": "content_block_delta", "index": self._index, "delta": delta})
 
     # ------------------------------------------------------------------ tool calls
 
-    def _tool_fragment(self, call: Any, out: list[dict]) -> None:
+    def _tool_fragment(self, call: Any, out: list[StreamEvent]) -> None:
         if not isinstance(call, dict):
             raise UpstreamProtocolError("upstream tool call delta is not an object")
         function = call.get("function")
@@ -491,7 +507,7 @@ class ChatStreamTranslator:
         if self._next_tool < len(self._tools):
             self._advance(out)
 
-    def _tool_for(self, call: dict, *, empty: bool) -> _Tool | None:
+    def _tool_for(self, call: JsonObject, *, empty: bool) -> _Tool | None:
         """The call a fragment belongs to: by index, split by id when an index is reused (P7)."""
         index = call.get("index")
         if not isinstance(index, int) or isinstance(index, bool):
@@ -527,7 +543,7 @@ class ChatStreamTranslator:
         self._tools.append(tool)
         return tool
 
-    def _advance(self, out: list[dict]) -> None:
+    def _advance(self, out: list[StreamEvent]) -> None:
         """Start waiting calls, in upstream order, while the slot can be given to them."""
         while self._next_tool < len(self._tools):
             waiting = self._tools[self._next_tool]
@@ -540,7 +556,7 @@ class ChatStreamTranslator:
             self._close(out)
             self._start_tool(waiting, out)
 
-    def _start_tool(self, tool: _Tool, out: list[dict]) -> None:
+    def _start_tool(self, tool: _Tool, out: list[StreamEvent]) -> None:
         assert tool.name is not None and self._tools[self._next_tool] is tool
         self._next_tool += 1
         self._open(
@@ -561,7 +577,7 @@ class ChatStreamTranslator:
 
     # ------------------------------------------------------------------ blocks
 
-    def _open(self, kind: BlockKind, block: dict, out: list[dict]) -> None:
+    def _open(self, kind: BlockKind, block: ContentBlock, out: list[StreamEvent]) -> None:
         self._index = self._next_index
         self._next_index += 1
         self._kind = kind
@@ -569,7 +585,7 @@ class ChatStreamTranslator:
         self._signature = None
         out.append({"type": "content_block_start", "index": self._index, "content_block": block})
 
-    def _close(self, out: list[dict]) -> None:
+    def _close(self, out: list[StreamEvent]) -> None:
         if self._state is not State.OPEN:
             return
         if self._kind is BlockKind.THINKING and self._signature:
@@ -588,7 +604,7 @@ class ChatStreamTranslator:
         self._kind = None
         self._state = State.BETWEEN_BLOCKS
 
-    def _message_start(self) -> dict:
+    def _message_start(self) -> StreamEvent:
         self._started = True
         self._state = State.BETWEEN_BLOCKS
         return {
@@ -610,7 +626,7 @@ class ChatStreamTranslator:
             },
         }
 
-    def _done(self, out: list[dict]) -> list[dict]:
+    def _done(self, out: list[StreamEvent]) -> list[StreamEvent]:
         self._emitted += len(out)
         if self._usage is None:  # counted only while the upstream has reported no usage
             for event in out:
@@ -627,7 +643,7 @@ class ChatStreamTranslator:
 _TEXT_ONLY = frozenset({"content", "role"})
 
 
-def _first_choice(choices: list) -> dict | None:
+def _first_choice(choices: list[Any]) -> JsonObject | None:
     """Choice 0 only: the gateway never asks for `n`, and extra choices are not concatenated."""
     for choice in choices:
         if not isinstance(choice, dict):
@@ -649,7 +665,7 @@ def _text(content: Any) -> str:
     raise UpstreamProtocolError("upstream stream chunk has `content` that is not a string")
 
 
-def _reasoning_extras(delta: dict) -> tuple[str, str | None]:
+def _reasoning_extras(delta: JsonObject) -> tuple[str, str | None]:
     """Reasoning text and signature from OpenRouter `reasoning_details` / LiteLLM `thinking_blocks`.
 
     The text is used only when the plain reasoning fields are absent (OpenRouter sends the
@@ -676,7 +692,7 @@ def _reasoning_extras(delta: dict) -> tuple[str, str | None]:
     return "".join(texts), signature
 
 
-def _json_delta(index: int, fragment: str) -> dict:
+def _json_delta(index: int, fragment: str) -> StreamEvent:
     return {
         "type": "content_block_delta",
         "index": index,
@@ -684,7 +700,7 @@ def _json_delta(index: int, fragment: str) -> dict:
     }
 
 
-def _chunk_error(chunk: dict) -> GatewayError:
+def _chunk_error(chunk: JsonObject) -> GatewayError:
     """An error object inside the stream (P15): overloaded when it says so, else api_error."""
     message = upstream_message(orjson.dumps(chunk)) or "the upstream stream failed"
     error = chunk.get("error")

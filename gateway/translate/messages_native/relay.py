@@ -9,6 +9,8 @@ not yet complete.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from gateway.errors import GatewayError, UpstreamProtocolError
@@ -50,7 +52,7 @@ class NativeRelay:
         self.done = False  # Messages streams have no `[DONE]`; message_stop is the end
         self.has_content = False
         self.failure: GatewayError | None = None
-        self.usage: dict = {}
+        self.usage: dict[str, Any] = {}
         self.stop_reason: str | None = None
 
     @property
@@ -159,8 +161,8 @@ class NativeRelay:
             if isinstance(usage.get("server_tool_use"), dict):
                 self.usage["server_tool_use"] = usage["server_tool_use"]
 
-    def _with_model(self, data: str) -> dict:
-        payload = orjson.loads(data)
+    def _with_model(self, data: str) -> dict[str, Any]:
+        payload: dict[str, Any] = orjson.loads(data)
         if isinstance(payload.get("message"), dict):
             payload["message"]["model"] = self._model
         return payload
