@@ -1,13 +1,13 @@
 """The gateway's benchmark: `python -m bench [run|soak|idle|scale|profile|worst] [options]` (bench/README.md).
 
-    python -m bench                                   everything, ~2 minutes (2 CPUs)
-    python -m bench --quick                           c1 and c16 only, 2 s runs
-    python -m bench --only floor,gateway-memory --scenario nonstream --concurrency 16
-    python -m bench soak --requests 1000000           RSS before, during and after
-    python -m bench idle --streams 2000               RSS with 2,000 open streams
-    python -m bench scale                             req/s with --workers 1 and 2
-    python -m bench profile --scenario stream-b2b     where the gateway's CPU goes (py-spy)
-    python -m bench worst                             worst-case shapes at n, 2n, 4n: linear?
+python -m bench                                   everything, ~2 minutes (2 CPUs)
+python -m bench --quick                           c1 and c16 only, 2 s runs
+python -m bench --only floor,gateway-memory --scenario nonstream --concurrency 16
+python -m bench soak --requests 1000000           RSS before, during and after
+python -m bench idle --streams 2000               RSS with 2,000 open streams
+python -m bench scale                             req/s with --workers 1 and 2
+python -m bench profile --scenario stream-b2b     where the gateway's CPU goes (py-spy)
+python -m bench worst                             worst-case shapes at n, 2n, 4n: linear?
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="the matrix (the default command)")
@@ -50,8 +54,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--warmup", type=int, default=1, help="seconds per scenario before a target's runs (0: none)")
     run.add_argument("--repeat", type=int, default=1, help="runs per combination, keeping the median (default 1)")
     run.add_argument("--quick", action="store_true", help="concurrency 1 and 16 only, 2 s runs")
-    run.add_argument("--only", metavar="TARGETS", help=f"a,b of {', '.join(matrix.TARGETS)} (default: all but the last)")
-    run.add_argument("--scenario", metavar="SCENARIOS", help="a,b of nonstream, stream-b2b, stream-paced (default), nonstream-cc, stream-cc")
+    run.add_argument(
+        "--only", metavar="TARGETS", help=f"a,b of {', '.join(matrix.TARGETS)} (default: all but the last)"
+    )
+    run.add_argument(
+        "--scenario",
+        metavar="SCENARIOS",
+        help="a,b of nonstream, stream-b2b, stream-paced (default), nonstream-cc, stream-cc",
+    )
     run.add_argument("--concurrency", metavar="N,M", help="connections per run (default 1,16,64)")
     _common(run)
 
@@ -99,9 +109,11 @@ def run_matrix(args: argparse.Namespace, procs: Processes, cores: Cores, load: L
     scenarios = matrix.scenario_list(args.scenario)
     default = "1,16" if args.quick else ",".join(map(str, matrix.CONCURRENCY))
     concurrency = [int(n) for n in (args.concurrency or default).split(",")]
-    print(f"{len(targets)} targets × {len(scenarios)} scenarios × {len(concurrency)} concurrencies"
-          f" × {args.repeat} repeats, {args.seconds} s each (+{args.warmup} s warm-up per scenario and target)",
-          flush=True)
+    print(
+        f"{len(targets)} targets × {len(scenarios)} scenarios × {len(concurrency)} concurrencies"
+        f" × {args.repeat} repeats, {args.seconds} s each (+{args.warmup} s warm-up per scenario and target)",
+        flush=True,
+    )
     runner = matrix.Matrix(procs, cores, load, seconds=args.seconds, warmup=args.warmup, repeat=args.repeat)
     runner.run(targets, scenarios, concurrency)
     return matrix.report(runner), matrix.as_json(runner)
@@ -149,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print(text)
     if args.json:
-        meta = {"command": command, "date": _today(), "machine": info, "cores": cores.describe(),
-                "load_generator": load.name}
+        meta = {
+            "command": command,
+            "date": _today(),
+            "machine": info,
+            "cores": cores.describe(),
+            "load_generator": load.name,
+        }
         args.json.write_bytes(orjson.dumps({**meta, **data}, option=orjson.OPT_INDENT_2))
         print(f"saved {args.json}")
     return 0
@@ -161,15 +178,17 @@ def _today() -> str:
 
 
 def _header(command: str, m: dict[str, str], cores: Cores, load: LoadGenerator, fd_limit: int) -> str:
-    return "\n".join([
-        f"$ {command}",
-        f"date: {_today()}",
-        f"machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}, "
-        f"Python {m['python']}, kernel {m['kernel']}",
-        f"code: {m['code']}",
-        f"cores: {cores.describe()}",
-        f"load generator: {load.name}; open files limit {fd_limit}",
-    ])
+    return "\n".join(
+        [
+            f"$ {command}",
+            f"date: {_today()}",
+            f"machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), {m['cpu_model']}, "
+            f"Python {m['python']}, kernel {m['kernel']}",
+            f"code: {m['code']}",
+            f"cores: {cores.describe()}",
+            f"load generator: {load.name}; open files limit {fd_limit}",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
 
 
-async def drive(url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float,
-                max_requests: int | None) -> dict:
+async def drive(
+    url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float, max_requests: int | None
+) -> dict:
     latencies: list[float] = []
     errors = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
     received = 0
@@ -60,8 +61,13 @@ async def drive(url: str, body: bytes, headers: dict[str, str], connections: int
         "duration_us": int(elapsed * 1e6),
         "bytes": 0,
         "errors": errors,
-        "latency_us": {"p50": percentile(us, 0.5), "p90": percentile(us, 0.9), "p99": percentile(us, 0.99),
-                       "max": us[-1] if us else 0, "mean": sum(us) / len(us) if us else 0},
+        "latency_us": {
+            "p50": percentile(us, 0.5),
+            "p90": percentile(us, 0.9),
+            "p99": percentile(us, 0.99),
+            "max": us[-1] if us else 0,
+            "mean": sum(us) / len(us) if us else 0,
+        },
     }
 
 
@@ -78,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     for line in args.header:
         name, _, value = line.partition(":")
         headers[name.strip()] = value.strip()
-    result = asyncio.run(drive(args.url, args.body_file.read_bytes(), headers, args.connections, args.seconds,
-                               args.max_requests))
+    result = asyncio.run(
+        drive(args.url, args.body_file.read_bytes(), headers, args.connections, args.seconds, args.max_requests)
+    )
     print("BENCH_JSON " + orjson.dumps(result).decode(), flush=True)
 
 

@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         print("uvloop is not installed: the floor runs on the stock asyncio loop", file=sys.stderr)
     web.run_app(
-        make_app(args.upstream), host=args.host, port=args.port, access_log=None, handler_cancellation=True,
+        make_app(args.upstream),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        handler_cancellation=True,
         print=lambda _: print(f"bench floor listening on http://{args.host}:{args.port}", flush=True),
     )
 

@@ -45,10 +45,15 @@ class LoadResult:
     def parse(cls, output: str) -> LoadResult:
         for line in output.splitlines():
             if line.startswith(MARKER):
-                data = orjson.loads(line[len(MARKER):])
+                data = orjson.loads(line[len(MARKER) :])
                 latency = data["latency_us"]
-                return cls(data["requests"], data["duration_us"] / 1e6, data["errors"], latency["p50"] / 1000,
-                           latency["p99"] / 1000)
+                return cls(
+                    data["requests"],
+                    data["duration_us"] / 1e6,
+                    data["errors"],
+                    latency["p50"] / 1000,
+                    latency["p99"] / 1000,
+                )
         raise RuntimeError(f"the load generator printed no result:\n{output[-2000:]}")
 
 
@@ -75,11 +80,31 @@ class LoadGenerator:
             if max_requests is not None:
                 env["BENCH_MAX_REQUESTS"] = str(max_requests)
             # One wrk thread: it stays on one core, and the connections are all its own.
-            argv = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
-                    "-s", str(LUA_SCRIPT), request.url]
+            argv = [
+                self.wrk,
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(LUA_SCRIPT),
+                request.url,
+            ]
         else:
-            argv = [sys.executable, "-m", "bench.driver", "--url", request.url, "--body-file", str(body_file),
-                    "--connections", str(connections), "--seconds", str(seconds)]
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.driver",
+                "--url",
+                request.url,
+                "--body-file",
+                str(body_file),
+                "--connections",
+                str(connections),
+                "--seconds",
+                str(seconds),
+            ]
             argv += [arg for name, value in request.headers.items() for arg in ("--header", f"{name}: {value}")]
             if max_requests is not None:
                 argv += ["--max-requests", str(max_requests)]
@@ -90,17 +115,20 @@ class LoadGenerator:
     def run(self, request: Request, connections: int, seconds: int) -> LoadResult:
         """`connections` connections for `seconds` (whole seconds: wrk's -d takes no less)."""
         argv, env = self._command(request, connections, seconds, None)
-        done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60,
-                              check=False)
+        done = subprocess.run(
+            argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
         return LoadResult.parse(done.stdout + done.stderr)
 
-    def run_count(self, request: Request, connections: int, count: int, max_seconds: int,
-                  every: float, sample: Callable[[], None]) -> LoadResult:
+    def run_count(
+        self, request: Request, connections: int, count: int, max_seconds: int, every: float, sample: Callable[[], None]
+    ) -> LoadResult:
         """Send `count` requests (or stop after `max_seconds`), calling `sample()` every
         `every` seconds meanwhile."""
         argv, env = self._command(request, connections, max_seconds, count)
-        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
+        process = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         lines: list[str] = []
         reader = threading.Thread(target=_read_lines, args=(process, lines), daemon=True)
         reader.start()

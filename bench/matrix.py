@@ -55,8 +55,9 @@ class Matrix:
     """Runs the selected targets × scenarios × concurrencies; `rows` and `targets` hold
     what was measured."""
 
-    def __init__(self, procs: Processes, cores: Cores, load: LoadGenerator, *, seconds: int, warmup: int,
-                 repeat: int = 1) -> None:
+    def __init__(
+        self, procs: Processes, cores: Cores, load: LoadGenerator, *, seconds: int, warmup: int, repeat: int = 1
+    ) -> None:
         self.procs = procs
         self.cores = cores
         self.load = load
@@ -109,8 +110,9 @@ class Matrix:
         if target == "floor":
             return start_floor(self.procs, self.cores, upstream)
         store = redis if target.startswith("gateway-redis") else None
-        return start_gateway(self.procs, self.cores, upstream, name=target, redis_url=store,
-                             limited=target == "gateway-redis")
+        return start_gateway(
+            self.procs, self.cores, upstream, name=target, redis_url=store, limited=target == "gateway-redis"
+        )
 
     def _request(self, target: str, scenario: Scenario, upstream: Service, under_test: Service | None) -> Request:
         if under_test is None:
@@ -122,8 +124,7 @@ class Matrix:
 
     def _warm(self, target: str, under_test: Service | None, upstream: Service, scenarios: list[Scenario]) -> None:
         for scenario in scenarios if self.warmup else ():
-            warm = self.load.run(self._request(target, scenario, upstream, under_test), WARMUP_CONNECTIONS,
-                                 self.warmup)
+            warm = self.load.run(self._request(target, scenario, upstream, under_test), WARMUP_CONNECTIONS, self.warmup)
             if warm.error_count:
                 self.notes.append(f"{target} warm-up {scenario.name}: errors {warm.errors}")
         idle = rss_mb(under_test.started.pids()) if under_test else None
@@ -132,13 +133,16 @@ class Matrix:
 
     @staticmethod
     def _print(target: str, scenario: Scenario, connections: int, row: Row) -> None:
-        print(f"  {target:15} {scenario.name:13} c{connections:<3} {row.per_second:9.0f} req/s  "
-              f"p50 {row.p50_ms:7.2f} ms  CPU {_fmt(row.cpu_us, '.0f')} µs/req  "
-              f"other {_fmt(row.other_cpu_pct, '.0f')}%"
-              + (f"  ERRORS {row.errors}" if row.errors else ""), flush=True)
+        print(
+            f"  {target:15} {scenario.name:13} c{connections:<3} {row.per_second:9.0f} req/s  "
+            f"p50 {row.p50_ms:7.2f} ms  CPU {_fmt(row.cpu_us, '.0f')} µs/req  "
+            f"other {_fmt(row.other_cpu_pct, '.0f')}%" + (f"  ERRORS {row.errors}" if row.errors else ""),
+            flush=True,
+        )
 
-    def _measure(self, target: str, scenario: Scenario, connections: int, request: Request,
-                 under_test: Service | None) -> Row:
+    def _measure(
+        self, target: str, scenario: Scenario, connections: int, request: Request, under_test: Service | None
+    ) -> Row:
         pids = under_test.started.pids() if under_test else []
         reset_peak_rss(pids)
         meter = Meter(pids, [pid for service in self.load_side for pid in service.started.pids()])
@@ -151,10 +155,21 @@ class Matrix:
         return make_row(target, scenario, connections, result, pids, usage)
 
 
-def make_row(target: str, scenario: Scenario, connections: int, result: LoadResult, pids: list[int],
-             usage: Usage) -> Row:
-    row = Row(target, scenario.name, connections, result.requests, result.per_second, result.p50_ms, result.p99_ms,
-              result.error_count, load_cpu_pct=usage.percent(usage.load), other_cpu_pct=usage.percent(usage.other))
+def make_row(
+    target: str, scenario: Scenario, connections: int, result: LoadResult, pids: list[int], usage: Usage
+) -> Row:
+    row = Row(
+        target,
+        scenario.name,
+        connections,
+        result.requests,
+        result.per_second,
+        result.p50_ms,
+        result.p99_ms,
+        result.error_count,
+        load_cpu_pct=usage.percent(usage.load),
+        other_cpu_pct=usage.percent(usage.other),
+    )
     if pids:
         row.cpu_us = usage.under_test / max(result.requests, 1) * 1e6
         row.peak_rss_mb = peak_rss_mb(pids)
@@ -213,8 +228,10 @@ COLUMNS = (
 def table(rows: list[Row], skip: tuple[str, ...] = ()) -> str:
     """A Markdown table (pastes into bench/README.md as it is), without the `skip` columns."""
     columns = [c for c in COLUMNS if c[0] not in skip]
-    lines = ["| " + " | ".join(f"{name:>{width}}" for name, width, _ in columns) + " |",
-             "|" + "|".join("-" * (width + 1) + ":" for _, width, _ in columns) + "|"]
+    lines = [
+        "| " + " | ".join(f"{name:>{width}}" for name, width, _ in columns) + " |",
+        "|" + "|".join("-" * (width + 1) + ":" for _, width, _ in columns) + "|",
+    ]
     for row in rows:
         lines.append("| " + " | ".join(f"{cell(row):>{width}}" for _, width, cell in columns) + " |")
     return "\n".join(lines)
@@ -240,8 +257,11 @@ def verdicts(rows: list[Row], targets: list[TargetInfo]) -> list[Verdict]:
         row = by_key.get((target, scenario, c))
         if row is None or row.cpu_ratio is None:
             return Verdict(goal, "not measured", None)
-        others = ", ".join(f"c{r.concurrency} {r.cpu_ratio:.2f}×" for r in rows
-                           if (r.target, r.scenario) == (target, scenario) and r.concurrency != c and r.cpu_ratio)
+        others = ", ".join(
+            f"c{r.concurrency} {r.cpu_ratio:.2f}×"
+            for r in rows
+            if (r.target, r.scenario) == (target, scenario) and r.concurrency != c and r.cpu_ratio
+        )
         value = f"{row.cpu_ratio:.2f}× ({row.cpu_us:.0f} µs vs floor {row.cpu_us / row.cpu_ratio:.0f} µs)"
         return Verdict(goal, value + (f"; {others}" if others else ""), row.cpu_ratio <= limit)
 
@@ -261,22 +281,32 @@ def verdicts(rows: list[Row], targets: list[TargetInfo]) -> list[Verdict]:
         found.append(Verdict(goal, f"+{latency.added_p50_ms:.3f} ms", latency.added_p50_ms < 0.5))
     for info in targets:
         if info.target.startswith("gateway") and info.idle_rss_mb is not None:
-            found.append(Verdict(f"{info.target} worker idle RSS < 80 MB (after warm-up)",
-                                 f"{info.idle_rss_mb:.1f} MB", info.idle_rss_mb < 80))
+            found.append(
+                Verdict(
+                    f"{info.target} worker idle RSS < 80 MB (after warm-up)",
+                    f"{info.idle_rss_mb:.1f} MB",
+                    info.idle_rss_mb < 80,
+                )
+            )
     return found
 
 
 def report(matrix: Matrix) -> str:
     lines = [table(matrix.rows), ""]
     lines += [v.line() for v in verdicts(matrix.rows, matrix.targets) if v.passed is not None]
-    lines += ["", "Not in this run: throughput vs --workers (`python -m bench scale`), RSS over a million requests "
-              "(`python -m bench soak`), 2,000 idle streams (`python -m bench idle`)."]
+    lines += [
+        "",
+        "Not in this run: throughput vs --workers (`python -m bench scale`), RSS over a million requests "
+        "(`python -m bench soak`), 2,000 idle streams (`python -m bench idle`).",
+    ]
     notes = list(matrix.notes)
     noisy = sorted(p for p in matrix.other_percents if p > NOISY_PERCENT)
     if noisy:
-        notes.append(f"other processes used more than {NOISY_PERCENT}% of a core in {len(noisy)} of "
-                     f"{len(matrix.other_percents)} runs (median of those {noisy[len(noisy) // 2]:.0f}%, max "
-                     f"{noisy[-1]:.0f}%): req/s and latency are noisy, CPU per request less so")
+        notes.append(
+            f"other processes used more than {NOISY_PERCENT}% of a core in {len(noisy)} of "
+            f"{len(matrix.other_percents)} runs (median of those {noisy[len(noisy) // 2]:.0f}%, max "
+            f"{noisy[-1]:.0f}%): req/s and latency are noisy, CPU per request less so"
+        )
     if notes:
         lines += ["", "Notes:"] + [f"- {note}" for note in notes]
     return "\n".join(lines)

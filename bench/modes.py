@@ -40,8 +40,9 @@ def soak(args: argparse.Namespace, procs: Processes, cores: Cores, load: LoadGen
             gateway.started.log.write_bytes(b"")  # opened for appending: the gateway writes on at the new end
 
     sample()
-    print(f"  sending {args.requests} requests, {args.connections} connections, at most {args.max_seconds} s",
-          flush=True)
+    print(
+        f"  sending {args.requests} requests, {args.connections} connections, at most {args.max_seconds} s", flush=True
+    )
     cpu_before = cpu_seconds(gateway.started.pids())
     result = load.run_count(request, args.connections, args.requests, args.max_seconds, args.every, sample)
     cpu = cpu_seconds(gateway.started.pids()) - cpu_before
@@ -50,12 +51,23 @@ def soak(args: argparse.Namespace, procs: Processes, cores: Cores, load: LoadGen
     sample()
     pids = gateway.started.pids()
     before, after = samples[0][1], samples[-1][1]
-    data = {"requests": result.requests, "seconds": result.seconds, "per_second": result.per_second,
-            "errors": result.errors, "cpu_us": cpu / max(result.requests, 1) * 1e6, "rss_at_start_mb": started_rss,
-            "rss_before_mb": before, "rss_after_mb": after, "peak_rss_mb": peak_rss_mb(pids),
-            "samples": [{"seconds": s, "rss_mb": r} for s, r in samples]}
+    data = {
+        "requests": result.requests,
+        "seconds": result.seconds,
+        "per_second": result.per_second,
+        "errors": result.errors,
+        "cpu_us": cpu / max(result.requests, 1) * 1e6,
+        "rss_at_start_mb": started_rss,
+        "rss_before_mb": before,
+        "rss_after_mb": after,
+        "peak_rss_mb": peak_rss_mb(pids),
+        "samples": [{"seconds": s, "rss_mb": r} for s, r in samples],
+    }
     lines = [
-        "| seconds | RSS MB |", "|---:|---:|", *(f"| {s:.1f} | {r:.2f} |" for s, r in samples), "",
+        "| seconds | RSS MB |",
+        "|---:|---:|",
+        *(f"| {s:.1f} | {r:.2f} |" for s, r in samples),
+        "",
         f"{result.requests} requests in {result.seconds:.1f} s ({result.per_second:.0f} req/s, "
         f"{data['cpu_us']:.0f} µs CPU each), errors {result.error_count}",
         f"RSS at start {started_rss:.1f} MB, after warm-up {before:.1f} MB, after the soak {after:.1f} MB "
@@ -105,28 +117,43 @@ def idle(args: argparse.Namespace, procs: Processes, cores: Cores, load: LoadGen
             service = start_gateway(procs, cores, upstream, name=target, redis_url=None, limited=False)
             request = messages_request(service.base_url, IDLE, BENCH_KEY)
         try:
-            load.run(messages_request(service.base_url, NONSTREAM, BENCH_KEY) if target != "floor"
-                     else chat_request(service.base_url, NONSTREAM), 16, 1)  # warm-up
+            load.run(
+                messages_request(service.base_url, NONSTREAM, BENCH_KEY)
+                if target != "floor"
+                else chat_request(service.base_url, NONSTREAM),
+                16,
+                1,
+            )  # warm-up
             results.append(asyncio.run(_hold_streams(target, service, upstream, request, args.streams, args.hold)))
         finally:
             procs.stop(service.started)
         r = results[-1]
-        print(f"  {target}: {r.streams_open} streams open, RSS {r.rss_before_mb:.1f} → {r.rss_open_mb:.1f} MB",
-              flush=True)
-    lines = ["| target | streams open | open s | its fds | upstream fds | RSS before MB | RSS open MB | "
-             "per stream KB | RSS after close MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.target} | {r.streams_open} | {r.seconds_to_open:.1f} | {r.fds_open} | {r.upstream_fds_open} | "
-              f"{r.rss_before_mb:.1f} | {r.rss_open_mb:.1f} | {r.per_stream_kb:.1f} | {r.rss_after_mb:.1f} |"
-              for r in results]
+        print(
+            f"  {target}: {r.streams_open} streams open, RSS {r.rss_before_mb:.1f} → {r.rss_open_mb:.1f} MB", flush=True
+        )
+    lines = [
+        "| target | streams open | open s | its fds | upstream fds | RSS before MB | RSS open MB | "
+        "per stream KB | RSS after close MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.target} | {r.streams_open} | {r.seconds_to_open:.1f} | {r.fds_open} | {r.upstream_fds_open} | "
+        f"{r.rss_before_mb:.1f} | {r.rss_open_mb:.1f} | {r.per_stream_kb:.1f} | {r.rss_after_mb:.1f} |"
+        for r in results
+    ]
     gateway = results[-1]
-    lines += ["", _mark(gateway.streams_open == args.streams and gateway.rss_open_mb < 200)
-              + f"  {args.streams} idle open streams cost under 200 MB in all (gateway RSS with them open): "
-              f"{gateway.rss_open_mb:.1f} MB with {gateway.streams_open} open"]
+    lines += [
+        "",
+        _mark(gateway.streams_open == args.streams and gateway.rss_open_mb < 200)
+        + f"  {args.streams} idle open streams cost under 200 MB in all (gateway RSS with them open): "
+        f"{gateway.rss_open_mb:.1f} MB with {gateway.streams_open} open",
+    ]
     return "\n".join(lines), {"idle": [asdict(r) | {"per_stream_kb": r.per_stream_kb} for r in results]}
 
 
-async def _hold_streams(target: str, service: Service, upstream: Service, request, count: int,
-                        hold: float) -> IdleResult:
+async def _hold_streams(
+    target: str, service: Service, upstream: Service, request, count: int, hold: float
+) -> IdleResult:
     pids = service.started.pids()
     before = rss_mb(pids)
     connector = aiohttp.TCPConnector(limit=0)
@@ -178,8 +205,9 @@ def scale(args: argparse.Namespace, procs: Processes, cores: Cores, load: LoadGe
     for workers in (int(n) for n in args.workers.split(",")):
         cpus = cores.under_test if workers == 1 else every_cpu
         name = f"gateway-redis-w{workers}"
-        gateway = start_gateway(procs, cores, upstream, name=name, redis_url=redis_url(redis), limited=False,
-                                workers=workers, cpus=cpus)
+        gateway = start_gateway(
+            procs, cores, upstream, name=name, redis_url=redis_url(redis), limited=False, workers=workers, cpus=cpus
+        )
         try:
             request = messages_request(gateway.base_url, NONSTREAM, BENCH_KEY)
             load.run(request, args.connections, 2)  # warm-up: every worker gets connections
@@ -194,8 +222,9 @@ def scale(args: argparse.Namespace, procs: Processes, cores: Cores, load: LoadGe
     lines = [table(rows, skip=("CPU ×floor", "+p50 ms c1")), ""]
     for row in rows[1:]:
         gain = row.per_second / rows[0].per_second
-        lines.append(f"{row.target}: {gain:.2f}× the req/s of {rows[0].target} (linear would be "
-                     f"{row.target.rsplit('w', 1)[1]}×)")
+        lines.append(
+            f"{row.target}: {gain:.2f}× the req/s of {rows[0].target} (linear would be {row.target.rsplit('w', 1)[1]}×)"
+        )
     lines += [f"{row.target}: {_per_core(row):.0f} req/s per core the gateway used" for row in rows]
     lines += [
         "",

@@ -55,8 +55,10 @@ class Cores:
     def describe(self) -> str:
         if self.under_test is None:
             return "no pinning (fewer than 2 CPUs or no taskset): every process shares the same cores"
-        return (f"process under test (floor or gateway) on CPU {self.under_test}; "
-                f"upstream, wrk, redis and this script on CPU {self.load}")
+        return (
+            f"process under test (floor or gateway) on CPU {self.under_test}; "
+            f"upstream, wrk, redis and this script on CPU {self.load}"
+        )
 
     def pin_self(self) -> None:
         """Keep this script off the core under test (it mostly sleeps, but not always)."""
@@ -278,16 +280,25 @@ class Processes:
         if started in self.started:
             self.started.remove(started)
 
-    def start(self, name: str, argv: list[str], *, cpus: str | None, port: int | None = None,
-              ready_text: str | None = None, timeout: float = 30.0) -> Started:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cpus: str | None,
+        port: int | None = None,
+        ready_text: str | None = None,
+        timeout: float = 30.0,
+    ) -> Started:
         """Start `argv` pinned to `cpus`, output to a log file, and wait until `port` accepts
         connections and `ready_text` is in the log (either may be None)."""
         if cpus is not None:
             argv = ["taskset", "-c", cpus, *argv]
         log = self.scratch / f"{name}.log"
         with log.open("ab") as out:  # append mode: the log can be truncated while written to
-            process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         started = Started(name, process, log)
         self.started.append(started)
         deadline = time.monotonic() + timeout

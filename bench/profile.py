@@ -60,16 +60,31 @@ def profile(args: argparse.Namespace, procs: Processes, cores: Cores, load: Load
         request = chat_request(service.base_url, scenario)
     else:
         redis = start_redis(procs, cores) if args.target.startswith("gateway-redis") else None
-        service = start_gateway(procs, cores, upstream, name=args.target, redis_url=redis_url(redis),
-                                limited=args.target == "gateway-redis")
+        service = start_gateway(
+            procs, cores, upstream, name=args.target, redis_url=redis_url(redis), limited=args.target == "gateway-redis"
+        )
         key = LIMITED_KEY if args.target == "gateway-redis" else BENCH_KEY
         request = messages_request(service.base_url, scenario, key)
     load.run(request, args.connections, 2)  # warm-up
     out = procs.scratch / "profile.txt"
     spy_run = subprocess.Popen(
-        [spy, "record", "--pid", str(service.started.pid), "--rate", str(args.rate), "--format", "raw",
-         "--output", str(out), "--duration", str(args.seconds + 1), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            spy,
+            "record",
+            "--pid",
+            str(service.started.pid),
+            "--rate",
+            str(args.rate),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--duration",
+            str(args.seconds + 1),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     time.sleep(0.5)
     result = load.run(request, args.connections, args.seconds)
@@ -81,12 +96,18 @@ def profile(args: argparse.Namespace, procs: Processes, cores: Cores, load: Load
         args.save.write_text(out.read_text())
     # A sample stands for 1/rate s of the process running Python (py-spy leaves idle out).
     per_request = 1e6 / args.rate / max(result.requests, 1)
-    lines = [f"{args.target} {scenario.name} c{args.connections}: {result.per_second:.0f} req/s, "
-             f"{samples} samples while running ({samples * per_request:.0f} µs per request)", "",
-             "| self % | self µs/req | total % | function |", "|---:|---:|---:|---|"]
+    lines = [
+        f"{args.target} {scenario.name} c{args.connections}: {result.per_second:.0f} req/s, "
+        f"{samples} samples while running ({samples * per_request:.0f} µs per request)",
+        "",
+        "| self % | self µs/req | total % | function |",
+        "|---:|---:|---:|---|",
+    ]
     for name, count in own.most_common(args.top):
-        lines.append(f"| {100 * count / samples:5.1f} | {count * per_request:6.1f} | "
-                     f"{100 * total[name] / samples:5.1f} | {name} |")
+        lines.append(
+            f"| {100 * count / samples:5.1f} | {count * per_request:6.1f} | "
+            f"{100 * total[name] / samples:5.1f} | {name} |"
+        )
     lines += ["", "| total % | total µs/req | function (by total) |", "|---:|---:|---|"]
     for name, count in total.most_common(args.top):
         lines.append(f"| {100 * count / samples:5.1f} | {count * per_request:6.1f} | {name} |")

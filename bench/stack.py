@@ -38,8 +38,19 @@ def start_redis(procs: Processes, cores: Cores) -> Service | None:
     if shutil.which("redis-server") is None:
         return None
     port = free_port()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(procs.scratch)]
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(procs.scratch),
+    ]
     return Service(procs.start("redis", argv, cpus=cores.load, port=port), port)
 
 
@@ -53,15 +64,26 @@ def start_floor(procs: Processes, cores: Cores, upstream: Service) -> Service:
     return Service(procs.python("floor", argv, cpus=cores.under_test, port=port), port)
 
 
-def start_gateway(procs: Processes, cores: Cores, upstream: Service, *, name: str, redis_url: str | None,
-                  limited: bool, workers: int = 1, cpus: str | None = None, server: dict | None = None) -> Service:
+def start_gateway(
+    procs: Processes,
+    cores: Cores,
+    upstream: Service,
+    *,
+    name: str,
+    redis_url: str | None,
+    limited: bool,
+    workers: int = 1,
+    cpus: str | None = None,
+    server: dict | None = None,
+) -> Service:
     """`gateway serve` at its default log level (info: the per-request log line is part of
     what production pays), pinned to the core under test unless `cpus` says otherwise;
     `server`: settings of the config's `server:` beyond its address."""
     port = free_port()
     config = procs.scratch / f"{name}.yaml"
-    config.write_text(gateway_config(port=port, upstream_port=upstream.port, redis_url=redis_url, limited=limited,
-                                     server=server))
+    config.write_text(
+        gateway_config(port=port, upstream_port=upstream.port, redis_url=redis_url, limited=limited, server=server)
+    )
     argv = ["gateway", "serve", "--config", str(config), "--workers", str(workers)]
     started = procs.python(name, argv, cpus=cpus or cores.under_test, port=port, ready_text=GATEWAY_READY)
     return Service(started, port)
@@ -88,10 +110,12 @@ def machine() -> dict[str, str]:
 
 def code_version() -> str:
     """The commit measured, and whether gateway/ differs from it (others may be editing)."""
+
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False,
-                                  timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
 

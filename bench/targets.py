@@ -132,8 +132,9 @@ def messages_request(base_url: str, scenario: Scenario, key: str) -> Request:
     return Request(f"{base_url}/v1/messages", messages_body(scenario), headers)
 
 
-def gateway_config(*, port: int, upstream_port: int, redis_url: str | None, limited: bool,
-                   server: dict | None = None) -> str:
+def gateway_config(
+    *, port: int, upstream_port: int, redis_url: str | None, limited: bool, server: dict | None = None
+) -> str:
     """The gateway's YAML: one backend and model per scenario (the backend's `headers:` ask
     the upstream for the stream shape), the bench team and its key from the `teams:`
     bootstrap, with `limited` every limit set (see HIGH_LIMITS), and `server` settings
@@ -152,8 +153,10 @@ def gateway_config(*, port: int, upstream_port: int, redis_url: str | None, limi
     ]
     for scenario in (*SCENARIOS.values(), IDLE):
         headers = orjson.dumps(shape_headers(scenario)).decode()
-        lines.append(f"  {scenario.gateway_model}: {{type: openai, preset: vllm,"
-                     f" base_url: 'http://127.0.0.1:{upstream_port}/v1', headers: {headers}}}")
+        lines.append(
+            f"  {scenario.gateway_model}: {{type: openai, preset: vllm,"
+            f" base_url: 'http://127.0.0.1:{upstream_port}/v1', headers: {headers}}}"
+        )
     lines.append("models:")
     for scenario in (*SCENARIOS.values(), IDLE):
         name = scenario.gateway_model

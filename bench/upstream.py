@@ -54,8 +54,7 @@ def _response(status: bytes, content_type: bytes, extra: bytes = b"") -> bytes:
 
 def _usage(pieces: list[str]) -> dict:
     completion = sum(len(piece.split()) for piece in pieces)  # a word a token: near enough
-    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion,
-            "total_tokens": PROMPT_TOKENS + completion}
+    return {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": completion, "total_tokens": PROMPT_TOKENS + completion}
 
 
 def _completion_bytes() -> bytes:
@@ -94,8 +93,13 @@ def _sse(payload: dict) -> bytes:
 def stream_parts(chunks: int, include_usage: bool) -> list[bytes]:
     """The stream's writes, in order: headers + role chunk, content chunks, then the end
     (finish, usage, [DONE] and the terminating zero-length chunk) in one write."""
-    base = {"id": "chatcmpl-bench0000000000000000000000", "object": "chat.completion.chunk", "created": CREATED,
-            "model": MODEL, "system_fingerprint": "fp_bench"}
+    base = {
+        "id": "chatcmpl-bench0000000000000000000000",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": MODEL,
+        "system_fingerprint": "fp_bench",
+    }
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -120,7 +124,9 @@ class Replies:
         self.delay_ms = delay_ms
         self.completion = _completion_bytes()
         self.not_found = _response(b"404 Not Found", b"text/plain", b"content-length: 0\r\n\r\n")
-        self.bad_request = _response(b"400 Bad Request", b"text/plain", b"content-length: 0\r\nconnection: close\r\n\r\n")
+        self.bad_request = _response(
+            b"400 Bad Request", b"text/plain", b"content-length: 0\r\nconnection: close\r\n\r\n"
+        )
         self._streams: dict[tuple[int, bool], list[bytes]] = {}
 
     def stream(self, chunks: int, include_usage: bool) -> list[bytes]:

@@ -52,8 +52,11 @@ def blocks(n: int) -> bytes:
 
 
 def tools(n: int) -> bytes:
-    schema = {"type": "object", "properties": {"q": {"type": "string", "description": "what to look for"}},
-              "required": ["q"]}
+    schema = {
+        "type": "object",
+        "properties": {"q": {"type": "string", "description": "what to look for"}},
+        "required": ["q"],
+    }
     listed = [{"name": f"tool_{i}", "description": f"Tool number {i}.", "input_schema": schema} for i in range(n)]
     return _body(messages=[{"role": "user", "content": "x"}], tools=listed)
 
@@ -81,11 +84,19 @@ class Shape:
 SHAPES = (
     Shape("messages", "turns", (250_000, 500_000, 1_000_000), turns, "raised", 200),
     Shape("messages over the cap", "turns", (250_000, 500_000, 1_000_000), turns, "default", 400),
-    Shape("blocks", "blocks in one message", (2_500, 5_000, DEFAULT_CAPS.max_blocks_per_message), blocks, "default", 200),
+    Shape(
+        "blocks", "blocks in one message", (2_500, 5_000, DEFAULT_CAPS.max_blocks_per_message), blocks, "default", 200
+    ),
     Shape("tools", "tools", (10_000, 20_000, 40_000), tools, "default", 200),
     Shape("deep schema", "levels", (DEPTH // 4, DEPTH // 2, DEPTH), deep_schema, "default", 200),
-    Shape("deep schema past the limit", "levels", (DEPTH + 1, 2 * (DEPTH + 1), 4 * (DEPTH + 1)), deep_schema,
-          "default", 400),
+    Shape(
+        "deep schema past the limit",
+        "levels",
+        (DEPTH + 1, 2 * (DEPTH + 1), 4 * (DEPTH + 1)),
+        deep_schema,
+        "default",
+        400,
+    ),
 )
 
 
@@ -103,8 +114,9 @@ class Point:
 def worst(args: argparse.Namespace, procs: Processes, cores: Cores, load: LoadGenerator) -> tuple[str, dict]:
     upstream = start_upstream(procs, cores)
     gateways = {
-        "raised": start_gateway(procs, cores, upstream, name="gateway-raised", redis_url=None, limited=False,
-                                server=RAISED),
+        "raised": start_gateway(
+            procs, cores, upstream, name="gateway-raised", redis_url=None, limited=False, server=RAISED
+        ),
         "default": start_gateway(procs, cores, upstream, name="gateway-default", redis_url=None, limited=False),
     }
     points = asyncio.run(_measure(gateways, args.repeat))
@@ -123,11 +135,21 @@ async def _measure(gateways: dict[str, Service], repeat: int) -> list[Point]:
                 body = shape.build(size)
                 runs = [await _send(http, service, body) for _ in range(repeat)]
                 status, message = runs[0][0], runs[0][1]
-                point = Point(shape.name, size, len(body), status, statistics.median(r[2] for r in runs),
-                              statistics.median(r[3] for r in runs), message)
+                point = Point(
+                    shape.name,
+                    size,
+                    len(body),
+                    status,
+                    statistics.median(r[2] for r in runs),
+                    statistics.median(r[3] for r in runs),
+                    message,
+                )
                 points.append(point)
-                print(f"  {shape.name}: {size} {shape.unit}, {len(body) / 1e6:.2f} MB → {status} in "
-                      f"{point.seconds * 1000:.1f} ms ({point.cpu_seconds * 1000:.1f} ms gateway CPU)", flush=True)
+                print(
+                    f"  {shape.name}: {size} {shape.unit}, {len(body) / 1e6:.2f} MB → {status} in "
+                    f"{point.seconds * 1000:.1f} ms ({point.cpu_seconds * 1000:.1f} ms gateway CPU)",
+                    flush=True,
+                )
     return points
 
 
@@ -148,21 +170,28 @@ async def _send(http: aiohttp.ClientSession, service: Service, body: bytes) -> t
 
 
 def _report(points: list[Point]) -> str:
-    lines = ["| shape | size | MB | status | ms | ×prev | gateway CPU ms | ×prev |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| shape | size | MB | status | ms | ×prev | gateway CPU ms | ×prev |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     verdicts, messages = [], []
     for shape in SHAPES:
         rows = [p for p in points if p.shape == shape.name]
         for before, point in zip([None, *rows], rows, strict=False):
             wall = f"{point.seconds / before.seconds:.2f}" if before else ""
             cpu = f"{point.cpu_seconds / before.cpu_seconds:.2f}" if before and before.cpu_seconds else ""
-            lines.append(f"| {shape.name} | {point.size:,} {shape.unit} | {point.bytes / 1e6:.2f} | {point.status} | "
-                         f"{point.seconds * 1000:.1f} | {wall} | {point.cpu_seconds * 1000:.1f} | {cpu} |")
+            lines.append(
+                f"| {shape.name} | {point.size:,} {shape.unit} | {point.bytes / 1e6:.2f} | {point.status} | "
+                f"{point.seconds * 1000:.1f} | {wall} | {point.cpu_seconds * 1000:.1f} | {cpu} |"
+            )
         ratios = [b.cpu_seconds / a.cpu_seconds for a, b in zip(rows, rows[1:], strict=False) if a.cpu_seconds]
         statuses_ok = all(p.status == shape.status for p in rows)
         linear = all(r <= LINEAR_RATIO for r in ratios)
-        verdicts.append(("PASS" if statuses_ok and linear else "FAIL")
-                        + f"  {shape.name}: every answer {shape.status}, gateway CPU ×"
-                        + ", ×".join(f"{r:.2f}" for r in ratios) + f" per doubling (linear: ≤ {LINEAR_RATIO})")
+        verdicts.append(
+            ("PASS" if statuses_ok and linear else "FAIL")
+            + f"  {shape.name}: every answer {shape.status}, gateway CPU ×"
+            + ", ×".join(f"{r:.2f}" for r in ratios)
+            + f" per doubling (linear: ≤ {LINEAR_RATIO})"
+        )
         messages += sorted({f"{shape.name}: {p.message}" for p in rows if p.message})
     return "\n".join([*lines, "", *verdicts, "", "Refusals said:", *messages])

@@ -107,7 +107,9 @@ async def update_team(store: Store, team_id: str, spec: TeamUpdate, *, source: s
     sent = spec.model_fields_set
     if sent and current.managed_by == CONFIG:
         raise _declared(
-            f"team '{team_id}'", source, f"change {_fields(sent)} there and reload (the next load would undo a change made here)"
+            f"team '{team_id}'",
+            source,
+            f"change {_fields(sent)} there and reload (the next load would undo a change made here)",
         )
     changes: dict[str, Any] = {}
     if "name" in sent:
@@ -440,14 +442,21 @@ async def bootstrap(store: Store, teams: Sequence[TeamBootstrap], *, clock: Cloc
     for declared in plan:
         await store.put_key(_declared_record(declared, at))
         if declared.record is not None and declared.replaces:  # (`replaces` says the same; mypy cannot see it)
-            log.info("key '%s' (%s): replaced by the value the file declares; the previous one stops now",
-                     declared.record.id, declared.where)
+            log.info(
+                "key '%s' (%s): replaced by the value the file declares; the previous one stops now",
+                declared.record.id,
+                declared.where,
+            )
     kept = {declared.record.id for declared in plan if declared.record is not None}
     for key in stored:
         if key.declared_in_config() and key.revoked_at is None and key.id not in kept:
             await store.revoke_key(key.id, at)
-            log.info("key '%s' (%s of team '%s'): revoked, the file no longer declares it",
-                     key.id, key.name or "unnamed", key.default_team)
+            log.info(
+                "key '%s' (%s of team '%s'): revoked, the file no longer declares it",
+                key.id,
+                key.name or "unnamed",
+                key.default_team,
+            )
     await _release_teams(store, {spec.id for spec in teams})
 
 
@@ -551,5 +560,8 @@ async def _release_teams(store: Store, declared: set[str]) -> None:
     for team in await store.list_teams():
         if team.managed_by == CONFIG and team.id not in declared:
             await store.put_team(team.model_copy(update={"managed_by": None}))
-            log.warning("team '%s': no longer declared in the file; kept, and now managed through the admin API "
-                        "(delete it there if it should go)", team.id)
+            log.warning(
+                "team '%s': no longer declared in the file; kept, and now managed through the admin API "
+                "(delete it there if it should go)",
+                team.id,
+            )

@@ -53,7 +53,13 @@ def output_reservation(body: MessagesRequest, plan: Plan) -> int:
 
 
 def cost(
-    pricing: Pricing | None, *, input: int, output: int, cache_read: int = 0, cache_write: int = 0, web_searches: int = 0
+    pricing: Pricing | None,
+    *,
+    input: int,
+    output: int,
+    cache_read: int = 0,
+    cache_write: int = 0,
+    web_searches: int = 0,
 ) -> float:
     if pricing is None:
         return 0.0
@@ -84,7 +90,11 @@ def count_demand(principal: Principal, plan: Plan) -> Demand:
     """A count_tokens request: one unit of its team's and key's `count_tokens_per_minute`
     buckets, and nothing else (never a messages request, never tokens)."""
     return Demand(
-        team=principal.team, key=principal.key, model=plan.model.name, input_tokens=0, output_tokens=0,
+        team=principal.team,
+        key=principal.key,
+        model=plan.model.name,
+        input_tokens=0,
+        output_tokens=0,
         operation=COUNT_TOKENS,
     )
 

@@ -35,8 +35,13 @@ class FailureThrottle:
 
     __slots__ = ("_failures", "_limit", "_window", "_capacity", "_clock")
 
-    def __init__(self, limit: int = FAILURES, window: float = WINDOW, capacity: int = ADDRESSES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int = FAILURES,
+        window: float = WINDOW,
+        capacity: int = ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         # Address → the times of its last `limit` failures; the most recent failer last.
         self._failures: dict[str, deque[float]] = {}
         self._limit, self._window, self._capacity, self._clock = limit, window, capacity, clock
@@ -65,8 +70,7 @@ class FailureThrottle:
         self._failures.pop(address, None)
 
 
-def check_bearer(request: web.Request, token: SecretStr, throttle: FailureThrottle, *, realm: str,
-                 wrong: str) -> None:
+def check_bearer(request: web.Request, token: SecretStr, throttle: FailureThrottle, *, realm: str, wrong: str) -> None:
     """Pass, or raise: 429 while the source address is throttled, else 401 (`wrong`, which
     names the token's setting, never its value) for a missing or wrong
     `Authorization: Bearer` token. `realm` names what the token opens."""

@@ -93,10 +93,16 @@ class ServerConfig(_Strict):
     @model_validator(mode="after")
     def _admin_port_of_its_own(self) -> ServerConfig:
         if self.admin_listen is not None and host_port(self.admin_listen)[1] == self.port:
-            raise ValidationError.from_exception_data("server", [InitErrorDetails(
-                type=PydanticCustomError("server", "needs a port of its own, not server.port"),
-                loc=("admin_listen",), input=None,
-            )])
+            raise ValidationError.from_exception_data(
+                "server",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("server", "needs a port of its own, not server.port"),
+                        loc=("admin_listen",),
+                        input=None,
+                    )
+                ],
+            )
         return self
 
     # A request's shape (`protocols.messages.RequestCaps`): past these, a 400 naming the
@@ -452,28 +458,39 @@ class RedisStoreConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_shape(self) -> RedisStoreConfig:
-        problems = {name: f"only with mode: {mode}" for name, mode in _MODE_ONLY.items()
-                    if name in self.model_fields_set and self.mode != mode}
+        problems = {
+            name: f"only with mode: {mode}"
+            for name, mode in _MODE_ONLY.items()
+            if name in self.model_fields_set and self.mode != mode
+        }
         url = self.url.get_secret_value() if self.url is not None else None
         if self.mode == "sentinel":
             if url is not None:
-                problems["url"] = "not with mode: sentinel (the sentinels name the master: give `sentinels` and `service`)"
+                problems["url"] = (
+                    "not with mode: sentinel (the sentinels name the master: give `sentinels` and `service`)"
+                )
             if not self.sentinels:
                 problems["sentinels"] = "required with mode: sentinel (host:port of each sentinel)"
             if not self.service:
                 problems["service"] = "required with mode: sentinel (the master's name in the sentinels' configuration)"
         elif self.mode == "cluster" and (url is None) == (self.nodes is None):
-            problems["url"] = ("give `url` (any node) or `nodes`, not both" if url is not None
-                               else "required with mode: cluster, or `nodes`")
+            problems["url"] = (
+                "give `url` (any node) or `nodes`, not both"
+                if url is not None
+                else "required with mode: cluster, or `nodes`"
+            )
         elif self.mode == "standalone" and url is None:
             problems["url"] = "required"
         if url is not None:
             problems = {**_url_problems(url, self), **problems}
         if problems:
-            raise ValidationError.from_exception_data("store", [
-                InitErrorDetails(type=PydanticCustomError("store", message), loc=(name,), input=None)
-                for name, message in problems.items()
-            ])
+            raise ValidationError.from_exception_data(
+                "store",
+                [
+                    InitErrorDetails(type=PydanticCustomError("store", message), loc=(name,), input=None)
+                    for name, message in problems.items()
+                ],
+            )
         return self
 
 
@@ -593,6 +610,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def _resolve_env(value: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
     if isinstance(value, str):
+
         def sub(match: re.Match) -> str:
             name, default = match.group(1), match.group(2)
             if name in env:

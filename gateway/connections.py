@@ -129,8 +129,7 @@ class _Draining(asyncio.Protocol):
 
 def _refuse(transport: asyncio.Transport, listener: Listener) -> None:
     error = TooManyConnections(
-        f"this gateway process has {listener.max_connections} connections open (server.max_connections); "
-        "retry shortly",
+        f"this gateway process has {listener.max_connections} connections open (server.max_connections); retry shortly",
         headers={"retry-after": "1"},
     )
     transport.write(raw_error_response(error))
@@ -180,8 +179,9 @@ class ClientConnection(web.RequestHandler):
             # Armed only now: most heads arrive whole, in the read that starts them.
             self._arm(self.listener.header_timeout, since=started)
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         """aiohttp's answer to what it could not parse as a request (a header over 8190
         bytes, more than 128 of them, a bad request line): a Messages error body instead
         of its plain text, and a debug line instead of a logged traceback (anybody on the

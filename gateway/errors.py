@@ -29,10 +29,20 @@ from collections.abc import Mapping
 from typing import Any
 
 # Every error type a Messages client knows (the API's own list, wider than this tree's).
-MESSAGES_ERROR_TYPES = frozenset({
-    "invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
-    "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error",
-})
+MESSAGES_ERROR_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "billing_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "timeout_error",
+        "overloaded_error",
+    }
+)
 
 
 class GatewayError(Exception):

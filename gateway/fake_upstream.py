@@ -154,7 +154,10 @@ class FakeUpstream:
             if "body" in reply:
                 return web.Response(status=status, text=reply["body"], headers=headers)
             return web.Response(
-                status=status, body=orjson.dumps(reply.get("json", {})), content_type="application/json", headers=headers
+                status=status,
+                body=orjson.dumps(reply.get("json", {})),
+                content_type="application/json",
+                headers=headers,
             )
         if "sse" in reply:
             content_type, items = "text/event-stream", [_encode_item(item) for item in reply["sse"]]
@@ -311,18 +314,28 @@ def _default_messages(body: Any) -> dict:
     start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
     items: list[Any] = [
         {"event": "message_start", "data": {"type": "message_start", "message": start}},
-        {"event": "content_block_start", "data": {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}},
+        {
+            "event": "content_block_start",
+            "data": {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        },
         {"event": "ping", "data": {"type": "ping"}},
     ]
     items += [
-        {"event": "content_block_delta", "data": {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}}
+        {
+            "event": "content_block_delta",
+            "data": {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}},
+        }
         for w in _words(text)
     ]
     items += [
         {"event": "content_block_stop", "data": {"type": "content_block_stop", "index": 0}},
         {
             "event": "message_delta",
-            "data": {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}},
+            "data": {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
         },
         {"event": "message_stop", "data": {"type": "message_stop"}},
     ]
@@ -336,8 +349,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-record", action="store_true", help="do not keep received requests (for load tests)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(FakeUpstream(record=not args.no_record).app(), host=args.host, port=args.port, handler_cancellation=True, access_log=None,
-                print=lambda _: log.info("fake upstream listening on http://%s:%d", args.host, args.port))
+    web.run_app(
+        FakeUpstream(record=not args.no_record).app(),
+        host=args.host,
+        port=args.port,
+        handler_cancellation=True,
+        access_log=None,
+        print=lambda _: log.info("fake upstream listening on http://%s:%d", args.host, args.port),
+    )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,12 @@ async def messages(request: web.Request) -> web.StreamResponse:
     try:
         if exchange.stream:
             stream, deployment = await dispatch.run(
-                router, config.routing, plans,
-                lambda d: d.backend.open_stream(body, d, headers, exchange), exchange, allowed=may_use,
+                router,
+                config.routing,
+                plans,
+                lambda d: d.backend.open_stream(body, d, headers, exchange),
+                exchange,
+                allowed=may_use,
                 judged_later=True,
             )
             served_by(exchange, deployment)
@@ -104,7 +108,11 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 router.finished(deployment)
                 dispatch.stream_ended(router, deployment, exchange, completed=completed)
         answer, deployment = await dispatch.run(
-            router, config.routing, plans, lambda d: d.backend.send(body, d, headers, exchange), exchange,
+            router,
+            config.routing,
+            plans,
+            lambda d: d.backend.send(body, d, headers, exchange),
+            exchange,
             allowed=may_use,
         )
         router.finished(deployment)
@@ -180,7 +188,12 @@ async def list_models(request: web.Request) -> web.Response:
         page, has_more = names[:limit], len(names) > limit
     data = [_model_entry(router, name) for name in page]
     return json_response(
-        {"data": data, "has_more": has_more, "first_id": page[0] if page else None, "last_id": page[-1] if page else None}
+        {
+            "data": data,
+            "has_more": has_more,
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+        }
     )
 
 

@@ -101,7 +101,9 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
             exchange.error_type = "client_disconnected"
             raise
         except Exception:
-            log.exception("unexpected error handling %s %s (request %s)", request.method, request.path, exchange.request_id)
+            log.exception(
+                "unexpected error handling %s %s (request %s)", request.method, request.path, exchange.request_id
+            )
             response = error_response(GatewayError("internal error in the gateway"), exchange)
         if not exchange.status:
             exchange.status = response.status

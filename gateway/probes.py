@@ -34,7 +34,10 @@ async def metrics(request: web.Request) -> web.Response:
     token = runtime.config.server.metrics_token
     if token is not None:
         check_bearer(
-            request, token, runtime.operator_failures, realm="gateway metrics",
+            request,
+            token,
+            runtime.operator_failures,
+            realm="gateway metrics",
             wrong="/metrics: missing or wrong metrics token (send `Authorization: Bearer <server.metrics_token>`)",
         )
     body, content_type = request.app[METRICS].exposition(request.headers.get("accept", ""))

@@ -151,7 +151,9 @@ class Router:
             if len(self._breakers) >= self._prune_at:
                 self._prune()
             breaker = self._breakers[key] = Breaker(
-                failures=self._cooldown.failures, window=self._cooldown.window, seconds=self._cooldown.seconds,
+                failures=self._cooldown.failures,
+                window=self._cooldown.window,
+                seconds=self._cooldown.seconds,
                 clock=self._clock,
             )
         return breaker

@@ -96,14 +96,18 @@ async def reload(runtime: Runtime, path: str | Path) -> Config:
     """Load `path` and make it the running configuration; `ConfigError` leaves all as it was."""
     config = load(path)
     problems = [
-        f"{part}: changing it needs a restart" for part in _NEEDS_RESTART if getattr(config, part) != getattr(runtime.config, part)
+        f"{part}: changing it needs a restart"
+        for part in _NEEDS_RESTART
+        if getattr(config, part) != getattr(runtime.config, part)
     ]
     # The new secrets must be strong enough for where this process listens now.
     problems += exposure_problems(config, *runtime.listen_hosts)
     if problems:
         raise ConfigError(problems)
     if config.server != runtime.config.server:
-        log.warning("server settings changed in %s; the listening socket and body limit change at the next restart", path)
+        log.warning(
+            "server settings changed in %s; the listening socket and body limit change at the next restart", path
+        )
     assert runtime.store is not None and runtime.auth is not None  # set at startup, before any reload
     await accounts.bootstrap(runtime.store, config.teams)
     runtime.auth.forget_unknown()  # a key the file adds works here at once, not after the feed's message

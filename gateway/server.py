@@ -66,9 +66,9 @@ async def _reload_on_sighup(app: web.Application) -> None:
 def _socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """A bound TCP socket; `reuse_port`: several processes bind the same host:port and the
     kernel spreads new connections over those listening (SO_REUSEPORT)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,8 +97,9 @@ def listeners(server: ServerConfig, *, admin: bool) -> tuple[Listener, Listener]
     serves every path."""
 
     def listener(name: str, serves) -> Listener:
-        return Listener(name, server.header_timeout, server.body_timeout, server.keepalive_timeout,
-                        server.max_connections, serves)
+        return Listener(
+            name, server.header_timeout, server.body_timeout, server.keepalive_timeout, server.max_connections, serves
+        )
 
     return listener("client", client_listener_serves if admin else None), listener("admin", admin_listener_serves)
 
@@ -186,9 +187,15 @@ def _workers(config: Config, asked: int | None) -> int:
     return workers
 
 
-def _serve_here(config: Config, client_address: tuple[str, int], admin: tuple[str, int] | None,
-                config_path: str | None, ready_fd: int | None, companion: Companion | None,
-                announce: Callable[[str], None] | None) -> None:
+def _serve_here(
+    config: Config,
+    client_address: tuple[str, int],
+    admin: tuple[str, int] | None,
+    config_path: str | None,
+    ready_fd: int | None,
+    companion: Companion | None,
+    announce: Callable[[str], None] | None,
+) -> None:
     """Serve in this process: one event loop, the client listener and the admin one."""
     host, port = client_address
     memory = config.store.type == "memory"
@@ -213,7 +220,10 @@ def _serve_here(config: Config, client_address: tuple[str, int], admin: tuple[st
             return
         log.info(
             "gateway listening on %s (%d models, %d backends, store: %s)",
-            url(host, client_port), len(config.models), len(config.backends), config.store.type,
+            url(host, client_port),
+            len(config.models),
+            len(config.backends),
+            config.store.type,
         )
         if admin is not None:
             log.info("admin listening on %s (/admin, /metrics)", url(admin[0], sockets[1].getsockname()[1]))
@@ -251,8 +261,9 @@ def _serving(companion: Companion) -> Callable[[web.Application], AsyncIterator[
     return context
 
 
-async def _run(app: web.Application, sockets: list[tuple[socket.socket, Listener]], drain_seconds: float,
-               listening) -> None:
+async def _run(
+    app: web.Application, sockets: list[tuple[socket.socket, Listener]], drain_seconds: float, listening
+) -> None:
     """Serve `app` on `sockets` (the client listener's first) until SIGTERM or SIGINT;
     then stop accepting (the listening sockets close, so new connections are refused), let
     requests and streams in flight finish for up to `drain_seconds`, cancel what is left
@@ -288,4 +299,3 @@ async def _run(app: web.Application, sockets: list[tuple[socket.socket, Listener
     finally:
         await runner.cleanup()
     log.info("stopped")
-

@@ -140,7 +140,12 @@ async def respond(request: web.Request, exchange: Exchange, stream: StreamHandle
             # are already here, else at once, before any wait (`_pump`); the last events
             # leave with the end of the body. A burst of chunks is then one write.
             tail = await _pump(
-                upstream, relay, response, exchange, relay.start(), ping_interval=ping_interval,
+                upstream,
+                relay,
+                response,
+                exchange,
+                relay.start(),
+                ping_interval=ping_interval,
                 idle=stream.idle_timeout,
             )
             await response.write_eof(tail)
@@ -224,7 +229,8 @@ async def _pump(
     except UpstreamError as exc:
         broken = GatewayError(
             f"the model's backend sent more at once than the gateway holds ({exc.limit} bytes, max_response_bytes)"
-            if isinstance(exc, TooLarge) else "the model's backend dropped the connection mid-stream"
+            if isinstance(exc, TooLarge)
+            else "the model's backend dropped the connection mid-stream"
         )
         _failed(exchange, broken, "stream_protocol" if isinstance(exc, BadResponse) else "stream_reset")
         tail = relay.fail(broken)
@@ -235,7 +241,9 @@ async def _pump(
         # and the drain deadline passed: the client gets a well-formed end, then the cancel
         # goes on.
         with contextlib.suppress(Exception):
-            await response.write_eof((head or b"") + relay.fail(Overloaded("the gateway is shutting down; retry the request")))
+            await response.write_eof(
+                (head or b"") + relay.fail(Overloaded("the gateway is shutting down; retry the request"))
+            )
         raise
     except Exception:
         # A bug, not the upstream's fault; the 200 is committed, so the client still gets a

@@ -63,8 +63,15 @@ class Worker:
 class Supervisor:
     """Runs `workers` workers on `client` (and `admin`) until SIGTERM/SIGINT (`run`)."""
 
-    def __init__(self, config: Config, client: tuple[str, int], admin: tuple[str, int] | None, config_path: str,
-                 workers: int, log_level: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        client: tuple[str, int],
+        admin: tuple[str, int] | None,
+        config_path: str,
+        workers: int,
+        log_level: str,
+    ) -> None:
         self.config = config
         self.host = client[0]
         self.admin = admin
@@ -129,9 +136,23 @@ class Supervisor:
     def _argv(self, ready_fd: int) -> list[str]:
         admin = ["--admin-listen", address(*self.admin)] if self.admin is not None else []
         return [
-            sys.executable, "-m", "gateway", "serve", "--config", self.config_path, "--host", self.host,
-            "--port", str(self.port), "--workers", "1", "--log-level", self.log_level,
-            "--ready-fd", str(ready_fd), *admin,
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            self.config_path,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--log-level",
+            self.log_level,
+            "--ready-fd",
+            str(ready_fd),
+            *admin,
         ]
 
     def _spawn(self, slot: int) -> Worker:
@@ -154,7 +175,9 @@ class Supervisor:
             self._forward_hup()
             dead = [w for w in self.running.values() if w.process.poll() is not None]
             for worker in dead:
-                log.error("worker %d exited with %s while starting", worker.process.pid, describe(worker.process.returncode))
+                log.error(
+                    "worker %d exited with %s while starting", worker.process.pid, describe(worker.process.returncode)
+                )
             if dead:
                 return False
             if time.monotonic() > deadline:
@@ -168,7 +191,11 @@ class Supervisor:
         config = self.config
         log.info(
             "gateway listening on %s (%d workers, %d models, %d backends, store: %s)",
-            url(self.host, self.port), self.workers, len(config.models), len(config.backends), config.store.type,
+            url(self.host, self.port),
+            self.workers,
+            len(config.models),
+            len(config.backends),
+            config.store.type,
         )
         if self.admin is not None:
             log.info("admin listening on %s (/admin, /metrics)", url(*self.admin))
@@ -227,7 +254,10 @@ class Supervisor:
             self.restart_at[slot] = now + self.backoff[slot]
             log.warning(
                 "worker %d (pid %d) exited with %s; restarting it in %.1fs",
-                slot, worker.process.pid, describe(code), self.backoff[slot],
+                slot,
+                worker.process.pid,
+                describe(code),
+                self.backoff[slot],
             )
 
     def _restart_due(self, now: float) -> None:
@@ -265,4 +295,3 @@ def _wait_or_kill(worker: Worker, deadline: float) -> None:
     if worker.ready is not None:
         with contextlib.suppress(OSError):
             os.close(worker.ready)
-

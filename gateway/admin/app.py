@@ -30,7 +30,10 @@ async def admin_token(request: web.Request, handler) -> web.StreamResponse:
         raise NotFound(f"{request.method} {request.path}: no such endpoint")
     # Repeated failures from one address are throttled (429) before the token is compared.
     check_bearer(
-        request, token, runtime.operator_failures, realm="gateway admin",
+        request,
+        token,
+        runtime.operator_failures,
+        realm="gateway admin",
         wrong="admin API: missing or wrong admin token (send `Authorization: Bearer <admin.token>`)",
     )
     return await handler(request)

@@ -168,7 +168,9 @@ async def reload_config(request: web.Request) -> web.Response:
     try:
         config = await reload(runtime, runtime.config_path)
     except ConfigError as exc:
-        raise InvalidRequest("the new configuration was refused; still serving the previous one: " + "; ".join(exc.problems)) from None
+        raise InvalidRequest(
+            "the new configuration was refused; still serving the previous one: " + "; ".join(exc.problems)
+        ) from None
     return json_response({"reloaded": True, "models": len(config.models), "backends": len(config.backends)})
 
 

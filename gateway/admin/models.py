@@ -315,4 +315,3 @@ def describe(error: ValidationError) -> str:
             message = message[len("Value error, ") :]
         problems.append(f"{_path(loc) or 'body'}: {message}")
     return "; ".join(dict.fromkeys(problems))
-

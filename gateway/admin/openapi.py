@@ -87,7 +87,9 @@ def document(routes: tuple[Route, ...], prefix: str = "/admin") -> dict:
             operation["parameters"] = parameters
         if route.body is not None:
             operation["requestBody"] = {"required": route.body_required, "content": content(route.body, "validation")}
-        responses = {str(route.status): {"description": route.summary, "content": content(route.answer, "serialization")}}
+        responses = {
+            str(route.status): {"description": route.summary, "content": content(route.answer, "serialization")}
+        }
         for status in route.error_statuses():
             responses[str(status)] = {"description": ERROR_MEANINGS[status], "content": error_ref}
         operation["responses"] = responses
@@ -104,7 +106,11 @@ def document(routes: tuple[Route, ...], prefix: str = "/admin") -> dict:
         "components": {
             "schemas": schemas.get("$defs", {}),
             "securitySchemes": {
-                SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description": "the `admin.token` of the configuration"}
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the `admin.token` of the configuration",
+                }
             },
         },
         "security": [{SECURITY_SCHEME: []}],

@@ -46,8 +46,7 @@ def _registry(*types: BackendType) -> Mapping[str, BackendType]:
 
 
 BACKEND_TYPES = _registry(
-    BackendType(OpenAIBackend, OpenAIChatBackend),
-    BackendType(AnthropicBackend, AnthropicMessagesBackend),
+    BackendType(OpenAIBackend, OpenAIChatBackend), BackendType(AnthropicBackend, AnthropicMessagesBackend)
 )
 
 

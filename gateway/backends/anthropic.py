@@ -101,7 +101,12 @@ class AnthropicMessagesBackend:
         started = time.perf_counter()
         try:
             answer = await post_json(
-                self.client, self.messages_url, body, self.upstream_headers(headers), self.config.timeouts, self.name,
+                self.client,
+                self.messages_url,
+                body,
+                self.upstream_headers(headers),
+                self.config.timeouts,
+                self.name,
                 max_body=self.config.max_response_bytes,
             )
         finally:
@@ -121,7 +126,13 @@ class AnthropicMessagesBackend:
         upstream_headers = self.upstream_headers(headers)
         upstream_headers["accept"] = "text/event-stream"
         response = await open_upstream_stream(
-            self.client, self.messages_url, orjson.dumps(body), upstream_headers, self.config.timeouts, self.name, exchange,
+            self.client,
+            self.messages_url,
+            orjson.dumps(body),
+            upstream_headers,
+            self.config.timeouts,
+            self.name,
+            exchange,
             max_body=self.config.max_response_bytes,
         )
         if response.status != 200:
@@ -135,7 +146,12 @@ class AnthropicMessagesBackend:
         await self.screen(request, headers, exchange)
         body = {**request, "model": deployment.upstream_model}
         answer = await post_json(
-            self.client, self.count_url, body, self.upstream_headers(headers), self.config.timeouts, self.name,
+            self.client,
+            self.count_url,
+            body,
+            self.upstream_headers(headers),
+            self.config.timeouts,
+            self.name,
             max_body=self.config.max_response_bytes,
         )
         if not isinstance(answer, dict) or not isinstance(answer.get("input_tokens"), int):
@@ -145,6 +161,7 @@ class AnthropicMessagesBackend:
 
 def _without_unsigned_thinking(messages: list) -> list:
     """Drop assistant thinking blocks with an empty signature; the same list when there are none."""
+
     def unsigned(block: object) -> bool:
         return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
 

@@ -119,15 +119,27 @@ class Backend(Protocol):
 
 
 async def post_json(
-    client: UpstreamClient, url: URL, body: Any, headers: dict[str, str], timeouts: Timeouts, backend: str,
-    *, max_body: int = MAX_BODY,
+    client: UpstreamClient,
+    url: URL,
+    body: Any,
+    headers: dict[str, str],
+    timeouts: Timeouts,
+    backend: str,
+    *,
+    max_body: int = MAX_BODY,
 ) -> Any:
     """POST a JSON body and return the parsed JSON answer (at most `max_body` bytes of it);
     any failure as a `GatewayError`."""
     try:
         response = await client.post(
-            url, orjson.dumps(body), headers, connect=timeouts.connect, first_byte=timeouts.first_byte,
-            total=timeouts.total, keepalive=timeouts.keepalive, max_body=max_body,
+            url,
+            orjson.dumps(body),
+            headers,
+            connect=timeouts.connect,
+            first_byte=timeouts.first_byte,
+            total=timeouts.total,
+            keepalive=timeouts.keepalive,
+            max_body=max_body,
         )
         try:
             raw = await response.read()
@@ -141,16 +153,30 @@ async def post_json(
 
 
 async def open_upstream_stream(
-    client: UpstreamClient, url: URL, body: bytes, headers: dict[str, str], timeouts: Timeouts, backend: str,
-    exchange: Exchange, *, max_body: int = MAX_BODY,
+    client: UpstreamClient,
+    url: URL,
+    body: bytes,
+    headers: dict[str, str],
+    timeouts: Timeouts,
+    backend: str,
+    exchange: Exchange,
+    *,
+    max_body: int = MAX_BODY,
 ) -> Response:
     """POST and wait for the response headers (bounded by `first_byte`); the caller owns the
     response. The wait counts as upstream time, so the gateway's own overhead leaves it out."""
     started = time.perf_counter()
     try:
         return await client.post(
-            url, body, headers, connect=timeouts.connect, first_byte=timeouts.first_byte, total=timeouts.total,
-            stream=True, keepalive=timeouts.keepalive, max_body=max_body,
+            url,
+            body,
+            headers,
+            connect=timeouts.connect,
+            first_byte=timeouts.first_byte,
+            total=timeouts.total,
+            stream=True,
+            keepalive=timeouts.keepalive,
+            max_body=max_body,
         )
     except (UpstreamError, TimeoutError) as exc:
         raise transport_error(exc, backend) from None

@@ -101,13 +101,39 @@ class Response:
     read whole (`read`) or as it comes (`take`, `read_some`, `at_eof`). `close()` when done."""
 
     __slots__ = (
-        "status", "headers", "_conn", "_loop", "_chunks", "_size", "_complete", "_error", "_waiter", "_inflate",
-        "_paused", "_timer", "_read_timeout", "_deadline", "_stream", "_until_close", "last_io", "heard",
-        "_max_body", "_received", "_whole",
+        "status",
+        "headers",
+        "_conn",
+        "_loop",
+        "_chunks",
+        "_size",
+        "_complete",
+        "_error",
+        "_waiter",
+        "_inflate",
+        "_paused",
+        "_timer",
+        "_read_timeout",
+        "_deadline",
+        "_stream",
+        "_until_close",
+        "last_io",
+        "heard",
+        "_max_body",
+        "_received",
+        "_whole",
     )
 
-    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop, *, stream: bool, read_timeout: float,
-                 deadline: float, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        stream: bool,
+        read_timeout: float,
+        deadline: float,
+        max_body: int = MAX_BODY,
+    ) -> None:
         self.status = 0
         self.headers: CIMultiDictProxy[str] = _NO_HEADERS
         self._conn: _Connection | None = conn
@@ -343,8 +369,18 @@ class _Inflater:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_pool", "_key", "_loop", "transport", "_parser", "response", "closed", "idle_since", "_headers",
-                 "_interim")
+    __slots__ = (
+        "_pool",
+        "_key",
+        "_loop",
+        "transport",
+        "_parser",
+        "response",
+        "closed",
+        "idle_since",
+        "_headers",
+        "_interim",
+    )
 
     def __init__(self, pool: UpstreamClient, key: tuple, loop: asyncio.AbstractEventLoop) -> None:
         self._pool, self._key, self._loop = pool, key, loop
@@ -462,9 +498,19 @@ class UpstreamClient:
         self._lines: dict[URL, bytes] = {}  # the request line and Host header of each URL
         self._closed = False
 
-    async def post(self, url: URL, body: bytes, headers: Mapping[str, str], *, connect: float, first_byte: float,
-                   total: float, stream: bool = False, keepalive: float | None = None,
-                   max_body: int = MAX_BODY) -> Response:
+    async def post(
+        self,
+        url: URL,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        connect: float,
+        first_byte: float,
+        total: float,
+        stream: bool = False,
+        keepalive: float | None = None,
+        max_body: int = MAX_BODY,
+    ) -> Response:
         """POST `body` and wait for the answer's status and headers (the body is the
         caller's to read). `keepalive`: the longest a pooled connection may have been
         idle to be reused for this call (default: the client's); `max_body`: the most
@@ -490,8 +536,17 @@ class UpstreamClient:
         conn = await self._connect(url, loop, connect, deadline)
         return await self._exchange(conn, data, body, loop, stream, first_byte, deadline, max_body)
 
-    async def _exchange(self, conn: _Connection, data: bytes, body: bytes, loop: asyncio.AbstractEventLoop,
-                        stream: bool, first_byte: float, deadline: float, max_body: int) -> Response:
+    async def _exchange(
+        self,
+        conn: _Connection,
+        data: bytes,
+        body: bytes,
+        loop: asyncio.AbstractEventLoop,
+        stream: bool,
+        first_byte: float,
+        deadline: float,
+        max_body: int,
+    ) -> Response:
         response = Response(conn, loop, stream=stream, read_timeout=first_byte, deadline=deadline, max_body=max_body)
         conn.send(response, data, body)
         try:
@@ -531,8 +586,7 @@ class UpstreamClient:
             idle[:] = [c for c in idle if not c.closed]
         idle.append(conn)
 
-    async def _connect(self, url: URL, loop: asyncio.AbstractEventLoop, timeout: float,
-                       deadline: float) -> _Connection:
+    async def _connect(self, url: URL, loop: asyncio.AbstractEventLoop, timeout: float, deadline: float) -> _Connection:
         key = (url.scheme, url.host, url.port)
         host, port = url.host, url.port
         assert host is not None and port is not None  # a backend's URL is absolute (config checks it)
@@ -541,8 +595,7 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(min(timeout, max(deadline - loop.time(), 0.0))):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self, key, loop), host, port, ssl=context,
-                    server_hostname=host if tls else None,
+                    lambda: _Connection(self, key, loop), host, port, ssl=context, server_hostname=host if tls else None
                 )
         except TimeoutError:
             raise TimeoutError(f"could not connect to {url.host}:{url.port} in time") from None

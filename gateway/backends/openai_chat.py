@@ -77,7 +77,12 @@ class OpenAIChatBackend:
         started = time.perf_counter()
         try:
             answer = await post_json(
-                self.client, self.url, call.body, self.headers, self.config.timeouts, self.name,
+                self.client,
+                self.url,
+                call.body,
+                self.headers,
+                self.config.timeouts,
+                self.name,
                 max_body=self.config.max_response_bytes,
             )
         finally:
@@ -99,7 +104,13 @@ class OpenAIChatBackend:
         if not self.stream_usage:
             body = {k: v for k, v in body.items() if k != "stream_options"}
         response = await open_upstream_stream(
-            self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange,
+            self.client,
+            self.url,
+            orjson.dumps(body),
+            self.headers,
+            self.config.timeouts,
+            self.name,
+            exchange,
             max_body=self.config.max_response_bytes,
         )
         if response.status == 400 and "stream_options" in body:
@@ -109,7 +120,13 @@ class OpenAIChatBackend:
             self.stream_usage = False
             body = {k: v for k, v in body.items() if k != "stream_options"}
             response = await open_upstream_stream(
-                self.client, self.url, orjson.dumps(body), self.headers, self.config.timeouts, self.name, exchange,
+                self.client,
+                self.url,
+                orjson.dumps(body),
+                self.headers,
+                self.config.timeouts,
+                self.name,
+                exchange,
                 max_body=self.config.max_response_bytes,
             )
         if response.status != 200:
@@ -128,14 +145,18 @@ class OpenAIChatBackend:
         if "tools" in call.body:
             payload["tools"] = call.body["tools"]
         answer = await post_json(
-            self.client, URL(self.config.tokenize_url), payload, self.headers, self.config.timeouts, self.name,
+            self.client,
+            URL(self.config.tokenize_url),
+            payload,
+            self.headers,
+            self.config.timeouts,
+            self.name,
             max_body=self.config.max_response_bytes,
         )
         count = answer.get("count") if isinstance(answer, dict) else None
         if not isinstance(count, int):
             raise UpstreamProtocolError(f"backend '{self.name}' tokenizer answered without a count")
         return {"input_tokens": count}
-
 
 
 def _input_estimate(request: MessagesRequest, exchange: Exchange) -> int:

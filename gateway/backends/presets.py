@@ -22,7 +22,10 @@ PRESETS: dict[str, ChatDialect] = {
     "ollama": ChatDialect(max_tokens_field="max_tokens", top_k=True, image_urls=False),
     # DeepSeek's thinking mode wants earlier reasoning echoed on every assistant turn.
     "deepseek": ChatDialect(
-        max_tokens_field="max_tokens", top_k=False, max_stop_sequences=16, reasoning="deepseek",
+        max_tokens_field="max_tokens",
+        top_k=False,
+        max_stop_sequences=16,
+        reasoning="deepseek",
         reasoning_history="reasoning_content",
     ),
     "together": ChatDialect(max_tokens_field="max_tokens", top_k=True),

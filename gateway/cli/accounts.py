@@ -185,7 +185,9 @@ async def _keys(store: Store, args: argparse.Namespace) -> Outcome:
         view = accounts.key_view(record)
         return Outcome({**view, "key": raw}, cli_output.new_key(view, raw), cli_output.NEW_KEY_WARNING)
     if action == "update":
-        key_changes = _validated(KeyUpdate, _common(args) | ({"teams": [t for g in args.team for t in g]} if args.team else {}))
+        key_changes = _validated(
+            KeyUpdate, _common(args) | ({"teams": [t for g in args.team for t in g]} if args.team else {})
+        )
         view = accounts.key_view(await accounts.update_key(store, args.id, key_changes, source=args.config))
         return Outcome(view, f"updated key {view['id']}\n{cli_output.key_details(view)}")
     if action == "revoke":

@@ -72,8 +72,14 @@ def run(host: str, port: int) -> None:
     if problems:
         _refuse(problems, f"the demo's key is ${KEY_ENV}; set it to a random value to serve beyond loopback")
     companion = Companion(FakeUpstream(record=False).app(), upstream_socket)
-    serve(config, host, port, workers=1, companion=companion,
-          announce=lambda served: print(banner(served, upstream_url), flush=True))
+    serve(
+        config,
+        host,
+        port,
+        workers=1,
+        companion=companion,
+        announce=lambda served: print(banner(served, upstream_url), flush=True),
+    )
 
 
 def _refuse(problems: list[str], hint: str | None = None) -> NoReturn:
@@ -91,7 +97,7 @@ def reachable(served_url: str) -> str:
     for wildcard, loopback in (("0.0.0.0", "127.0.0.1"), ("[::]", "[::1]")):
         prefix = f"http://{wildcard}:"
         if served_url.startswith(prefix):
-            return f"http://{loopback}:" + served_url[len(prefix):]
+            return f"http://{loopback}:" + served_url[len(prefix) :]
     return served_url
 
 
@@ -102,7 +108,7 @@ def banner(served_url: str, upstream_url: str) -> str:
     chosen = bool(os.environ.get(KEY_ENV))
     shell_key = f'"${KEY_ENV}"' if chosen else DEFAULT_KEY
     python_key = f'os.environ["{KEY_ENV}"]' if chosen else f'"{DEFAULT_KEY}"'
-    header = f"-H \"x-api-key: ${KEY_ENV}\"" if chosen else f"-H 'x-api-key: {DEFAULT_KEY}'"
+    header = f'-H "x-api-key: ${KEY_ENV}"' if chosen else f"-H 'x-api-key: {DEFAULT_KEY}'"
     ask = '{"model": "demo", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}'
     stream = '{"model": "demo", "stream": true, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}'
     lines = [
@@ -125,10 +131,9 @@ def banner(served_url: str, upstream_url: str) -> str:
         "  print(reply.content[0].text)",
         "",
         "Claude Code:",
-        f"  ANTHROPIC_BASE_URL={base} ANTHROPIC_API_KEY={shell_key} ANTHROPIC_MODEL=demo claude -p \"say hi\"",
+        f'  ANTHROPIC_BASE_URL={base} ANTHROPIC_API_KEY={shell_key} ANTHROPIC_MODEL=demo claude -p "say hi"',
         "",
         "Ctrl-C stops it.",
         "",
     ]
     return "\n".join(lines)
-

@@ -76,7 +76,11 @@ def _add_team_fields(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=argparse.SUPPRESS)
     parser.add_argument("--models", type=ca.names, default=argparse.SUPPRESS, help="a,b or wildcards (claude-*)")
     parser.add_argument(
-        "--metadata", type=ca.metadata_pair, action="append", default=argparse.SUPPRESS, metavar="NAME=VALUE",
+        "--metadata",
+        type=ca.metadata_pair,
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="NAME=VALUE",
         help="repeatable; replaces the team's metadata",
     )
     _add_limit_flags(parser)
@@ -84,18 +88,30 @@ def _add_team_fields(parser: argparse.ArgumentParser) -> None:
 
 def _add_key_fields(parser: argparse.ArgumentParser, *, teams_required: bool) -> None:
     parser.add_argument(
-        "--team", type=ca.names, action="append", required=teams_required,
-        help="a team the key belongs to (repeatable, or a,b)" + ("" if teams_required else "; replaces the key's teams"),
+        "--team",
+        type=ca.names,
+        action="append",
+        required=teams_required,
+        help="a team the key belongs to (repeatable, or a,b)"
+        + ("" if teams_required else "; replaces the key's teams"),
     )
-    parser.add_argument("--default-team", dest="default_team", default=argparse.SUPPRESS, help="default: the first --team")
+    parser.add_argument(
+        "--default-team", dest="default_team", default=argparse.SUPPRESS, help="default: the first --team"
+    )
     parser.add_argument("--name", default=argparse.SUPPRESS)
     parser.add_argument("--description", default=argparse.SUPPRESS)
     parser.add_argument("--models", type=ca.names, default=argparse.SUPPRESS, help="narrower than the teams' (a,b)")
     when = parser.add_mutually_exclusive_group()
-    when.add_argument("--expires-at", dest="expires_at", type=ca.expiry, default=argparse.SUPPRESS,
-                      help="Unix seconds, RFC 3339, or never")
-    when.add_argument("--expires-in", dest="expires_in", type=ca.duration, default=argparse.SUPPRESS,
-                      help="3600, 90m, 12h, 30d")
+    when.add_argument(
+        "--expires-at",
+        dest="expires_at",
+        type=ca.expiry,
+        default=argparse.SUPPRESS,
+        help="Unix seconds, RFC 3339, or never",
+    )
+    when.add_argument(
+        "--expires-in", dest="expires_in", type=ca.duration, default=argparse.SUPPRESS, help="3600, 90m, 12h, 30d"
+    )
     _add_limit_flags(parser)
 
 
@@ -116,12 +132,19 @@ def _add_keys(commands) -> None:
     listing = _action(actions, "list", "list keys (never the keys themselves)")
     listing.add_argument("--team", help="only this team's keys")
     _action(actions, "show", "show one key", with_id="key id")
-    _add_key_fields(_action(actions, "update", "change a key (only the flags given)", with_id="key id"),
-                    teams_required=False)
+    _add_key_fields(
+        _action(actions, "update", "change a key (only the flags given)", with_id="key id"), teams_required=False
+    )
     _action(actions, "revoke", "revoke a key at once (idempotent)", with_id="key id")
     rotate = _action(actions, "rotate", "issue a new key for the same record (printed once)", with_id="key id")
-    rotate.add_argument("--grace", "--grace-seconds", dest="grace", type=ca.duration, default=0.0,
-                        help="how long the previous key keeps working: 3600, 90m, 12h, 30d (default 0: stops at once)")
+    rotate.add_argument(
+        "--grace",
+        "--grace-seconds",
+        dest="grace",
+        type=ca.duration,
+        default=0.0,
+        help="how long the previous key keeps working: 3600, 90m, 12h, 30d (default 0: stops at once)",
+    )
 
 
 def _add_usage(commands) -> None:
@@ -140,13 +163,20 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--config", required=True, help="YAML configuration file")
     serve.add_argument("--host", help="address to listen on (default: server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
-    serve.add_argument("--admin-listen", type=_host_port, metavar="HOST:PORT",
-                       help="serve /admin and /metrics only on this address (default: server.admin_listen)")
+    serve.add_argument(
+        "--admin-listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="serve /admin and /metrics only on this address (default: server.admin_listen)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
-        "--workers", type=_workers, default=None, metavar="N",
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
         help="processes serving the port (SO_REUSEPORT) under a supervisor; default: one per CPU this "
-             "process may use (1 with the memory store, which cannot be shared)",
+        "process may use (1 with the memory store, which cannot be shared)",
     )
     # Internal: set by the supervisor on the workers it starts (the pipe they report ready on).
     serve.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -154,11 +184,15 @@ def main(argv: list[str] | None = None) -> None:
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file")
     check.add_argument("--host", help="the address `serve --host` will listen on (default: server.host)")
-    check.add_argument("--admin-listen", type=_host_port, metavar="HOST:PORT",
-                       help="the address `serve --admin-listen` will use (default: server.admin_listen)")
+    check.add_argument(
+        "--admin-listen",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="the address `serve --admin-listen` will use (default: server.admin_listen)",
+    )
 
     demo = commands.add_parser(
-        "demo", help="run the demo: the scripted upstream and the gateway on the embedded store, in one process",
+        "demo", help="run the demo: the scripted upstream and the gateway on the embedded store, in one process"
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
@@ -179,8 +213,16 @@ def main(argv: list[str] | None = None) -> None:
 
         setup_logging(args.log_level)
         config = _servable_or_exit(args.config, args.host, args.admin_listen)
-        run(config, host=args.host, port=args.port, config_path=args.config, workers=args.workers,
-            admin_listen=args.admin_listen, ready_fd=args.ready_fd, log_level=args.log_level)
+        run(
+            config,
+            host=args.host,
+            port=args.port,
+            config_path=args.config,
+            workers=args.workers,
+            admin_listen=args.admin_listen,
+            ready_fd=args.ready_fd,
+            log_level=args.log_level,
+        )
     elif args.command == "check-config":
         config = _servable_or_exit(args.file, args.host, args.admin_listen)
         print(f"{args.file}: ok ({len(config.backends)} backends, {len(config.models)} models)")

@@ -193,8 +193,11 @@ def rate_limit_headers(windows: Mapping[str, Window], now: float | None = None) 
 @functools.lru_cache(maxsize=16)
 def _header_names(kind: str) -> tuple[str, str, str]:
     # Four kinds, on every answer: their names are made once.
-    return (f"anthropic-ratelimit-{kind}-limit", f"anthropic-ratelimit-{kind}-remaining",
-            f"anthropic-ratelimit-{kind}-reset")
+    return (
+        f"anthropic-ratelimit-{kind}-limit",
+        f"anthropic-ratelimit-{kind}-remaining",
+        f"anthropic-ratelimit-{kind}-reset",
+    )
 
 
 def _whose(scope: str, team: str, key: str) -> str:
@@ -245,7 +248,9 @@ def rejection(
     headers["retry-after"] = retry_after_header(wait)
     if retry_after is None or wait > LONGEST_RETRY:
         headers["x-should-retry"] = "false"
-    return LimitExceeded(message, limit=limit, scope=scope, retry_after=retry_after, resets_at=resets_at, headers=headers)
+    return LimitExceeded(
+        message, limit=limit, scope=scope, retry_after=retry_after, resets_at=resets_at, headers=headers
+    )
 
 
 __all__ = [

@@ -258,8 +258,9 @@ class GuardedLimiter:
                 self.fallback_share,
             )
         else:
-            log.warning("limiter: the store is unreachable (%s); refusing requests until it is back",
-                        exc or type(exc).__name__)
+            log.warning(
+                "limiter: the store is unreachable (%s); refusing requests until it is back", exc or type(exc).__name__
+            )
 
     def _back(self) -> None:
         if self.degraded:

@@ -131,7 +131,9 @@ class MemoryLimiter:
                 if entry is None or entry[1] <= now:
                     entry = self._counters[name] = [0.0, float(counter_expiry(check, cal))]
                 entry[0] += check.cost
-        return Ticket(lease=lease, demand=demand, charged=charged_for(checks, cal), windows=team_windows(checks, after, now))
+        return Ticket(
+            lease=lease, demand=demand, charged=charged_for(checks, cal), windows=team_windows(checks, after, now)
+        )
 
     async def settle(self, ticket: Ticket, usage: Usage) -> None:
         self.settle_inline(ticket, usage)

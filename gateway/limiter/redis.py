@@ -167,7 +167,10 @@ class RedisLimiter:
     ) -> RedisLimiter:
         client = connect(store, profile(socket_timeout))
         return cls(
-            client, prefix=store.prefix, lease_seconds=limits.lease_seconds, socket_timeout=socket_timeout,
+            client,
+            prefix=store.prefix,
+            lease_seconds=limits.lease_seconds,
+            socket_timeout=socket_timeout,
             count_tokens_per_minute=limits.default_count_tokens_per_minute,
         )
 
@@ -184,7 +187,10 @@ class RedisLimiter:
         """On one server (`redis://`, `rediss://`)."""
         client = connect(RedisStoreConfig(type="redis", url=SecretStr(url), prefix=prefix), profile(socket_timeout))
         return cls(
-            client, prefix=prefix, lease_seconds=lease_seconds, socket_timeout=socket_timeout,
+            client,
+            prefix=prefix,
+            lease_seconds=lease_seconds,
+            socket_timeout=socket_timeout,
             count_tokens_per_minute=count_tokens_per_minute,
         )
 
@@ -217,8 +223,10 @@ class RedisLimiter:
     def _shape(self, demand: Demand) -> _Shape:
         team, key = demand.team, demand.key
         shape = self._shapes.get((team.id, key.id, demand.operation))
-        if shape is not None and (shape.team_limits is team.limits or shape.team_limits == team.limits) and (
-            shape.key_limits is key.limits or shape.key_limits == key.limits
+        if (
+            shape is not None
+            and (shape.team_limits is team.limits or shape.team_limits == team.limits)
+            and (shape.key_limits is key.limits or shape.key_limits == key.limits)
         ):
             return shape
         if len(self._shapes) > 10_000:  # teams and keys come and go: forget them all now and then
@@ -341,7 +349,9 @@ class RedisLimiter:
             if len(self._settle_heads) > 10_000:  # (the day's names change daily)
                 self._settle_heads.clear()
             base = self.base(team)
-            corrected = [(CORRECTION_OPS[entry[0]], name) for name, entry in charged.items() if entry[0] in CORRECTION_OPS]
+            corrected = [
+                (CORRECTION_OPS[entry[0]], name) for name, entry in charged.items() if entry[0] in CORRECTION_OPS
+            ]
             args = [base, str(USAGE_TTL), str(len(corrected))]
             for op, name in corrected:
                 args += (op, name)

@@ -228,7 +228,9 @@ def _scope_checks(limits: Limits, scope: str, prefix: str, demand: Demand) -> li
         cost, need = amounts("rate", settles, limit, demand)
         checks.append(Check("rate", prefix + suffix, limit, cost, need, field, scope, settles))
     if limits.concurrent_requests is not None:
-        checks.append(Check("conc", prefix + "conc", limits.concurrent_requests, 1, 0, "concurrent_requests", scope, "lease"))
+        checks.append(
+            Check("conc", prefix + "conc", limits.concurrent_requests, 1, 0, "concurrent_requests", scope, "lease")
+        )
     for suffix, field, period, settles in BUDGETS:
         limit = getattr(limits, field)
         if limit is None:

@@ -32,14 +32,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -193,12 +186,33 @@ class _Series:
     made on first use, so a combination that never streams has no empty TTFT series."""
 
     __slots__ = (
-        "metrics", "gen_ai", "team", "model", "primary", "requests", "overhead", "duration",
-        "_ttft", "_tpot", "_usage", "_tokens", "_estimated", "_retries",
+        "metrics",
+        "gen_ai",
+        "team",
+        "model",
+        "primary",
+        "requests",
+        "overhead",
+        "duration",
+        "_ttft",
+        "_tpot",
+        "_usage",
+        "_tokens",
+        "_estimated",
+        "_retries",
     )
 
-    def __init__(self, metrics: Metrics, operation: str, team: str, model: str, backend: str, status_class: str,
-                 gen_ai: tuple[str, ...], primary: str) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        operation: str,
+        team: str,
+        model: str,
+        backend: str,
+        status_class: str,
+        gen_ai: tuple[str, ...],
+        primary: str,
+    ) -> None:
         self.metrics = metrics
         self.gen_ai = gen_ai
         self.team, self.model, self.primary = team, model, primary
@@ -236,8 +250,10 @@ class _Series:
     def tokens(self) -> dict[str, Counter]:
         if self._tokens is None:
             tokens = self.metrics.tokens
-            self._tokens = {kind: tokens.labels(self.team, self.model, kind)
-                            for kind in ("input", "output", "cache_read", "cache_creation")}
+            self._tokens = {
+                kind: tokens.labels(self.team, self.model, kind)
+                for kind in ("input", "output", "cache_read", "cache_creation")
+            }
         return self._tokens
 
     def estimated(self) -> Counter:
@@ -263,7 +279,9 @@ class _BuildInfo(Collector):
         self._labels = [version, platform.python_version()]
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(BUILD_INFO, "The gateway's version (always 1).", labels=["version", "python_version"])
+        family = GaugeMetricFamily(
+            BUILD_INFO, "The gateway's version (always 1).", labels=["version", "python_version"]
+        )
         family.add_metric(self._labels, 1.0)
         yield family
 
@@ -283,8 +301,11 @@ class _Deployments(Collector):
         )
         for deployment in self._runtime.routes.router.health():
             state = str(deployment.get("state", ""))
-            labels = [str(deployment.get("model", "")), str(deployment.get("backend", "")),
-                      str(deployment.get("upstream_model", ""))]
+            labels = [
+                str(deployment.get("model", "")),
+                str(deployment.get("backend", "")),
+                str(deployment.get("upstream_model", "")),
+            ]
             for each in DEPLOYMENT_STATES:
                 family.add_metric([*labels, each], 1.0 if state == each else 0.0)
         yield family
@@ -355,7 +376,9 @@ class ConnectionObserver:
         self._open = {name: metrics.open_connections.labels(name) for name in LISTENERS}
         self._refused = {name: metrics.connections_refused.labels(name) for name in LISTENERS}
         self._timeouts = {
-            (name, phase): metrics.client_timeouts.labels(name, phase) for name in LISTENERS for phase in CLIENT_TIMEOUT_PHASES
+            (name, phase): metrics.client_timeouts.labels(name, phase)
+            for name in LISTENERS
+            for phase in CLIENT_TIMEOUT_PHASES
         }
 
     def opened(self, listener: str) -> None:
@@ -396,95 +419,141 @@ class Metrics:
         self.registry.register(_Deployments(runtime))
 
         self.token_usage = Histogram(
-            GEN_AI_TOKEN_USAGE, "Tokens per request by type (gen_ai.client.token.usage; input includes cached).",
-            GEN_AI_TOKEN_LABELS, buckets=TOKEN_BUCKETS, registry=own,
+            GEN_AI_TOKEN_USAGE,
+            "Tokens per request by type (gen_ai.client.token.usage; input includes cached).",
+            GEN_AI_TOKEN_LABELS,
+            buckets=TOKEN_BUCKETS,
+            registry=own,
         )
         self.duration = Histogram(
-            GEN_AI_REQUEST_DURATION, "Time from a request's arrival to its last byte (gen_ai.server.request.duration).",
-            GEN_AI_LABELS, buckets=DURATION_BUCKETS, registry=own,
+            GEN_AI_REQUEST_DURATION,
+            "Time from a request's arrival to its last byte (gen_ai.server.request.duration).",
+            GEN_AI_LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=own,
         )
         self.ttft = Histogram(
-            GEN_AI_TIME_TO_FIRST_TOKEN, "Time from a streamed request's arrival to its first content (streams only).",
-            GEN_AI_LABELS, buckets=TTFT_BUCKETS, registry=own,
+            GEN_AI_TIME_TO_FIRST_TOKEN,
+            "Time from a streamed request's arrival to its first content (streams only).",
+            GEN_AI_LABELS,
+            buckets=TTFT_BUCKETS,
+            registry=own,
         )
         self.tpot = Histogram(
-            GEN_AI_TIME_PER_OUTPUT_TOKEN, "(duration - time to first token) / (output tokens - 1), per stream.",
-            GEN_AI_LABELS, buckets=TPOT_BUCKETS, registry=own,
+            GEN_AI_TIME_PER_OUTPUT_TOKEN,
+            "(duration - time to first token) / (output tokens - 1), per stream.",
+            GEN_AI_LABELS,
+            buckets=TPOT_BUCKETS,
+            registry=own,
         )
         self.requests = Counter(
-            REQUESTS, "Requests answered, by team, model (as served), backend and status class.",
-            REQUEST_LABELS, registry=own,
+            REQUESTS,
+            "Requests answered, by team, model (as served), backend and status class.",
+            REQUEST_LABELS,
+            registry=own,
         )
         self.overhead = Histogram(
-            OVERHEAD, "The gateway's own time per request: duration minus time waiting on the upstream.",
-            OVERHEAD_LABELS, buckets=OVERHEAD_BUCKETS, registry=own,
+            OVERHEAD,
+            "The gateway's own time per request: duration minus time waiting on the upstream.",
+            OVERHEAD_LABELS,
+            buckets=OVERHEAD_BUCKETS,
+            registry=own,
         )
         self.tokens = Counter(
-            TOKENS, "Tokens used, by team and served model; token_type: input (uncached), output, cache_read, "
+            TOKENS,
+            "Tokens used, by team and served model; token_type: input (uncached), output, cache_read, "
             "cache_creation (Anthropic's usage fields: they add up to the total).",
-            TOKEN_LABELS, registry=own,
+            TOKEN_LABELS,
+            registry=own,
         )
         self.usage_estimated = Counter(
-            USAGE_ESTIMATED, "Requests whose usage the upstream did not report (the gateway estimated it).",
-            ("model",), registry=own,
+            USAGE_ESTIMATED,
+            "Requests whose usage the upstream did not report (the gateway estimated it).",
+            ("model",),
+            registry=own,
         )
         self.rate_limit_rejections = Counter(
-            RATE_LIMIT_REJECTIONS, "Requests refused by a team or key limit (429), by team and limit.",
-            ("team", "limit"), registry=own,
+            RATE_LIMIT_REJECTIONS,
+            "Requests refused by a team or key limit (429), by team and limit.",
+            ("team", "limit"),
+            registry=own,
         )
         self.upstream_errors = Counter(
-            UPSTREAM_ERRORS, "Upstream failures met (retried or not), by backend and kind.",
-            ("backend", "kind"), registry=own,
+            UPSTREAM_ERRORS,
+            "Upstream failures met (retried or not), by backend and kind.",
+            ("backend", "kind"),
+            registry=own,
         )
         self.retries = Counter(
-            RETRIES, "Upstream attempts beyond the first, by the model asked for.", ("model",), registry=own,
+            RETRIES, "Upstream attempts beyond the first, by the model asked for.", ("model",), registry=own
         )
         self.fallbacks = Counter(
-            FALLBACKS, "Fallbacks to another model, by the model asked for and the fallback.",
-            ("model", "fallback_model"), registry=own,
+            FALLBACKS,
+            "Fallbacks to another model, by the model asked for and the fallback.",
+            ("model", "fallback_model"),
+            registry=own,
         )
         self.in_flight = Gauge(
-            IN_FLIGHT, "Requests being handled (API requests; not probes or scrapes).",
-            registry=own, multiprocess_mode="livesum",
+            IN_FLIGHT,
+            "Requests being handled (API requests; not probes or scrapes).",
+            registry=own,
+            multiprocess_mode="livesum",
         )
         self.open_streams = Gauge(
-            OPEN_STREAMS, "Streamed responses under way.", registry=own, multiprocess_mode="livesum",
+            OPEN_STREAMS, "Streamed responses under way.", registry=own, multiprocess_mode="livesum"
         )
         self.redis_round_trip = Histogram(
-            REDIS_ROUND_TRIP, "Time of each operation on Redis, by component (store, limiter) and operation.",
-            REDIS_LABELS, buckets=REDIS_BUCKETS, registry=own,
+            REDIS_ROUND_TRIP,
+            "Time of each operation on Redis, by component (store, limiter) and operation.",
+            REDIS_LABELS,
+            buckets=REDIS_BUCKETS,
+            registry=own,
         )
         self.redis_errors = Counter(
-            REDIS_ERRORS, "Operations on Redis that failed, by component, operation and kind (connection, timeout, error).",
-            REDIS_ERROR_LABELS, registry=own,
+            REDIS_ERRORS,
+            "Operations on Redis that failed, by component, operation and kind (connection, timeout, error).",
+            REDIS_ERROR_LABELS,
+            registry=own,
         )
         self.limiter_degraded = Gauge(
-            LIMITER_DEGRADED, "1 while the limiter cannot reach its store (Redis); on_store_error applies.",
-            registry=own, multiprocess_mode="livemax",
+            LIMITER_DEGRADED,
+            "1 while the limiter cannot reach its store (Redis); on_store_error applies.",
+            registry=own,
+            multiprocess_mode="livemax",
         )
         self.limiter_outages = Counter(LIMITER_OUTAGES, "Outages of the limiter's store begun.", registry=own)
         self.limiter_fallback_admissions = Counter(
-            LIMITER_FALLBACK_ADMISSIONS, "Admissions served by the per-process fallback limiter (fail_open).",
+            LIMITER_FALLBACK_ADMISSIONS,
+            "Admissions served by the per-process fallback limiter (fail_open).",
             registry=own,
         )
         self.limiter_refused_admissions = Counter(
-            LIMITER_REFUSED_ADMISSIONS, "Admissions refused because the store was unreachable (fail_closed).",
+            LIMITER_REFUSED_ADMISSIONS,
+            "Admissions refused because the store was unreachable (fail_closed).",
             registry=own,
         )
         self.limiter_lost_settlements = Counter(
-            LIMITER_LOST_SETTLEMENTS, "Settlements that timed out (their usage may be missing).", registry=own,
+            LIMITER_LOST_SETTLEMENTS, "Settlements that timed out (their usage may be missing).", registry=own
         )
         self.open_connections = Gauge(
-            OPEN_CONNECTIONS, "Connections open, by listener (client, admin).", ("listener",),
-            registry=own, multiprocess_mode="livesum",
+            OPEN_CONNECTIONS,
+            "Connections open, by listener (client, admin).",
+            ("listener",),
+            registry=own,
+            multiprocess_mode="livesum",
         )
         self.connections_refused = Counter(
-            CONNECTIONS_REFUSED, "Connections answered 503 at once: the process had server.max_connections open "
-            "on the listener.", ("listener",), registry=own,
+            CONNECTIONS_REFUSED,
+            "Connections answered 503 at once: the process had server.max_connections open on the listener.",
+            ("listener",),
+            registry=own,
         )
         self.client_timeouts = Counter(
-            CLIENT_TIMEOUTS, "Requests cut because the client did not send its headers (server.header_timeout) or "
-            "body (server.body_timeout) in time, by listener and phase.", ("listener", "phase"), registry=own,
+            CLIENT_TIMEOUTS,
+            "Requests cut because the client did not send its headers (server.header_timeout) or "
+            "body (server.body_timeout) in time, by listener and phase.",
+            ("listener", "phase"),
+            registry=own,
         )
         self.redis = RedisObserver(self)
         self.connections = ConnectionObserver(self)
@@ -598,8 +667,11 @@ class Metrics:
             else:
                 if not self._teams_folded:
                     self._teams_folded = True
-                    log.warning("metrics: more than %d teams in this process; the others are counted as team '%s'",
-                                MAX_TEAM_LABELS, OTHER)
+                    log.warning(
+                        "metrics: more than %d teams in this process; the others are counted as team '%s'",
+                        MAX_TEAM_LABELS,
+                        OTHER,
+                    )
                 team = OTHER
         provider = vocabulary.providers.get(backend, backend)
         gen_ai = (operation, provider, request_model, original_model, error_type)
@@ -621,7 +693,9 @@ class Metrics:
             counter = self._upstream_errors.get((backend, kind))
             if counter is None:
                 # Kinds: those of `dispatch.failure_kind`, and `status_<code>` (bounded by HTTP).
-                known = kind in UPSTREAM_ERROR_KINDS or (len(kind) == 10 and kind[:7] == "status_" and kind[7:].isdigit())
+                known = kind in UPSTREAM_ERROR_KINDS or (
+                    len(kind) == 10 and kind[:7] == "status_" and kind[7:].isdigit()
+                )
                 counter = self._upstream_errors[(backend, kind)] = self.upstream_errors.labels(
                     vocabulary.backend(backend), kind if known else OTHER
                 )
@@ -646,5 +720,3 @@ class Metrics:
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-
-

@@ -17,9 +17,7 @@ import tempfile
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
-from prometheus_client import (
-    values,
-)
+from prometheus_client import values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.observe.names import MULTIPROC_ENV
@@ -46,8 +44,6 @@ class FilesCollector(MultiProcessCollector):
             return self.merge(files, accumulate=True)
         except FileNotFoundError:  # removed between the look and the read: the next scrape has it right
             return self.merge([f for f in files if os.path.exists(f)], accumulate=True)
-
-
 
 
 def use_mmap_values() -> None:

@@ -71,10 +71,20 @@ OTHER = "other"
 MAX_TEAM_LABELS = 1000
 DEPLOYMENT_STATES = ("closed", "half_open", "open")
 LIMIT_NAMES = frozenset(Limits.model_fields)
-UPSTREAM_ERROR_KINDS = frozenset({
-    "connect", "timeout", "protocol", "context_length", "status_429", "status_5xx",
-    "stream_reset", "stream_timeout", "stream_protocol", "stream_error",
-})
+UPSTREAM_ERROR_KINDS = frozenset(
+    {
+        "connect",
+        "timeout",
+        "protocol",
+        "context_length",
+        "status_429",
+        "status_5xx",
+        "stream_reset",
+        "stream_timeout",
+        "stream_protocol",
+        "stream_error",
+    }
+)
 
 
 def _error_types(cls: type[GatewayError]) -> Iterator[str]:
@@ -101,8 +111,29 @@ UPSTREAM_OPERATIONS = frozenset(OPERATIONS.values())
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, *(0.01 * 2**i for i in range(14)), 163.84, 327.68, 655.36)
 # Envoy's, plus two minutes and five (a cold model, a long prompt).
 TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0,
-    45.0, 60.0, 120.0, 300.0,
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    45.0,
+    60.0,
+    120.0,
+    300.0,
 )
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 … 67108864 (Envoy's)
@@ -114,5 +145,3 @@ REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-

@@ -166,24 +166,27 @@ class StreamEvent(TypedDict, total=False):
 COMPAT_FIELDS = frozenset(
     {"service_tier", "container", "inference_geo", "cache_control", "context_management", "mcp_servers"}
 )
-KNOWN_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "system",
-        "stop_sequences",
-        "stream",
-        "temperature",
-        "top_p",
-        "top_k",
-        "metadata",
-        "tools",
-        "tool_choice",
-        "thinking",
-        "output_config",
-    }
-) | COMPAT_FIELDS
+KNOWN_FIELDS = (
+    frozenset(
+        {
+            "model",
+            "messages",
+            "max_tokens",
+            "system",
+            "stop_sequences",
+            "stream",
+            "temperature",
+            "top_p",
+            "top_k",
+            "metadata",
+            "tools",
+            "tool_choice",
+            "thinking",
+            "output_config",
+        }
+    )
+    | COMPAT_FIELDS
+)
 
 ROLES = ("user", "assistant", "system")
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
@@ -366,7 +369,10 @@ def _check_depth(body: JsonObject, limit: int) -> None:
     level: list[Any] = [body]
     for _ in range(limit):
         level = [
-            child for node in level for child in (node.values() if type(node) is dict else node) if type(child) in _NESTS
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) in _NESTS
         ]
         if not level:
             return
@@ -470,7 +476,9 @@ def _validate_image(block: JsonObject, path: str) -> None:
     if kind == "base64":
         media_type = _require_str(source, "media_type", f"{path}.source")
         if media_type not in IMAGE_MEDIA_TYPES:
-            raise _fail(f"{path}.source.media_type", "Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'")
+            raise _fail(
+                f"{path}.source.media_type", "Input should be 'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"
+            )
         _require_str(source, "data", f"{path}.source")
     elif kind == "url":
         _require_str(source, "url", f"{path}.source")
@@ -515,7 +523,9 @@ def _validate_thinking(thinking: Any, max_tokens: Any) -> None:
         if not _is_int(budget):
             raise _fail("thinking.enabled.budget_tokens", "Input should be a valid integer")
         if budget < MIN_THINKING_BUDGET:
-            raise _fail("thinking.enabled.budget_tokens", f"Input should be greater than or equal to {MIN_THINKING_BUDGET}")
+            raise _fail(
+                "thinking.enabled.budget_tokens", f"Input should be greater than or equal to {MIN_THINKING_BUDGET}"
+            )
         if _is_int(max_tokens) and max_tokens <= budget:
             raise InvalidRequest("`max_tokens` must be greater than `thinking.budget_tokens`")
     elif kind in ("disabled", "adaptive"):

@@ -55,8 +55,7 @@ class SseOverflow(UpstreamProtocolError):
 class SseDecoder:
     """Upstream bytes → `SseEvent`s. One per upstream response; not thread-safe."""
 
-    __slots__ = ("_pending", "_pending_size", "_skip_lf", "_head", "_event", "_data", "_data_size", "_last_id",
-                 "_max")
+    __slots__ = ("_pending", "_pending_size", "_skip_lf", "_head", "_event", "_data", "_data_size", "_last_id", "_max")
 
     def __init__(self, max_event: int = MAX_EVENT) -> None:
         self._pending: list[bytes] = []  # the current unterminated line, in pieces
@@ -238,8 +237,14 @@ def encode(event_type: str, data: Mapping[str, Any]) -> bytes:
 _HEADS = {
     name: b"event: " + name.encode() + b"\ndata: "
     for name in (
-        "message_start", "content_block_start", "content_block_delta", "content_block_stop",
-        "message_delta", "message_stop", "ping", "error",
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
     )
 }
 

@@ -32,13 +32,7 @@ import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Sequence
 
 import hiredis
-from redis.exceptions import (
-    AuthenticationError,
-    NoScriptError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
+from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -335,9 +329,7 @@ class RespConnection:
             async with asyncio.timeout(self._timeout):
                 if self._locate is not None:
                     self.host, self.port = await self._locate()
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(self), self.host, self.port, ssl=self._ssl
-                )
+                _, protocol = await loop.create_connection(lambda: _Protocol(self), self.host, self.port, ssl=self._ssl)
                 commands = self._handshake()
                 if commands:
                     await protocol.handshake(commands)

@@ -105,7 +105,11 @@ def _unreachable_is_unavailable(cls: type[T]) -> type[T]:
     instead of letting a client library's connection error surface as a 500. Each is also
     timed for the store's `observer`, when the app has set one (its metrics)."""
     for name, method in list(vars(cls).items()):
-        if name.startswith("_") or name in ("invalidations", "close", "from_config") or not inspect.iscoroutinefunction(method):
+        if (
+            name.startswith("_")
+            or name in ("invalidations", "close", "from_config")
+            or not inspect.iscoroutinefunction(method)
+        ):
             continue
 
         def wrap(method: Callable[..., Awaitable[Any]] = method, name: str = name) -> Callable[..., Awaitable[Any]]:

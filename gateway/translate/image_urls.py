@@ -38,8 +38,19 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (`local`), 8375 (`home.arpa`), the cloud metadata names (`metadata.google.internal`),
 # Kubernetes service names, and suffixes in common private use.
 LOCAL_NAMES = (
-    "localhost", "*.localhost", "localhost.localdomain", "*.localdomain", "*.local", "*.internal", "*.home.arpa",
-    "*.lan", "*.home", "*.corp", "*.intranet", "*.private", "*.svc",
+    "localhost",
+    "*.localhost",
+    "localhost.localdomain",
+    "*.localdomain",
+    "*.local",
+    "*.internal",
+    "*.home.arpa",
+    "*.lan",
+    "*.home",
+    "*.corp",
+    "*.intranet",
+    "*.private",
+    "*.svc",
 )
 # RFC 6052's well-known NAT64 prefix: a gateway that translates it reaches the IPv4
 # address in its last 32 bits. Its local-use sibling (RFC 8215) is never public.

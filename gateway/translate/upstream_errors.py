@@ -56,19 +56,21 @@ _CONTEXT_PROMPT = re.compile(
 # Credentials an upstream may echo back in an error ("Incorrect API key provided: sk-ab…"),
 # by the shapes providers give them. A named value keeps its name (`api-key=[redacted]`).
 _SECRET = re.compile(
-    "|".join((
-        # `api-key=…`, `api_key: …`, `"token": "…"`, `key=…` (query strings, headers, JSON)
-        r"""(?P<name>\b(?:x-)?(?:api[-_ ]?key|access[-_]?token|auth[-_]?token|token|secret|password|key)["']?"""
-        r"""\s*[:=]\s*["']?)[^\s"'&,;]{8,}""",
-        # OpenAI (masked `sk-proj-****abcd` too), Anthropic, DeepSeek, xAI, this gateway; a last `.` ends a sentence
-        r"\b(?:sk|pk|rk|gk|key|xai)-[A-Za-z0-9_\-*.]{5,}[A-Za-z0-9_\-*]",
-        r"\b(?:gsk|hf)_[A-Za-z0-9]{8,}",  # Groq, Hugging Face
-        r"\bAIza[0-9A-Za-z_\-]{20,}",  # Google
-        r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key ids
-        r"\b[0-9a-f]{32}\b",  # Azure OpenAI and Cognitive Services keys
-        r"\b(?:Bearer|Basic)\s+[^\s\"',;]+",  # an Authorization header's credentials
-        r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",  # a URL's user:password
-    )),
+    "|".join(
+        (
+            # `api-key=…`, `api_key: …`, `"token": "…"`, `key=…` (query strings, headers, JSON)
+            r"""(?P<name>\b(?:x-)?(?:api[-_ ]?key|access[-_]?token|auth[-_]?token|token|secret|password|key)["']?"""
+            r"""\s*[:=]\s*["']?)[^\s"'&,;]{8,}""",
+            # OpenAI (masked `sk-proj-****abcd` too), Anthropic, DeepSeek, xAI, this gateway; a last `.` ends a sentence
+            r"\b(?:sk|pk|rk|gk|key|xai)-[A-Za-z0-9_\-*.]{5,}[A-Za-z0-9_\-*]",
+            r"\b(?:gsk|hf)_[A-Za-z0-9]{8,}",  # Groq, Hugging Face
+            r"\bAIza[0-9A-Za-z_\-]{20,}",  # Google
+            r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key ids
+            r"\b[0-9a-f]{32}\b",  # Azure OpenAI and Cognitive Services keys
+            r"\b(?:Bearer|Basic)\s+[^\s\"',;]+",  # an Authorization header's credentials
+            r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",  # a URL's user:password
+        )
+    ),
     re.I,
 )
 

@@ -52,15 +52,19 @@ async def make_limiter(request: pytest.FixtureRequest) -> AsyncIterator[Callable
         url = request.getfixturevalue("cluster_url")
 
         def make(lease_seconds: float = 60.0, count_tokens_per_minute: int | None = DEFAULT_COUNT) -> Limiter:
-            made.append(cluster_limiter(url, lease_seconds=lease_seconds, count_tokens_per_minute=count_tokens_per_minute))
+            made.append(
+                cluster_limiter(url, lease_seconds=lease_seconds, count_tokens_per_minute=count_tokens_per_minute)
+            )
             return made[-1]
     else:
         url = request.getfixturevalue("redis_url")
 
         def make(lease_seconds: float = 60.0, count_tokens_per_minute: int | None = DEFAULT_COUNT) -> Limiter:
-            made.append(RedisLimiter.from_url(
-                url, prefix=PREFIX, lease_seconds=lease_seconds, count_tokens_per_minute=count_tokens_per_minute
-            ))
+            made.append(
+                RedisLimiter.from_url(
+                    url, prefix=PREFIX, lease_seconds=lease_seconds, count_tokens_per_minute=count_tokens_per_minute
+                )
+            )
             return made[-1]
 
     yield make
@@ -81,10 +85,17 @@ def key(key_id: str = "k1", team_id: str = "a", **limits) -> ApiKey:
     return ApiKey(id=key_id, prefix="gk-", hash=key_id, teams=(team_id,), default_team=team_id, limits=Limits(**limits))
 
 
-def demand(t: Team, k: ApiKey | None = None, *, model: str = "m", input_tokens: int = 10, output_tokens: int = 10,
-           **fields) -> Demand:
-    return Demand(team=t, key=k or key(team_id=t.id), model=model, input_tokens=input_tokens,
-                  output_tokens=output_tokens, **fields)
+def demand(
+    t: Team, k: ApiKey | None = None, *, model: str = "m", input_tokens: int = 10, output_tokens: int = 10, **fields
+) -> Demand:
+    return Demand(
+        team=t,
+        key=k or key(team_id=t.id),
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        **fields,
+    )
 
 
 async def burst(limiter: Limiter, demands: list[Demand]) -> tuple[list[Ticket], list[LimitExceeded], float]:
@@ -163,7 +174,9 @@ async def test_input_tokens_go_into_debt_after_an_underestimate(limiter: Limiter
     ticket = await limiter.admit(demand(t, input_tokens=6500))
     assert ticket.windows["input-tokens"].remaining == 0
     # ...and settlement charges everything that was really read: 7000 → 1000 in debt.
-    await limiter.settle(ticket, Usage(input_tokens=4000, cache_read_input_tokens=2500, cache_creation_input_tokens=500))
+    await limiter.settle(
+        ticket, Usage(input_tokens=4000, cache_read_input_tokens=2500, cache_creation_input_tokens=500)
+    )
     error = await refused(limiter, demand(t, input_tokens=1))
     assert (error.limit, error.scope) == ("input_tokens_per_minute", "team")
     assert error.retry_after == pytest.approx(10.01, abs=0.3)  # the debt (10 s) plus one token
@@ -210,8 +223,9 @@ async def test_key_limits_apply_within_the_team(limiter: Limiter) -> None:
     assert error.headers["anthropic-ratelimit-requests-remaining"] == "97"
     # Another key of the team is not affected; the same key in another team has its own bucket.
     assert (await limiter.admit(demand(t, k2))).windows["requests"].remaining == 96
-    k1_in_b = ApiKey(id="k1", prefix="gk-", hash="k1", teams=("a", "b"), default_team="a",
-                     limits=Limits(requests_per_minute=3))
+    k1_in_b = ApiKey(
+        id="k1", prefix="gk-", hash="k1", teams=("a", "b"), default_team="a", limits=Limits(requests_per_minute=3)
+    )
     await limiter.admit(demand(team("b"), k1_in_b))
 
 
@@ -324,8 +338,13 @@ async def test_key_budgets(limiter: Limiter) -> None:
 
 
 async def test_a_zero_limit_refuses_everything(limiter: Limiter) -> None:
-    for field in ("requests_per_minute", "input_tokens_per_minute", "concurrent_requests", "tokens_per_day",
-                  "cost_per_month_usd"):
+    for field in (
+        "requests_per_minute",
+        "input_tokens_per_minute",
+        "concurrent_requests",
+        "tokens_per_day",
+        "cost_per_month_usd",
+    ):
         error = await refused(limiter, demand(team(f"t-{field[:5]}", **{field: 0}), input_tokens=0))
         assert error.limit == field and error.retry_after is None
         assert error.response_headers()["x-should-retry"] == "false"
@@ -358,8 +377,10 @@ async def test_a_request_refused_by_one_limit_charges_no_other(limiter: Limiter)
 
 
 async def test_two_teams_are_independent(limiter: Limiter) -> None:
-    busy, calm = team("busy", requests_per_minute=5, concurrent_requests=2), team("calm", requests_per_minute=5,
-                                                                                  concurrent_requests=2)
+    busy, calm = (
+        team("busy", requests_per_minute=5, concurrent_requests=2),
+        team("calm", requests_per_minute=5, concurrent_requests=2),
+    )
     admitted, rejected, _ = await burst(limiter, [demand(busy) for _ in range(50)])
     assert len(admitted) == 2 and rejected
     calm_admitted, calm_rejected, _ = await burst(limiter, [demand(calm) for _ in range(2)])
@@ -479,8 +500,9 @@ async def test_settle_inline_settles_at_once_or_leaves_all_of_it_to_settle_many(
 
 
 async def test_usage_is_the_exact_sum_of_what_was_settled(limiter: Limiter) -> None:
-    t = team(requests_per_minute=10_000, input_tokens_per_minute=10_000_000, tokens_per_day=10**9,
-             cost_per_month_usd=1000.0)
+    t = team(
+        requests_per_minute=10_000, input_tokens_per_minute=10_000_000, tokens_per_day=10**9, cost_per_month_usd=1000.0
+    )
     keys = [key(f"k{i}") for i in range(3)]
     models = ["claude-a", "claude-b"]
     plan = [(keys[i % 3], models[i % 2], i) for i in range(150)]
@@ -488,8 +510,13 @@ async def test_usage_is_the_exact_sum_of_what_was_settled(limiter: Limiter) -> N
     async def one(k: ApiKey, model: str, i: int) -> Usage:
         ticket = await limiter.admit(demand(t, k, model=model, input_tokens=100, output_tokens=500, cost_usd=0.01))
         await asyncio.sleep(0)
-        usage = Usage(input_tokens=i, output_tokens=2 * i, cache_read_input_tokens=i % 7,
-                      cache_creation_input_tokens=i % 3, cost_usd=i / 1000)
+        usage = Usage(
+            input_tokens=i,
+            output_tokens=2 * i,
+            cache_read_input_tokens=i % 7,
+            cache_creation_input_tokens=i % 3,
+            cost_usd=i / 1000,
+        )
         await limiter.settle(ticket, usage)
         await limiter.settle(ticket, usage)
         return usage
@@ -518,15 +545,28 @@ async def test_requests_without_limits_still_record_usage(limiter: Limiter) -> N
     assert ticket.charged == {} and ticket.windows == {}
     await limiter.settle(ticket, Usage(input_tokens=3, output_tokens=4, cost_usd=0.5))
     rows = await limiter.usage("a", today(), today())
-    assert rows == [{"day": today(), "key": "k1", "model": "m", "requests": 1, "input": 3, "output": 4,
-                     "cache_read": 0, "cache_creation": 0, "cost": 0.5}]
+    assert rows == [
+        {
+            "day": today(),
+            "key": "k1",
+            "model": "m",
+            "requests": 1,
+            "input": 3,
+            "output": 4,
+            "cache_read": 0,
+            "cache_creation": 0,
+            "cost": 0.5,
+        }
+    ]
 
 
 async def test_open_limiter_picks_by_store(redis_url: str) -> None:
     memory = open_limiter(MemoryStoreConfig(), LimitsConfig(lease_seconds=5))
     assert isinstance(memory, MemoryLimiter) and memory.lease_seconds == 5
-    guarded = open_limiter(RedisStoreConfig(type="redis", url=redis_url, prefix="cfg"),
-                           LimitsConfig(on_store_error="fail_open", fallback_share=3))
+    guarded = open_limiter(
+        RedisStoreConfig(type="redis", url=redis_url, prefix="cfg"),
+        LimitsConfig(on_store_error="fail_open", fallback_share=3),
+    )
     try:
         assert isinstance(guarded, GuardedLimiter) and isinstance(guarded.primary, RedisLimiter)
         await guarded.admit(demand(team(requests_per_minute=5)))
@@ -542,9 +582,15 @@ async def test_open_limiter_picks_by_store(redis_url: str) -> None:
 
 async def test_redis_every_key_is_under_its_team_hash_tag(redis_url: str) -> None:
     limiter = RedisLimiter.from_url(redis_url, prefix=PREFIX)
-    everything = dict(requests_per_minute=100, input_tokens_per_minute=10_000, output_tokens_per_minute=10_000,
-                      concurrent_requests=10, tokens_per_day=100_000, tokens_per_month=1_000_000,
-                      cost_per_month_usd=100.0)
+    everything = dict(
+        requests_per_minute=100,
+        input_tokens_per_minute=10_000,
+        output_tokens_per_minute=10_000,
+        concurrent_requests=10,
+        tokens_per_day=100_000,
+        tokens_per_month=1_000_000,
+        cost_per_month_usd=100.0,
+    )
     try:
         for team_id in ("a", "b.c"):
             t = team(team_id, **everything)
@@ -560,9 +606,22 @@ async def test_redis_every_key_is_under_its_team_hash_tag(redis_url: str) -> Non
     await raw.aclose()
     assert names and all(n.startswith(("{test:t:a}:", "{test:t:b.c}:")) for n in names), names
     day, month = today(), today()[:7]
-    assert {f"{{test:t:a}}:{s}" for s in ("rpm", "itpm", "otpm", "conc", f"tpd:{day}", f"tpmo:{month}",
-                                          f"cpmo:{month}", f"usage:{day}", "k:key_1:rpm", "k:key_1:conc",
-                                          f"k:key_1:tpd:{day}")} <= set(names)
+    assert {
+        f"{{test:t:a}}:{s}"
+        for s in (
+            "rpm",
+            "itpm",
+            "otpm",
+            "conc",
+            f"tpd:{day}",
+            f"tpmo:{month}",
+            f"cpmo:{month}",
+            f"usage:{day}",
+            "k:key_1:rpm",
+            "k:key_1:conc",
+            f"k:key_1:tpd:{day}",
+        )
+    } <= set(names)
 
 
 def counting_client(url: str, sent: list[bytes]) -> Redis:
@@ -584,8 +643,14 @@ async def test_redis_admission_and_settlement_are_one_round_trip_each(redis_url:
     sent: list[bytes] = []
     limiter = RedisLimiter(counting_client(redis_url, sent), prefix=PREFIX)
     raw = Redis.from_url(redis_url)
-    t = team(requests_per_minute=100, input_tokens_per_minute=10_000, output_tokens_per_minute=10_000,
-             concurrent_requests=10, tokens_per_day=100_000, cost_per_month_usd=10.0)
+    t = team(
+        requests_per_minute=100,
+        input_tokens_per_minute=10_000,
+        output_tokens_per_minute=10_000,
+        concurrent_requests=10,
+        tokens_per_day=100_000,
+        cost_per_month_usd=10.0,
+    )
     k = key(requests_per_minute=50, concurrent_requests=5, tokens_per_month=10_000)
     try:
         warm = await limiter.admit(demand(t, k))  # connects and loads the scripts once
@@ -660,8 +725,9 @@ def guarded(server: RedisServer, policy: str, share: int = 1, lease_seconds: flo
         LimitsConfig(lease_seconds=max(3.0, lease_seconds)),
         socket_timeout=0.3,
     )
-    return GuardedLimiter(primary, on_store_error=policy, fallback_share=share, lease_seconds=lease_seconds,
-                          probe_interval=0.2)
+    return GuardedLimiter(
+        primary, on_store_error=policy, fallback_share=share, lease_seconds=lease_seconds, probe_interval=0.2
+    )
 
 
 async def test_redis_down_fail_closed_refuses_then_recovers() -> None:
@@ -744,7 +810,9 @@ async def test_redis_down_fail_open_counts_within_a_share_of_their_limit() -> No
             own = [count(team("own", count_tokens_per_minute=20)) for _ in range(10)]
             admitted, rejected, elapsed = await burst(limiter, own)
             assert 5 <= len(admitted) <= 5 + math.floor(elapsed * 5 / 60)  # 20 / 4 in this process
-            assert all(ticket.fallback for ticket in admitted) and {e.limit for e in rejected} == {"count_tokens_per_minute"}
+            assert all(ticket.fallback for ticket in admitted) and {e.limit for e in rejected} == {
+                "count_tokens_per_minute"
+            }
             # A team with no limits: a share of the default (300 / 4), not a free pass.
             admitted, rejected, elapsed = await burst(limiter, [count(team("none")) for _ in range(100)])
             assert 75 <= len(admitted) <= 75 + math.floor(elapsed * 75 / 60) and rejected
@@ -829,7 +897,9 @@ def cluster_limiter(
 ) -> RedisLimiter:
     config = RedisStoreConfig(type="redis", mode="cluster", url=url, prefix=PREFIX)
     return RedisLimiter(
-        connect(config, profile(socket_timeout)), prefix=PREFIX, lease_seconds=lease_seconds,
+        connect(config, profile(socket_timeout)),
+        prefix=PREFIX,
+        lease_seconds=lease_seconds,
         count_tokens_per_minute=count_tokens_per_minute,
     )
 
@@ -844,16 +914,24 @@ def team_per_master(cluster: LocalRedisCluster) -> dict[int, str]:
     raise AssertionError("the cluster's slots are not spread over three masters")
 
 
-EVERYTHING = dict(requests_per_minute=100, input_tokens_per_minute=10_000, output_tokens_per_minute=10_000,
-                  concurrent_requests=10, tokens_per_day=100_000, tokens_per_month=1_000_000, cost_per_month_usd=100.0)
+EVERYTHING = dict(
+    requests_per_minute=100,
+    input_tokens_per_minute=10_000,
+    output_tokens_per_minute=10_000,
+    concurrent_requests=10,
+    tokens_per_day=100_000,
+    tokens_per_month=1_000_000,
+    cost_per_month_usd=100.0,
+)
 
 
 async def test_cluster_every_key_of_a_team_is_in_its_slot(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
     """Each script builds its names from ARGV[1], the team's tag: on a cluster every name
     must be in the slot KEYS[1] routed the call to, or Redis refuses the script."""
     homes = team_per_master(redis_cluster)
-    guarded = open_limiter(RedisStoreConfig(type="redis", mode="cluster", url=cluster_url, prefix=PREFIX),
-                           LimitsConfig())
+    guarded = open_limiter(
+        RedisStoreConfig(type="redis", mode="cluster", url=cluster_url, prefix=PREFIX), LimitsConfig()
+    )
     assert isinstance(guarded.primary._redis, RedisCluster)
     limiter = guarded.primary
     try:
@@ -871,13 +949,26 @@ async def test_cluster_every_key_of_a_team_is_in_its_slot(cluster_url: str, redi
     for node, team_id in homes.items():
         names = redis_cluster.keys(node)
         tag = f"{{{PREFIX}:t:{team_id}}}:"
-        assert {tag + s for s in ("rpm", "itpm", "otpm", "conc", f"tpd:{today()}", f"usage:{today()}",
-                                  "k:key_1:rpm", "k:key_1:conc")} <= set(names)
+        assert {
+            tag + s
+            for s in (
+                "rpm",
+                "itpm",
+                "otpm",
+                "conc",
+                f"tpd:{today()}",
+                f"usage:{today()}",
+                "k:key_1:rpm",
+                "k:key_1:conc",
+            )
+        } <= set(names)
         assert all(name.startswith(tag) for name in names), names
         assert {redis_cluster.keyslot(name) for name in names} == {redis_cluster.keyslot(tag)}
 
 
-async def test_cluster_scripts_are_loaded_again_after_a_flush(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+async def test_cluster_scripts_are_loaded_again_after_a_flush(
+    cluster_url: str, redis_cluster: LocalRedisCluster
+) -> None:
     """A restarted or failed-over master has no scripts: EVALSHA's NOSCRIPT loads them again."""
     homes = team_per_master(redis_cluster)
     limiter = cluster_limiter(cluster_url)
@@ -896,7 +987,9 @@ async def test_cluster_scripts_are_loaded_again_after_a_flush(cluster_url: str, 
         await limiter.close()
 
 
-async def test_cluster_admission_is_not_retried_after_a_timeout(cluster_url: str, redis_cluster: LocalRedisCluster) -> None:
+async def test_cluster_admission_is_not_retried_after_a_timeout(
+    cluster_url: str, redis_cluster: LocalRedisCluster
+) -> None:
     """redis-py's cluster client retries a command after a timeout, whatever its `retry`
     says; an admission that timed out may still have run, and running it again would
     charge the team twice."""

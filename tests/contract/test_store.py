@@ -733,6 +733,7 @@ async def test_redis_feed_cancelled_while_it_subscribes_ends_at_once(redis_url: 
     for step in range(40):
         store = RedisStore(Redis.from_url(redis_url), prefix="test")
         try:
+
             async def follow(feed: AsyncIterator[str]) -> None:
                 async for _ in feed:
                     pass

@@ -72,7 +72,9 @@ def _strings(value: Any):
 def required_env(config_text: str) -> set[str]:
     """The ${NAME} references without a default in a gateway YAML (comments aside): the
     gateway refuses to start without them."""
-    return {m.group(1) for s in _strings(yaml.safe_load(config_text)) for m in ENV_REF.finditer(s) if m.group(2) is None}
+    return {
+        m.group(1) for s in _strings(yaml.safe_load(config_text)) for m in ENV_REF.finditer(s) if m.group(2) is None
+    }
 
 
 def all_env(config_text: str) -> set[str]:

@@ -30,8 +30,14 @@ def _commands() -> dict[str, list[str]]:
 
 
 def _help(subcommand: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "gateway", subcommand, "--help"], cwd=ROOT,
-                            capture_output=True, text=True, check=False, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", subcommand, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -59,8 +59,9 @@ def _expose() -> int:
 
 def test_compose_file_matches_the_compose_specification():
     checker = tool("check-jsonschema", "pip install -e '.[dev]'")
-    result = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -125,7 +126,9 @@ def test_ports_agree():
             url = backend.get(key, "")
             if "fake-upstream" in url:
                 assert url.startswith(f"http://fake-upstream:{upstream_port}"), f"{name}.{key}: {url}"
-    assert f"{upstream_port})" in services["fake-upstream"]["healthcheck"]["test"][-1], "the healthcheck knocks on that port"
+    assert f"{upstream_port})" in services["fake-upstream"]["healthcheck"]["test"][-1], (
+        "the healthcheck knocks on that port"
+    )
     assert services["gateway"]["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
 
     # Grafana reads Prometheus at the port Prometheus publishes.
@@ -227,6 +230,9 @@ def test_the_dashboard_can_be_provisioned():
                 walk(item)
 
     walk(dashboard)
-    unknown = {uid for uid in uids if uid not in ("prometheus", "Prometheus", "-- Grafana --", "grafana")
-               and not uid.startswith("$")}
+    unknown = {
+        uid
+        for uid in uids
+        if uid not in ("prometheus", "Prometheus", "-- Grafana --", "grafana") and not uid.startswith("$")
+    }
     assert not unknown, f"datasources Grafana will not have: {sorted(unknown)}"

@@ -35,13 +35,16 @@ async def test_two_replicas_share_one_redis(redis_url, tmp_path):
         first, second = replicas
         admin = {"authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{first.url}/admin/keys", json={"teams": ["demo"], "name": "compose"},
-                                    headers=admin) as response:
+            async with session.post(
+                f"{first.url}/admin/keys", json={"teams": ["demo"], "name": "compose"}, headers=admin
+            ) as response:
                 assert response.status == 201, await response.text()
                 key = (await response.json())["key"]
             for replica, model, api_key in ((second, "demo", key), (first, "demo-native", env["GATEWAY_DEMO_KEY"])):
                 body = {"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
-                async with session.post(f"{replica.url}/v1/messages", json=body, headers={"x-api-key": api_key}) as response:
+                async with session.post(
+                    f"{replica.url}/v1/messages", json=body, headers={"x-api-key": api_key}
+                ) as response:
                     assert response.status == 200, await response.text()
                     assert (await response.json())["type"] == "message"
             for replica in replicas:

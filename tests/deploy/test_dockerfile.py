@@ -52,8 +52,12 @@ def test_two_stages_from_a_pinned_slim_python_3_11():
     final = stages[-1]
     run = " ".join(arguments for keyword, arguments in final["instructions"] if keyword == "RUN")
     assert "from=build" in run and "--no-index" in run
-    sources = [w for keyword, arguments in final["instructions"] if keyword == "COPY"
-               for w in [w for w in shell_words(arguments) if not w.startswith("--")][:-1]]
+    sources = [
+        w
+        for keyword, arguments in final["instructions"]
+        if keyword == "COPY"
+        for w in [w for w in shell_words(arguments) if not w.startswith("--")][:-1]
+    ]
     assert sources == ["config.example.yaml"], "no source tree in the final image, only the default config"
 
 
@@ -116,7 +120,8 @@ def _dockerignore_includes(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_what_copy_needs_and_nothing_else():
     patterns = [
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     for stage in dockerfile_stages(dockerfile_instructions()):
@@ -125,15 +130,20 @@ def test_dockerignore_keeps_what_copy_needs_and_nothing_else():
             if keyword == "COPY" and "--from=" not in arguments:
                 for source in words[:-1]:
                     assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-                    assert _dockerignore_includes(source.rstrip("/"), patterns), f"COPY {source}: excluded by .dockerignore"
+                    assert _dockerignore_includes(source.rstrip("/"), patterns), (
+                        f"COPY {source}: excluded by .dockerignore"
+                    )
     for kept_out in (".venv", ".git", "tests", "deploy", ".hypothesis", "gateway/__pycache__/app.cpython-311.pyc"):
         assert not _dockerignore_includes(kept_out, patterns), f"{kept_out} would be sent to the build"
 
 
 @pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "gateway/app.py", "gateway/limiter/lua/admit.lua"])
 def test_the_wheel_needs_these_and_dockerignore_keeps_them(path):
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert (ROOT / path).exists()
     assert _dockerignore_includes(path, patterns)
 
@@ -154,8 +164,9 @@ def test_the_image_refuses_to_serve_its_published_demo_key():
     command's config passes."""
     env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_DEMO_KEY", "GATEWAY_ADMIN_TOKEN")}
     port = free_port()
-    result = subprocess.run(_image_command(port), cwd=ROOT, env=env, capture_output=True, text=True,
-                            check=False, timeout=60)
+    result = subprocess.run(
+        _image_command(port), cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=60
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "teams[0].keys[0].key: a placeholder" in result.stderr and "0.0.0.0" in result.stderr
     assert "gk-demo-change-me" not in result.stderr

@@ -36,8 +36,15 @@ PUBLISHED = {"GATEWAY_ADMIN_TOKEN": "admin-change-me", "GATEWAY_DEMO_KEY": "gk-d
 def _check_config(path, env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess:
     # Only the deployment's variables: a developer's own OPENAI_API_KEY must not make it pass.
     clean = {k: v for k, v in os.environ.items() if k not in env and not k.endswith(("_KEY", "_TOKEN", "_URL"))}
-    return subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path), *args], cwd=ROOT,
-                          env={**clean, **env}, capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path), *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def _serve_host(command: list[str]) -> list[str]:

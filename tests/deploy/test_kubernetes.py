@@ -87,14 +87,22 @@ def test_the_schema_validator_refuses_a_broken_deployment():
 def test_servicemonitor_matches_its_schema(tmp_path):
     checker = tool("check-jsonschema", "pip install -e '.[dev]'")
     schema = SCHEMAS / "servicemonitor-v1.json"
-    result = subprocess.run([checker, "--schemafile", str(schema), str(KUBERNETES / "servicemonitor.yaml")],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [checker, "--schemafile", str(schema), str(KUBERNETES / "servicemonitor.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     # And the schema does refuse what the operator would: no selector, a misspelt field.
     broken = tmp_path / "broken.yaml"
-    broken.write_text("apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: x}\n"
-                      "spec:\n  endpoints: [{port: http, intervall: 15s}]\n")
-    result = subprocess.run([checker, "--schemafile", str(schema), str(broken)], capture_output=True, text=True, check=False)
+    broken.write_text(
+        "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata: {name: x}\n"
+        "spec:\n  endpoints: [{port: http, intervall: 15s}]\n"
+    )
+    result = subprocess.run(
+        [checker, "--schemafile", str(schema), str(broken)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "selector" in result.stdout and "intervall" in result.stdout, result.stdout
 
@@ -139,7 +147,11 @@ def test_objects_refer_to_one_another():
 
     assert _matches(manifest("PodDisruptionBudget")["spec"]["selector"], pod_labels)
     target = manifest("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
-    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", deployment["metadata"]["name"])
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        deployment["metadata"]["name"],
+    )
 
     monitor = manifest("ServiceMonitor")["spec"]
     assert _matches(monitor["selector"], service["metadata"]["labels"]), "the ServiceMonitor selects the Service"

@@ -83,4 +83,3 @@ class ProbeLog:
             if probe.start < end:
                 found.append(probe)
         return found
-

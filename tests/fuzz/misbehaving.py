@@ -13,8 +13,14 @@ import orjson
 from aiohttp import web
 
 MESSAGE = {
-    "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [{"type": "text", "text": "hi"}],
-    "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 1},
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": "m",
+    "content": [{"type": "text", "text": "hi"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 1, "output_tokens": 1},
 }
 START = {"type": "message_start", "message": {**MESSAGE, "content": [], "stop_reason": None}}
 EVENTS = [
@@ -23,7 +29,8 @@ EVENTS = [
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
     {"type": "content_block_stop", "index": 0},
     {
-        "type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
         "usage": {"output_tokens": 1},
     },
     {"type": "message_stop"},

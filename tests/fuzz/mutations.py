@@ -86,8 +86,13 @@ def _tool_round_trip(block: dict, result: Any = "ok") -> list[dict]:
 
 DEPTHS = (64, 200, 254, 255, 256, 300, 600, 1000, 1023, 1024, 1025, 5000)
 DEEP_PLACES = (
-    "tools.0.input_schema", "metadata", "tool_use.input", "tool_result.content", "output_config.format.schema",
-    "tool_choice", "x_undocumented",
+    "tools.0.input_schema",
+    "metadata",
+    "tool_use.input",
+    "tool_result.content",
+    "output_config.format.schema",
+    "tool_choice",
+    "x_undocumented",
 )
 
 
@@ -121,7 +126,10 @@ def build_deep(target: Target, base: str, depth: int, container: str, where: str
 @st.composite
 def deep_nesting(draw: st.DrawFn, target: Target, profile: Profile) -> Example:
     return build_deep(
-        target, draw(BASES), draw(st.sampled_from(DEPTHS)), draw(st.sampled_from(["object", "array"])),
+        target,
+        draw(BASES),
+        draw(st.sampled_from(DEPTHS)),
+        draw(st.sampled_from(["object", "array"])),
         draw(st.sampled_from(DEEP_PLACES)),
     )
 
@@ -129,8 +137,16 @@ def deep_nesting(draw: st.DrawFn, target: Target, profile: Profile) -> Example:
 # ---------------------------------------------------------------------- huge strings
 
 STRING_PLACES = (
-    "user text", "system", "tools.0.description", "tools.0.name", "metadata.user_id", "stop_sequences.0",
-    "tool_use.id", "image data", "document data", "assistant prefill",
+    "user text",
+    "system",
+    "tools.0.description",
+    "tools.0.name",
+    "metadata.user_id",
+    "stop_sequences.0",
+    "tool_use.id",
+    "image data",
+    "document data",
+    "assistant prefill",
 )
 
 
@@ -184,8 +200,15 @@ def huge_string(draw: st.DrawFn, target: Target, profile: Profile) -> Example:
 # ---------------------------------------------------------------------- many of something
 
 MANY_KINDS = (
-    "user messages", "user block turns", "assistant tool turns", "alternating messages", "tool round trips",
-    "text blocks", "tools", "stop sequences", "system blocks",
+    "user messages",
+    "user block turns",
+    "assistant tool turns",
+    "alternating messages",
+    "tool round trips",
+    "text blocks",
+    "tools",
+    "stop sequences",
+    "system blocks",
 )
 
 
@@ -230,13 +253,40 @@ def many_things(draw: st.DrawFn, target: Target, profile: Profile) -> Example:
 # Every code point UTF-8 can carry: controls, format characters (bidi marks, BOM, zero
 # widths), private use, unassigned, combining marks, astral planes.
 _STRANGE = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=0, max_size=40)
-_NASTY = st.sampled_from([
-    "\x00", "\x00hi", "\u2028\u2029", "\ufeff", "\u202e\u202d", "e\u0301" * 50, "\U0001f600" * 10, "\uffff",
-    "\U0010ffff", "\x1b[31m", "\r\n\r\n", "\t \t", " ", "../../etc/passwd", "%00", "${jndi:x}", "'\"\\",
-])
+_NASTY = st.sampled_from(
+    [
+        "\x00",
+        "\x00hi",
+        "\u2028\u2029",
+        "\ufeff",
+        "\u202e\u202d",
+        "e\u0301" * 50,
+        "\U0001f600" * 10,
+        "\uffff",
+        "\U0010ffff",
+        "\x1b[31m",
+        "\r\n\r\n",
+        "\t \t",
+        " ",
+        "../../etc/passwd",
+        "%00",
+        "${jndi:x}",
+        "'\"\\",
+    ]
+)
 TEXT_PLACES = (
-    "user text", "system", "model", "tools.0.name", "tool_choice.name", "metadata key", "metadata.user_id",
-    "stop_sequences.0", "tool_use.id", "tool_use.name", "thinking.signature", "message role",
+    "user text",
+    "system",
+    "model",
+    "tools.0.name",
+    "tool_choice.name",
+    "metadata key",
+    "metadata.user_id",
+    "stop_sequences.0",
+    "tool_use.id",
+    "tool_use.name",
+    "thinking.signature",
+    "message role",
 )
 
 
@@ -296,10 +346,29 @@ def _shown(values: tuple) -> tuple[tuple[str, Any], ...]:
     return tuple((v, orjson.Fragment(v)) if isinstance(v, str) else (repr(v), v) for v in values)
 
 
-WRONG_VALUES = _shown((
-    None, True, False, 0, -1, 1.5, -0.0, 1e308, '""', '"x"', [], {}, [[]], [{}], {"type": None}, [None],
-    "18446744073709551616", "-9223372036854775809", 2**63 - 1,
-))
+WRONG_VALUES = _shown(
+    (
+        None,
+        True,
+        False,
+        0,
+        -1,
+        1.5,
+        -0.0,
+        1e308,
+        '""',
+        '"x"',
+        [],
+        {},
+        [[]],
+        [{}],
+        {"type": None},
+        [None],
+        "18446744073709551616",
+        "-9223372036854775809",
+        2**63 - 1,
+    )
+)
 
 
 @st.composite
@@ -319,12 +388,31 @@ def wrong_type(draw: st.DrawFn, target: Target, profile: Profile) -> Example:
 
 MARKER = "@@FUZZ@@"
 BAD_UTF8 = (
-    b"\xff", b"\xfe\xff", b"\x80", b"\xc0\x80", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xed\xbf\xbf",
-    b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80",
+    b"\xff",
+    b"\xfe\xff",
+    b"\x80",
+    b"\xc0\x80",
+    b"\xc3",
+    b"\xe2\x82",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xf8\x88\x80\x80\x80",
 )
 RAW_KINDS = (
-    "bad UTF-8 in a string", "bad UTF-8 in a key", "lone surrogate escape", "not an object", "truncated",
-    "trailing garbage", "BOM", "UTF-16", "empty", "NaN", "huge number literal", "duplicate keys", "random bytes",
+    "bad UTF-8 in a string",
+    "bad UTF-8 in a key",
+    "lone surrogate escape",
+    "not an object",
+    "truncated",
+    "trailing garbage",
+    "BOM",
+    "UTF-16",
+    "empty",
+    "NaN",
+    "huge number literal",
+    "duplicate keys",
+    "random bytes",
 )
 
 
@@ -379,18 +467,34 @@ def raw_bytes(draw: st.DrawFn, target: Target, profile: Profile) -> Example:
 # ---------------------------------------------------------------------- odd headers
 
 HEADER_KINDS = (
-    "anthropic-beta", "anthropic-version", "x-team-id", "content-type", "x-api-key", "authorization",
-    "key with a stray byte", "two keys", "two anthropic-beta", "many headers", "no content-type",
+    "anthropic-beta",
+    "anthropic-version",
+    "x-team-id",
+    "content-type",
+    "x-api-key",
+    "authorization",
+    "key with a stray byte",
+    "two keys",
+    "two anthropic-beta",
+    "many headers",
+    "no content-type",
 )
 # CR and LF are left out: they would end the header (a different request, not a strange one).
 _VALUES = st.one_of(
     st.binary(max_size=64).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
     st.sampled_from([b"\x00", b"\x01", b"\x7f", b"\xff\xfe", b"\xe2\x80\xa8", b"a" * 10_000, b"b" * 100_000]),
 )
-_CONTENT_TYPES = st.sampled_from([
-    b"text/plain", b"application/json; charset=utf-16", b"application/vnd.api+json", b"multipart/form-data",
-    b"application/x-www-form-urlencoded", b"application/json; charset=\xff", b"*/*",
-])
+_CONTENT_TYPES = st.sampled_from(
+    [
+        b"text/plain",
+        b"application/json; charset=utf-16",
+        b"application/vnd.api+json",
+        b"multipart/form-data",
+        b"application/x-www-form-urlencoded",
+        b"application/json; charset=\xff",
+        b"*/*",
+    ]
+)
 
 
 def build_headers(target: Target, base: str, what: str, value: bytes, count: int = 200) -> Example:
@@ -448,10 +552,26 @@ def huge_model_name(draw: st.DrawFn, target: Target, profile: Profile) -> Exampl
 # ---------------------------------------------------------------------- absurd numbers
 
 NUMBER_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "thinking.budget_tokens", "tools.0.max_uses")
-ABSURD = _shown((
-    0, -1, 2**31, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1, 1e308, -1e308, 5e-324, -0.0, 1.0, 1e-7, True,
-    "100000000000000000000000000000", "1e400",
-))
+ABSURD = _shown(
+    (
+        0,
+        -1,
+        2**31,
+        2**53 + 1,
+        2**63 - 1,
+        -(2**63),
+        2**64 - 1,
+        1e308,
+        -1e308,
+        5e-324,
+        -0.0,
+        1.0,
+        1e-7,
+        True,
+        "100000000000000000000000000000",
+        "1e400",
+    )
+)
 
 
 def build_absurd(target: Target, base: str, field: str, number: tuple[str, Any], max_tokens: int = 2048) -> Example:
@@ -471,7 +591,10 @@ def build_absurd(target: Target, base: str, field: str, number: tuple[str, Any],
 @st.composite
 def absurd_numbers(draw: st.DrawFn, target: Target, profile: Profile) -> Example:
     return build_absurd(
-        target, draw(BASES), draw(st.sampled_from(NUMBER_FIELDS)), draw(st.sampled_from(ABSURD)),
+        target,
+        draw(BASES),
+        draw(st.sampled_from(NUMBER_FIELDS)),
+        draw(st.sampled_from(ABSURD)),
         draw(st.sampled_from([2048, 2**63 - 1])),
     )
 
@@ -482,7 +605,14 @@ Mutation = Callable[[Target, Profile], st.SearchStrategy[Example]]
 MUTATIONS: dict[str, Mutation] = {
     mutation.__name__: mutation
     for mutation in (
-        deep_nesting, huge_string, many_things, strange_text, wrong_type, raw_bytes, odd_headers, huge_model_name,
+        deep_nesting,
+        huge_string,
+        many_things,
+        strange_text,
+        wrong_type,
+        raw_bytes,
+        odd_headers,
+        huge_model_name,
         absurd_numbers,
     )
 }
@@ -491,8 +621,6 @@ MUTATIONS: dict[str, Mutation] = {
 def hostile(mutation: str, model: str, profile: Profile) -> st.SearchStrategy[Example]:
     """One kind of mutation, sent to either endpoint, streaming or not."""
     return st.sampled_from(targets(model)).flatmap(lambda target: MUTATIONS[mutation](target, profile))
-
-
 
 
 def explicit(mutation: str, model: str, profile: Profile) -> list[Example]:
@@ -539,4 +667,3 @@ def explicit(mutation: str, model: str, profile: Profile) -> list[Example]:
         ],
     }
     return cases.get(mutation, [])
-

@@ -50,7 +50,11 @@ PROFILES = {
     "ci": Profile(
         name="ci",
         settings=settings(
-            derandomize=True, database=None, deadline=None, suppress_health_check=_QUIET, print_blob=False,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=_QUIET,
+            print_blob=False,
             phases=[Phase.explicit, Phase.generate],
         ),
         valid=15,

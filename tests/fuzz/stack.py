@@ -94,9 +94,7 @@ class Process:
 def spawn(name: str, directory: Path, *argv: str) -> Process:
     log = directory / f"{name}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, *argv], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
+        process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     return Process(name, process, log)
 
 
@@ -145,8 +143,19 @@ def start_stack(directory: Path, redis_url: str) -> Stack:
     )
     # debug: every line the gateway can log is in the file the secrets are looked for in.
     gateway = spawn(
-        "gateway", directory, "-m", "gateway", "serve", "--config", str(config), "--port", str(gateway_port),
-        "--workers", "1", "--log-level", "debug",
+        "gateway",
+        directory,
+        "-m",
+        "gateway",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(gateway_port),
+        "--workers",
+        "1",
+        "--log-level",
+        "debug",
     )
     try:
         wait_for(upstream, "fake upstream listening")

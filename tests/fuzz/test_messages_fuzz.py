@@ -38,7 +38,8 @@ from tests.fuzz.targets import COUNT_TOKENS, MESSAGES, Target  # noqa: E402
 PROFILE = current()
 BACKENDS = pytest.mark.parametrize("backend", sorted(MODELS))
 TARGETS = pytest.mark.parametrize(
-    ("path", "stream"), [(MESSAGES, False), (MESSAGES, True), (COUNT_TOKENS, False)],
+    ("path", "stream"),
+    [(MESSAGES, False), (MESSAGES, True), (COUNT_TOKENS, False)],
     ids=["messages", "messages-stream", "count_tokens"],
 )
 

@@ -77,6 +77,9 @@ def test_every_real_clients_request_fits(body: dict) -> None:
 
 def test_every_invalid_fixture_breaks_it_but_the_cross_field_ones() -> None:
     check = validator()
-    fitting = {path.stem for path in (FIXTURES / "messages" / "invalid").glob("*.json")
-               if check.is_valid(json.loads(path.read_text())["body"])}
+    fitting = {
+        path.stem
+        for path in (FIXTURES / "messages" / "invalid").glob("*.json")
+        if check.is_valid(json.loads(path.read_text())["body"])
+    }
     assert fitting == CROSS_FIELD

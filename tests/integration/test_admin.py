@@ -33,8 +33,9 @@ class Admin:
         self.http, self.url, self.token = http, url, token
         self.transcript: list[tuple[str, str, int, str]] = []
 
-    async def call(self, method: str, path: str, body: object = None, *, raw: bytes | None = None,
-                   headers: dict | None = None) -> tuple[int, dict, dict]:
+    async def call(
+        self, method: str, path: str, body: object = None, *, raw: bytes | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, dict]:
         sent = {"authorization": f"Bearer {self.token}"} if self.token else {}
         if raw is not None or body is not None:
             sent["content-type"] = "application/json"
@@ -100,8 +101,13 @@ async def test_admin_api_is_off_without_a_token(no_admin_gateway):
     """No `admin.token`: every admin path answers as a path the gateway does not serve."""
     async with aiohttp.ClientSession() as http:
         client = Admin(http, no_admin_gateway.url, token="anything")
-        for method, path in [("GET", "/teams"), ("POST", "/keys"), ("GET", "/openapi.json"), ("PUT", "/teams"),
-                             ("GET", "/no-such-thing")]:
+        for method, path in [
+            ("GET", "/teams"),
+            ("POST", "/keys"),
+            ("GET", "/openapi.json"),
+            ("PUT", "/teams"),
+            ("GET", "/no-such-thing"),
+        ]:
             status, headers, body = await client.call(method, path)
             assert_error(status, headers, body, 404, "not_found_error", "no such endpoint")
 
@@ -116,8 +122,13 @@ async def test_wrong_or_missing_token_is_401(admin_gateway, authorization):
         client = Admin(http, admin_gateway.url, token=None)
         headers = {"authorization": authorization} if authorization else {}
         # Unknown paths and wrong methods too: without the token nothing is learnt.
-        for method, path in [("GET", "/teams"), ("POST", "/keys"), ("GET", "/openapi.json"), ("GET", "/nope"),
-                             ("PUT", "/teams")]:
+        for method, path in [
+            ("GET", "/teams"),
+            ("POST", "/keys"),
+            ("GET", "/openapi.json"),
+            ("GET", "/nope"),
+            ("PUT", "/teams"),
+        ]:
             status, response_headers, body = await client.call(method, path, headers=headers)
             assert_error(status, response_headers, body, 401, "authentication_error", "admin token")
             assert response_headers["x-should-retry"] == "false"
@@ -133,9 +144,15 @@ async def test_client_keys_do_not_open_it_nor_the_admin_token_the_messages_api(a
 
 async def test_team_routes(admin):
     created = await admin.ok(
-        "POST", "/teams",
-        {"id": "ops", "name": "Ops", "models": ["claude-*"], "limits": {"requests_per_minute": 60},
-         "metadata": {"owner": "sre"}},
+        "POST",
+        "/teams",
+        {
+            "id": "ops",
+            "name": "Ops",
+            "models": ["claude-*"],
+            "limits": {"requests_per_minute": 60},
+            "metadata": {"owner": "sre"},
+        },
         status=201,
     )
     assert created["id"] == "ops" and created["models"] == ["claude-*"] and created["metadata"] == {"owner": "sre"}
@@ -173,9 +190,15 @@ async def test_team_models_take_effect_for_its_keys(admin, admin_gateway):
 async def test_key_lifecycle(admin, admin_gateway):
     url = admin_gateway.url
     created = await admin.ok(
-        "POST", "/keys",
-        {"teams": ["team-a", "team-b"], "name": "ci", "description": "the CI runner",
-         "expires_at": "2099-01-01T00:00:00Z", "limits": {"requests_per_minute": 10}},
+        "POST",
+        "/keys",
+        {
+            "teams": ["team-a", "team-b"],
+            "name": "ci",
+            "description": "the CI runner",
+            "expires_at": "2099-01-01T00:00:00Z",
+            "limits": {"requests_per_minute": 10},
+        },
         status=201,
     )
     key = created["key"]
@@ -229,9 +252,15 @@ async def test_patch_key(admin, admin_gateway):
     created = await admin.ok("POST", "/keys", {"teams": ["team-a", "other"], "default_team": "other"}, status=201)
     path = f"/keys/{created['id']}"
     patched = await admin.ok(
-        "PATCH", path,
-        {"name": "renamed", "description": "d", "models": ["native-*"], "limits": {"tokens_per_day": 1000},
-         "expires_at": 4070908800},
+        "PATCH",
+        path,
+        {
+            "name": "renamed",
+            "description": "d",
+            "models": ["native-*"],
+            "limits": {"tokens_per_day": 1000},
+            "expires_at": 4070908800,
+        },
     )
     assert (patched["name"], patched["description"], patched["models"]) == ("renamed", "d", ["native-*"])
     assert patched["limits"]["tokens_per_day"] == 1000 and patched["expires_at"] == 4070908800
@@ -268,10 +297,18 @@ async def test_expired_key_shows_as_expired(admin, admin_gateway):
 @pytest.mark.parametrize(
     ("method", "path", "body", "says"),
     [
-        ("POST", "/teams", {"id": "t", "limits": {"requests_per_minute": -1}},
-         "limits.requests_per_minute: Input should be greater than or equal to 0"),
-        ("POST", "/teams", {"id": "t", "limits": {"requests_per_minute": "5"}},
-         "limits.requests_per_minute: Input should be a valid integer"),
+        (
+            "POST",
+            "/teams",
+            {"id": "t", "limits": {"requests_per_minute": -1}},
+            "limits.requests_per_minute: Input should be greater than or equal to 0",
+        ),
+        (
+            "POST",
+            "/teams",
+            {"id": "t", "limits": {"requests_per_minute": "5"}},
+            "limits.requests_per_minute: Input should be a valid integer",
+        ),
         ("POST", "/teams", {"id": "t", "colour": "blue"}, "colour: unknown field"),
         ("POST", "/teams", {"id": "no spaces allowed"}, "id: String should match pattern"),
         ("POST", "/teams", {"name": "no id"}, "id: Field required"),
@@ -289,7 +326,12 @@ async def test_expired_key_shows_as_expired(admin, admin_gateway):
         ("POST", "/keys", {"teams": ["team-a"], "models": [""]}, "models[0]: String should have at least 1 character"),
         ("POST", "/keys", {"teams": ["team-a"], "limits": {"cost_per_month_usd": -0.5}}, "limits.cost_per_month_usd"),
         ("POST", "/keys", {"teams": ["team-a"], "key": "gk-bring-your-own"}, "key: unknown field"),
-        ("POST", "/keys/KEY/rotate", {"grace_seconds": -1}, "grace_seconds: Input should be greater than or equal to 0"),
+        (
+            "POST",
+            "/keys/KEY/rotate",
+            {"grace_seconds": -1},
+            "grace_seconds: Input should be greater than or equal to 0",
+        ),
         ("POST", "/keys/KEY/rotate", {"grace_seconds": 10**9}, "grace_seconds: Input should be less than or equal"),
         ("PATCH", "/keys/KEY", {"teams": ["team-a"], "hash": "x"}, "hash: unknown field"),
     ],
@@ -364,8 +406,13 @@ async def test_keys_never_shown_after_creation(admin, admin_gateway, caplog):
     for _, key in made:
         await messages_status(admin_gateway.url, key)  # used, and so logged, if anything logs them
     await admin.ok("PATCH", f"/keys/{key_id}", {"name": "renamed"})
-    for method, path in [("GET", f"/keys/{key_id}"), ("GET", "/keys"), ("GET", "/keys?team=secrets"),
-                         ("GET", "/teams"), ("GET", "/openapi.json")]:
+    for method, path in [
+        ("GET", f"/keys/{key_id}"),
+        ("GET", "/keys"),
+        ("GET", "/keys?team=secrets"),
+        ("GET", "/teams"),
+        ("GET", "/openapi.json"),
+    ]:
         await admin.ok(method, path)
     await admin.ok("POST", f"/keys/{key_id}/revoke")
     await admin.call("POST", f"/keys/{key_id}/rotate", {"grace_seconds": 0})  # refused: revoked
@@ -393,17 +440,23 @@ async def test_openapi_document_describes_every_route(admin, admin_gateway):
     document = await admin.ok("GET", "/openapi.json")
     assert document["openapi"].startswith("3.1")
     assert document["components"]["securitySchemes"]["admin_token"] == {
-        "type": "http", "scheme": "bearer", "description": "the `admin.token` of the configuration"
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the `admin.token` of the configuration",
     }
     assert document["security"] == [{"admin_token": []}]
 
     # Every route the admin app really serves is in the document, and nothing else.
     mounted = next(
-        resource for resource in admin_gateway.app.router.resources()
+        resource
+        for resource in admin_gateway.app.router.resources()
         if isinstance(resource, web.PrefixedSubAppResource) and resource.canonical == "/admin"
     )
-    served = {(route.method.lower(), route.resource.canonical) for route in mounted.get_info()["app"].router.routes()
-              if route.method != "HEAD"}
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in mounted.get_info()["app"].router.routes()
+        if route.method != "HEAD"
+    }
     documented = {(method, path) for path, operations in document["paths"].items() for method in operations}
     assert served == documented and len(documented) == len(ROUTES)
 

@@ -57,8 +57,11 @@ async def messages_answered(url: str) -> float:
             assert response.status == 200
             exposition = await response.text()
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
-        if line.startswith("gateway_requests_total{") and 'operation="messages"' in line and 'status_class="2xx"' in line
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith("gateway_requests_total{")
+        and 'operation="messages"' in line
+        and 'status_class="2xx"' in line
     )
 
 
@@ -77,19 +80,23 @@ async def test_every_worker_serves_the_admin_listener_and_only_it_serves_the_ope
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
             body = {"teams": ["team-a"], "name": "made-on-the-admin-port"}
-            async with http.post(f"{admin}/admin/keys", json=body,
-                                 headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+            async with http.post(
+                f"{admin}/admin/keys", json=body, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+            ) as response:
                 assert response.status == 201, await response.text()
                 key = (await response.json())["key"]
-            async with http.get(f"{served.url}/admin/teams", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+            async with http.get(
+                f"{served.url}/admin/teams", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+            ) as response:
                 assert response.status == 404
             async with http.get(f"{served.url}/metrics") as response:
                 assert response.status == 404
 
         async with anthropic.AsyncAnthropic(base_url=served.url, api_key=key, max_retries=0) as sdk:
             for _ in range(4):
-                message = await sdk.messages.create(model="chat-model", max_tokens=16,
-                                                    messages=[{"role": "user", "content": "hi"}])
+                message = await sdk.messages.create(
+                    model="chat-model", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+                )
                 assert message.type == "message"
 
         # Any worker's /metrics adds up both: the four answers are there, whichever answers

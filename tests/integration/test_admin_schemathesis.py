@@ -136,11 +136,7 @@ def test_admin_api_conforms_to_its_document(admin_schema, live_gateway, method, 
 
     @given(case=strategy)
     @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
+        max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
     )
     def check(case):
         statuses.append(case.call_and_validate(base_url=live_gateway, checks=CHECKS).status_code)

@@ -28,9 +28,15 @@ async def test_both_header_styles_authenticate_the_same_key(gateway, upstream):
     async with sdk(gateway, api_key="client-key") as client:  # SDK 2.x: Authorization: Bearer
         assert (await client.messages.create(model="chat-model", **ASK)).type == "message"
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{gateway.url}/v1/messages", json={"model": "chat-model", **ASK}, headers={"x-api-key": "client-key"}) as r:
+        async with http.post(
+            f"{gateway.url}/v1/messages", json={"model": "chat-model", **ASK}, headers={"x-api-key": "client-key"}
+        ) as r:
             assert r.status == 200
-        async with http.post(f"{gateway.url}/v1/messages", json={"model": "chat-model", **ASK}, headers={"authorization": "Bearer client-key"}) as r:
+        async with http.post(
+            f"{gateway.url}/v1/messages",
+            json={"model": "chat-model", **ASK},
+            headers={"authorization": "Bearer client-key"},
+        ) as r:
             assert r.status == 200
     # The client's credential never reaches the upstream, whichever header carried it.
     for sent in upstream.requests:
@@ -49,7 +55,9 @@ async def test_both_header_styles_authenticate_the_same_key(gateway, upstream):
 )
 async def test_401_cases(gateway, upstream, headers, message):
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{gateway.url}/v1/messages", json={"model": "chat-model", **ASK}, headers=headers) as response:
+        async with http.post(
+            f"{gateway.url}/v1/messages", json={"model": "chat-model", **ASK}, headers=headers
+        ) as response:
             body = await response.json()
             assert response.status == 401
             assert response.headers["x-should-retry"] == "false"
@@ -70,8 +78,13 @@ async def test_sdk_raises_authentication_error_and_sends_once(gateway, caplog):
 
 async def add_key(gateway, raw: str, **fields) -> ApiKey:
     record = ApiKey(
-        id="key_test_" + raw[-4:], prefix=shown_prefix(raw), hash=hash_key(raw), teams=("team-a",),
-        default_team="team-a", created_at=time.time(), **fields,
+        id="key_test_" + raw[-4:],
+        prefix=shown_prefix(raw),
+        hash=hash_key(raw),
+        teams=("team-a",),
+        default_team="team-a",
+        created_at=time.time(),
+        **fields,
     )
     return await gateway.app[RUNTIME].store.create_key(record)
 

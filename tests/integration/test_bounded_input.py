@@ -31,7 +31,9 @@ TURN = {"role": "user", "content": "x"}
 
 async def post(url: str, body: bytes) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(url, data=body, headers={"content-type": "application/json", **CLIENT_HEADERS}) as response:
+        async with http.post(
+            url, data=body, headers={"content-type": "application/json", **CLIENT_HEADERS}
+        ) as response:
             return response.status, orjson.loads(await response.read())
 
 
@@ -77,17 +79,26 @@ async def test_messages_past_the_cap_are_refused_and_at_it_served(gateway, upstr
 async def test_blocks_past_the_cap_are_refused_and_at_it_served(gateway, upstream, logs, path):
     cap = DEFAULT_CAPS.max_blocks_per_message
     block = {"type": "text", "text": "x"}
-    many = {"model": "chat-model", "messages": [TURN, {"role": "assistant", "content": "ok"},
-                                                {"role": "user", "content": [block] * (cap + 1)}]}
+    many = {
+        "model": "chat-model",
+        "messages": [TURN, {"role": "assistant", "content": "ok"}, {"role": "user", "content": [block] * (cap + 1)}],
+    }
     status, body = await post(gateway.url + path, orjson.dumps(many))
-    assert_refused(status, body, f"messages.2.content: {cap + 1} content blocks, more than the limit of {cap}"
-                                 " (server.max_blocks_per_message)")
+    assert_refused(
+        status,
+        body,
+        f"messages.2.content: {cap + 1} content blocks, more than the limit of {cap} (server.max_blocks_per_message)",
+    )
     inner = {"type": "tool_result", "tool_use_id": "t1", "content": [block] * (cap + 1)}
-    status, body = await post(gateway.url + path, orjson.dumps({**many, "messages": [{"role": "user", "content": [inner]}]}))
+    status, body = await post(
+        gateway.url + path, orjson.dumps({**many, "messages": [{"role": "user", "content": [inner]}]})
+    )
     assert_refused(status, body, f"messages.0.content.0.content: {cap + 1} content blocks")
     assert upstream.requests == []
 
-    status, body = await post(gateway.url + path, orjson.dumps({**many, "messages": [{"role": "user", "content": [block] * cap}]}))
+    status, body = await post(
+        gateway.url + path, orjson.dumps({**many, "messages": [{"role": "user", "content": [block] * cap}]})
+    )
     assert status == 200, body
     await gateway.settled()
     assert_no_traceback(logs)
@@ -140,7 +151,9 @@ async def test_the_deepest_legal_schema_is_served(gateway, upstream, logs, path,
     assert status == 200, body
     if path == "/v1/messages":
         sent = upstream.requests[-1].body
-        schema = sent["tools"][0]["function"]["parameters"] if model == "chat-model" else sent["tools"][0]["input_schema"]
+        schema = (
+            sent["tools"][0]["function"]["parameters"] if model == "chat-model" else sent["tools"][0]["input_schema"]
+        )
         depth = 1
         while schema:
             schema, depth = schema["a"], depth + 1
@@ -161,7 +174,9 @@ async def test_the_deepest_legal_schema_is_served(gateway, upstream, logs, path,
 async def test_a_schema_nested_too_deep_is_refused(gateway, upstream, logs, path, levels):
     status, body = await post(gateway.url + path, with_schema(levels))
     limit = DEFAULT_CAPS.max_json_depth
-    assert_refused(status, body, f"tools.0.input_schema.a.a...: JSON nested more than {limit} levels deep (server.max_json_depth)")
+    assert_refused(
+        status, body, f"tools.0.input_schema.a.a...: JSON nested more than {limit} levels deep (server.max_json_depth)"
+    )
     output = (
         b'{"model":"chat-model","messages":[{"role":"user","content":"x"}],'
         b'"output_config":{"format":{"type":"json_schema","schema":' + nested(levels - 3) + b"}}}"
@@ -178,8 +193,11 @@ async def test_a_schema_nested_too_deep_is_refused(gateway, upstream, logs, path
     [
         ("metadata", nested(300), "metadata.a.a.a.a...: JSON nested"),
         ("container", nested(300), "container.a.a.a.a...: JSON nested"),  # a field only native backends read
-        ("messages", b'[{"role":"user","content":[{"type":"tool_use","id":"t","name":"f","input":' + nested(300)
-         + b"}]}]", "messages.0.content.0.input...: JSON nested"),
+        (
+            "messages",
+            b'[{"role":"user","content":[{"type":"tool_use","id":"t","name":"f","input":' + nested(300) + b"}]}]",
+            "messages.0.content.0.input...: JSON nested",
+        ),
     ],
 )
 async def test_anything_nested_too_deep_is_refused(gateway, upstream, logs, field, value, says):
@@ -211,7 +229,9 @@ async def test_a_huge_model_name_is_refused_not_echoed(gateway, upstream, logs, 
     assert_refused(status, body, f"model: String should have at most {MAX_MODEL_NAME} characters")
     assert len(orjson.dumps(body)) < 1000
 
-    status, body = await post(gateway.url + path, orjson.dumps({"model": "m" * (MAX_MODEL_NAME + 1), "messages": [TURN]}))
+    status, body = await post(
+        gateway.url + path, orjson.dumps({"model": "m" * (MAX_MODEL_NAME + 1), "messages": [TURN]})
+    )
     assert_refused(status, body, "model: String should have at most")
     status, body = await post(gateway.url + path, orjson.dumps({"model": "m" * MAX_MODEL_NAME, "messages": [TURN]}))
     assert status == 404 and body["error"] == {"type": "not_found_error", "message": f"model: {'m' * MAX_MODEL_NAME}"}
@@ -276,8 +296,11 @@ async def test_other_control_characters_never_reach_the_upstream(gateway, upstre
     host, port = gateway.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        writer.write(b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\nx-api-key: client-key\r\n" + header
-                     + b"\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+        writer.write(
+            b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\nx-api-key: client-key\r\n"
+            + header
+            + b"\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+        )
         answer = await reader.read()
     finally:
         writer.close()

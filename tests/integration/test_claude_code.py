@@ -24,7 +24,11 @@ CLIENTS_DIR = Path(os.environ.get("GATEWAY_TEST_CLIENTS", Path.home() / ".cache"
 
 
 def claude_binary() -> str | None:
-    for candidate in (os.environ.get("CLAUDE_CODE_BIN"), str(CLIENTS_DIR / "node_modules" / ".bin" / "claude"), shutil.which("claude")):
+    for candidate in (
+        os.environ.get("CLAUDE_CODE_BIN"),
+        str(CLIENTS_DIR / "node_modules" / ".bin" / "claude"),
+        shutil.which("claude"),
+    ):
         if candidate and Path(candidate).exists():
             return candidate
     return None
@@ -79,13 +83,15 @@ async def test_say_hi(gateway, upstream, tmp_path):
 async def test_tool_use_turn(gateway, upstream, tmp_path):
     bash = {"index": 0, "id": "call_ls", "type": "function", "function": {"name": "Bash", "arguments": ""}}
     upstream.script(
-        {"sse": chat_chunks(
-            {"content": "Let me look."},
-            {"tool_calls": [bash]},
-            {"tool_calls": [{"index": 0, "function": {"arguments": '{"command": "ls", '}}]},
-            {"tool_calls": [{"index": 0, "function": {"arguments": '"description": "List files"}'}}]},
-            finish_reason="tool_calls",
-        )},
+        {
+            "sse": chat_chunks(
+                {"content": "Let me look."},
+                {"tool_calls": [bash]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '{"command": "ls", '}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"description": "List files"}'}}]},
+                finish_reason="tool_calls",
+            )
+        },
         {"sse": chat_chunks({"content": "There is one file: README.md."})},
     )
     code, out, err = await run_claude(

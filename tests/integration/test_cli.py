@@ -54,8 +54,19 @@ def cli(tmp_path, redis_url) -> Cli:
 
 
 def test_teams(cli):
-    created = cli.json("teams", "create", "ops", "--name", "Ops", "--models", "claude-*,gpt-4o", "--rpm", "60",
-                       "--metadata", "owner=sre")
+    created = cli.json(
+        "teams",
+        "create",
+        "ops",
+        "--name",
+        "Ops",
+        "--models",
+        "claude-*,gpt-4o",
+        "--rpm",
+        "60",
+        "--metadata",
+        "owner=sre",
+    )
     assert created["id"] == "ops" and created["models"] == ["claude-*", "gpt-4o"]
     assert created["limits"]["requests_per_minute"] == 60 and created["metadata"] == {"owner": "sre"}
     cli.run("teams", "create", "web")
@@ -65,7 +76,9 @@ def test_teams(cli):
     assert table[1].split()[:4] == ["ops", "Ops", "claude-*,gpt-4o", "rpm=60"]
     assert table[2].split()[:4] == ["web", "-", "*", "-"]
     # Aligned: every row's second column starts where the header's does.
-    assert {line.index(word) for line, word in zip(table, ["NAME", "Ops", "-"], strict=True)} == {table[0].index("NAME")}
+    assert {line.index(word) for line, word in zip(table, ["NAME", "Ops", "-"], strict=True)} == {
+        table[0].index("NAME")
+    }
     assert [team["id"] for team in cli.json("teams", "list")["data"]] == ["ops", "web"]
 
     updated = cli.json("teams", "update", "ops", "--rpm", "none", "--concurrency", "4", "--count-tokens-rpm", "120")
@@ -82,8 +95,9 @@ def test_teams(cli):
 def test_keys(cli):
     cli.run("teams", "create", "ops")
     cli.run("teams", "create", "web")
-    created = cli.run("keys", "create", "--team", "ops", "--team", "web", "--name", "ci", "--expires-in", "30d",
-                      "--json")
+    created = cli.run(
+        "keys", "create", "--team", "ops", "--team", "web", "--name", "ci", "--expires-in", "30d", "--json"
+    )
     made = json.loads(created.stdout)
     key = made["key"]
     assert key.startswith("gk-") and key.startswith(made["prefix"]) and made["teams"] == ["ops", "web"]
@@ -200,13 +214,20 @@ async def test_what_the_file_declares_is_refused_naming_the_file(tmp_path, redis
     key_id = next(key["id"] for key in cli.json("keys", "list")["data"] if key["name"] == "client")
     with ThreadPoolExecutor() as pool:  # subprocesses, off the event loop
         loop = asyncio.get_running_loop()
-        refusals = await asyncio.gather(*(loop.run_in_executor(pool, cli.fails, *args) for args in [
-            ("teams", "update", "team-a", "--rpm", "1"),
-            ("teams", "delete", "team-b"),
-            ("keys", "update", key_id, "--models", "chat-*"),
-            ("keys", "rotate", key_id, "--grace", "60"),
-        ]))
+        refusals = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, cli.fails, *args)
+                for args in [
+                    ("teams", "update", "team-a", "--rpm", "1"),
+                    ("teams", "delete", "team-b"),
+                    ("keys", "update", key_id, "--models", "chat-*"),
+                    ("keys", "rotate", key_id, "--grace", "60"),
+                ]
+            )
+        )
         for refusal in refusals:
             assert f"is declared in {config}" in refusal, refusal
-        shown = await loop.run_in_executor(pool, cli.json, "keys", "update", key_id, "--expires-at", "2100-01-01T00:00:00Z")
+        shown = await loop.run_in_executor(
+            pool, cli.json, "keys", "update", key_id, "--expires-at", "2100-01-01T00:00:00Z"
+        )
     assert shown["expires_at"] == 4102444800.0 and shown["managed_by"] == "config"

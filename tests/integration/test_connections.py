@@ -58,8 +58,10 @@ class Guarded:
 
 
 def server_settings(extra: str = "") -> str:
-    return (f"server: {{ping_interval: 0.2, header_timeout: {HEADER_TIMEOUT}, body_timeout: {BODY_TIMEOUT}, "
-            f"max_connections: {MAX_CONNECTIONS}{extra}}}")
+    return (
+        f"server: {{ping_interval: 0.2, header_timeout: {HEADER_TIMEOUT}, body_timeout: {BODY_TIMEOUT}, "
+        f"max_connections: {MAX_CONNECTIONS}{extra}}}"
+    )
 
 
 async def serve_guarded(config_text: str, *, admin: bool = False) -> Guarded:
@@ -115,7 +117,9 @@ async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: 
     """One keep-alive GET on an open connection; its status."""
     writer.write(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PATIENCE)
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
     await reader.readexactly(length)
     return int(head.split()[1])
 
@@ -146,8 +150,10 @@ async def test_a_connection_that_never_sends_a_byte_is_closed_without_an_answer(
 
 async def test_a_client_sending_its_body_slowly_is_answered_408_and_closed(gateway):
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.ports[0])
-    head = (b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nx-api-key: client-key\r\n"
-            b"content-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"model\": \"chat-model\"")
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: gateway\r\nx-api-key: client-key\r\n"
+        b'content-type: application/json\r\ncontent-length: 100000\r\n\r\n{"model": "chat-model"'
+    )
     sending = asyncio.create_task(trickle(writer, head, b"    "))
     try:
         raw = await answer_then_end(reader)
@@ -178,10 +184,13 @@ async def test_a_request_aiohttp_cannot_parse_is_answered_in_the_messages_format
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING or record.exc_info]
 
 
-@pytest.mark.parametrize("line", [
-    b"x-api-key: gk-live-Secret\x01KeyMaterial0123456789",  # a stray byte inside a key
-    b"x-api-key: gk-live-SecretKeyMaterial0123456789" + b"a" * 9000,  # a key past the field limit
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"x-api-key: gk-live-Secret\x01KeyMaterial0123456789",  # a stray byte inside a key
+        b"x-api-key: gk-live-SecretKeyMaterial0123456789" + b"a" * 9000,  # a key past the field limit
+    ],
+)
 async def test_the_parser_s_refusal_never_echoes_or_logs_the_clients_bytes(gateway, caplog, line):
     """aiohttp's parser quotes the offending header line in its message; that line may be
     an API key. The answer and the log say what was wrong, never the bytes."""
@@ -300,13 +309,23 @@ async def status_of(url: str, *, token: str | None = None, local: str = "127.0.0
 async def test_with_an_admin_listener_the_operator_paths_are_served_there_only(split):
     client, admin = (f"http://127.0.0.1:{port}" for port in split.ports)
     # Spelt as routing would still find them, too: dot segments, an escaped letter, a double slash.
-    for path in ("/metrics", "/admin/teams", "/admin/openapi.json", "/admin", "/x/../admin/teams",
-                 "/%61dmin/teams", "//admin/teams", "/metrics/"):
+    for path in (
+        "/metrics",
+        "/admin/teams",
+        "/admin/openapi.json",
+        "/admin",
+        "/x/../admin/teams",
+        "/%61dmin/teams",
+        "//admin/teams",
+        "/metrics/",
+    ):
         status, _, body = await status_of(client + path, token=ADMIN_TOKEN)
         assert status == 404 and body["error"]["type"] == "not_found_error", path
     assert (await status_of(client + "/healthz"))[0] == 200
     async with anthropic.AsyncAnthropic(base_url=client, api_key="client-key", max_retries=0) as sdk:
-        message = await sdk.messages.create(model="chat-model", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+        message = await sdk.messages.create(
+            model="chat-model", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+        )
     assert message.type == "message"
 
     status, headers, body = await status_of(admin + "/metrics")

@@ -42,9 +42,8 @@ def config_text(upstream_url: str, store_line: str, ci_key: str, *, retiring: bo
     keys:
       - {{name: ci, key: {ci_key}}}
 """ + ("      - {name: retiring, key: retiring-key-01}\n" if retiring else "")
-    return (
-        f"{store_line}auth: {{cache_ttl: 3600}}\nadmin: {{token: admin-token-for-tests}}\n"
-        + gateway_config(upstream_url, teams=teams)
+    return f"{store_line}auth: {{cache_ttl: 3600}}\nadmin: {{token: admin-token-for-tests}}\n" + gateway_config(
+        upstream_url, teams=teams
     )
 
 
@@ -54,7 +53,9 @@ async def answer(http: aiohttp.ClientSession, url: str, key: str) -> tuple[int, 
         return response.status, body["error"]["message"] if response.status != 200 else ""
 
 
-async def call(http: aiohttp.ClientSession, url: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+async def call(
+    http: aiohttp.ClientSession, url: str, method: str, path: str, body: dict | None = None
+) -> tuple[int, dict]:
     async with http.request(method, f"{url}/admin{path}", json=body, headers=ADMIN) as response:
         return response.status, await response.json()
 
@@ -82,7 +83,9 @@ async def test_the_file_owns_the_keys_it_declares(upstream, tmp_path, request, k
         async with aiohttp.ClientSession() as http:
             assert await answer(http, running.url, "ci-value-A") == (200, "")
             assert await answer(http, running.url, "retiring-key-01") == (200, "")
-            status, made = await call(http, running.url, "POST", "/keys", {"teams": ["team-a"], "name": "an operator's"})
+            status, made = await call(
+                http, running.url, "POST", "/keys", {"teams": ["team-a"], "name": "an operator's"}
+            )
             assert status == 201
             ci = await key_named(http, running.url, "ci")
             assert ci["managed_by"] == "config" and made["managed_by"] is None
@@ -157,8 +160,16 @@ async def test_records_an_earlier_version_stored_still_load(upstream, redis_url)
         await legacy.put_team(Team(id="team-a", name="Team A", created_at=1.0))
         for value in ("ci-value-A", "retiring-key-01"):
             digest = hash_key(value)
-            await legacy.put_key(ApiKey(id=key_id_for_hash(digest), prefix=value[:9], hash=digest, teams=("team-a",),
-                                        default_team="team-a", created_at=1.0))
+            await legacy.put_key(
+                ApiKey(
+                    id=key_id_for_hash(digest),
+                    prefix=value[:9],
+                    hash=digest,
+                    teams=("team-a",),
+                    default_team="team-a",
+                    created_at=1.0,
+                )
+            )
         made, made_key = await accounts.create_key(legacy, ["team-a"], name="an operator's")
         stored = await raw.get("{gw}:key:" + key_id_for_hash(hash_key("ci-value-A")))
         assert b"managed_by" not in stored and b"managed_by" not in await raw.get("{gw}:team:team-a")  # as it was

@@ -64,8 +64,17 @@ async def start_demo(directory: Path, *args: str, env: dict[str, str] | None = N
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | (env or {})
     with out.open("w") as stdout, err.open("w") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "demo", "--port", str(port), *args,
-            cwd=ROOT, stdout=stdout, stderr=stderr, env=environment,
+            sys.executable,
+            "-m",
+            "gateway",
+            "demo",
+            "--port",
+            str(port),
+            *args,
+            cwd=ROOT,
+            stdout=stdout,
+            stderr=stderr,
+            env=environment,
         )
     return Demo(f"http://127.0.0.1:{port}", process, out, err)
 
@@ -149,7 +158,9 @@ async def test_a_chosen_key_is_used_and_never_printed(tmp_path):
     try:
         await ready(chosen)
         async with anthropic.AsyncAnthropic(base_url=chosen.url, api_key=key, max_retries=0) as sdk:
-            message = await sdk.messages.create(model="demo", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+            message = await sdk.messages.create(
+                model="demo", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+            )
         assert message.content[0].text.startswith("Hello from the demo upstream.")
         assert key not in chosen.printed() + chosen.logged()
         assert 'ANTHROPIC_API_KEY="$GATEWAY_DEMO_KEY"' in chosen.printed()

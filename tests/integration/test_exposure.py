@@ -26,16 +26,25 @@ WEAK_ADMIN = "admin-change-me"
 
 def gateway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env={**clean, **(env or {})},
-                          capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def test_serve_refuses_the_quick_start_demo_key_on_every_interface():
     result = gateway("serve", "--config", "config.example.yaml", "--host", "0.0.0.0", "--port", str(free_port()))
     assert result.returncode == 1, result.stderr
     assert "config.example.yaml: 1 problem(s):" in result.stderr
-    assert "teams[0].keys[0].key: a placeholder or a value published with the gateway: " \
-           "refused on a non-loopback address (0.0.0.0)" in result.stderr
+    assert (
+        "teams[0].keys[0].key: a placeholder or a value published with the gateway: "
+        "refused on a non-loopback address (0.0.0.0)" in result.stderr
+    )
     assert "gk-demo-change-me" not in result.stderr + result.stdout
     assert "listening" not in result.stderr
 
@@ -43,14 +52,16 @@ def test_serve_refuses_the_quick_start_demo_key_on_every_interface():
 def test_an_admin_listener_beyond_loopback_needs_a_long_admin_token(tmp_path):
     """The client listener on loopback does not make the admin token's listener safe."""
     config = tmp_path / "gateway.yaml"
-    config.write_text("admin: {token: \"${GATEWAY_ADMIN_TOKEN}\"}\n")
+    config.write_text('admin: {token: "${GATEWAY_ADMIN_TOKEN}"}\n')
     short = {"GATEWAY_ADMIN_TOKEN": "a-short-token-0001"}
     admin = f"0.0.0.0:{free_port()}"
     for command in (["serve", "--config", str(config), "--port", str(free_port())], ["check-config", str(config)]):
         result = gateway(*command, "--admin-listen", admin, env=short)
         assert result.returncode == 1, result.stderr
-        assert "admin.token: too short (18 characters; at least 32): refused on a non-loopback address (0.0.0.0)" \
-               in result.stderr
+        assert (
+            "admin.token: too short (18 characters; at least 32): refused on a non-loopback address (0.0.0.0)"
+            in result.stderr
+        )
         assert short["GATEWAY_ADMIN_TOKEN"] not in result.stderr
     strong = {"GATEWAY_ADMIN_TOKEN": secrets.token_hex(32)}
     assert gateway("check-config", str(config), "--admin-listen", admin, env=strong).returncode == 0
@@ -67,13 +78,17 @@ async def test_a_reload_cannot_bring_a_weak_secret_to_a_public_listener(upstream
     try:
         path.write_text(f"admin: {{token: {WEAK_ADMIN}}}\n" + gateway_config(upstream.url))
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{running.url}/admin/reload", headers={"authorization": f"Bearer {strong}"}) as response:
+            async with http.post(
+                f"{running.url}/admin/reload", headers={"authorization": f"Bearer {strong}"}
+            ) as response:
                 body = await response.json()
             assert response.status == 400
             assert "admin.token: a placeholder" in body["error"]["message"]
             assert WEAK_ADMIN not in body["error"]["message"]
             for token, status in ((strong, 200), (WEAK_ADMIN, 401)):  # the running configuration stays
-                async with http.get(f"{running.url}/admin/teams", headers={"authorization": f"Bearer {token}"}) as response:
+                async with http.get(
+                    f"{running.url}/admin/teams", headers={"authorization": f"Bearer {token}"}
+                ) as response:
                     assert response.status == status
     finally:
         await running.runner.cleanup()

@@ -117,8 +117,9 @@ WHOLE = {
 
 @pytest.mark.parametrize("model", BACKEND)
 @pytest.mark.parametrize("reply", WHOLE.values(), ids=WHOLE.keys())
-async def test_a_whole_answer_past_the_cap_is_a_502_and_releases_everything(gateway, upstream, access_log, model,
-                                                                             reply):
+async def test_a_whole_answer_past_the_cap_is_a_502_and_releases_everything(
+    gateway, upstream, access_log, model, reply
+):
     upstream.script(reply)
     async with anthropic.AsyncAnthropic(base_url=gateway.url, api_key="client-key", max_retries=0) as sdk:
         with pytest.raises(anthropic.InternalServerError) as caught:
@@ -134,13 +135,30 @@ async def test_a_whole_answer_past_the_cap_is_a_502_and_releases_everything(gate
 # ---------------------------------------------------------------- streams
 
 NATIVE_START = [
-    {"event": "message_start", "data": {"type": "message_start", "message": {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "upstream-native-model", "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}},
-    {"event": "content_block_start",
-     "data": {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}},
-    {"event": "content_block_delta",
-     "data": {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}},
+    {
+        "event": "message_start",
+        "data": {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "upstream-native-model",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 5, "output_tokens": 1},
+            },
+        },
+    },
+    {
+        "event": "content_block_start",
+        "data": {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    },
+    {
+        "event": "content_block_delta",
+        "data": {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+    },
 ]
 STARTS = {"chat-model": chat_chunks({"content": "Hello"})[:2], "native-model": NATIVE_START}
 STREAMS = {
@@ -152,15 +170,18 @@ STREAMS = {
 
 @pytest.mark.parametrize("model", BACKEND)
 @pytest.mark.parametrize(("options", "tail"), STREAMS.values(), ids=STREAMS.keys())
-async def test_a_stream_line_or_event_past_the_cap_ends_in_an_error_event(gateway, upstream, access_log, model,
-                                                                          options, tail):
+async def test_a_stream_line_or_event_past_the_cap_ends_in_an_error_event(
+    gateway, upstream, access_log, model, options, tail
+):
     upstream.script({"sse": [*STARTS[model], *tail], "repeat": "forever", **options})
     status, events = await stream(gateway.url, {"model": model, **ASK})
     assert status == 200
     assert [e["type"] for e in events] == ["message_start", "content_block_start", "content_block_delta", "error"]
     assert events[2]["delta"]["text"] == "Hello"
     assert events[-1]["error"] == {
-        "type": "api_error", "message": f"the model's backend sent a stream line or event longer than {MAX_EVENT} bytes"}
+        "type": "api_error",
+        "message": f"the model's backend sent a stream line or event longer than {MAX_EVENT} bytes",
+    }
     await released(gateway, upstream, model)
     line = access_log()[0]
     assert line["status"] == 200 and line["error_type"] == "api_error"
@@ -175,8 +196,12 @@ async def test_a_stream_read_that_inflates_past_the_cap_ends_in_an_error_event(g
     status, events = await stream(gateway.url, {"model": model, **ASK})
     assert status == 200
     assert [e["type"] for e in events] == ["message_start", "content_block_start", "content_block_delta", "error"]
-    assert events[-1]["error"] == {"type": "api_error", "message": (
-        f"the model's backend sent more at once than the gateway holds ({MAX_RESPONSE} bytes, max_response_bytes)")}
+    assert events[-1]["error"] == {
+        "type": "api_error",
+        "message": (
+            f"the model's backend sent more at once than the gateway holds ({MAX_RESPONSE} bytes, max_response_bytes)"
+        ),
+    }
     await released(gateway, upstream, model)
     assert access_log()[0]["upstream_errors"] == [f"{BACKEND[model]}:stream_protocol"]
 
@@ -192,10 +217,17 @@ async def test_a_refused_stream_whose_error_body_never_ends_is_a_502(gateway, up
 
 # ---------------------------------------------------------------- credentials in upstream text
 
-LEAKED = ("gsk_4fQ2kLmN8pRsTuVwXyZa0123", "xai-Zq8Yw7Xv6Ut5Sr4Qp3On2Ml1", "hf_AbCdEfGhIjKlMnOpQrStUvWx",
-          "0123456789abcdef0123456789abcdef", "Zx9Yw8Vu7Ts6Rq5")
-LEAKY = (f"bad key {LEAKED[0]}, tried {LEAKED[1]} and {LEAKED[2]}; subscription key {LEAKED[3]} "
-         f"from /deployments/x?api-key={LEAKED[4]}")
+LEAKED = (
+    "gsk_4fQ2kLmN8pRsTuVwXyZa0123",
+    "xai-Zq8Yw7Xv6Ut5Sr4Qp3On2Ml1",
+    "hf_AbCdEfGhIjKlMnOpQrStUvWx",
+    "0123456789abcdef0123456789abcdef",
+    "Zx9Yw8Vu7Ts6Rq5",
+)
+LEAKY = (
+    f"bad key {LEAKED[0]}, tried {LEAKED[1]} and {LEAKED[2]}; subscription key {LEAKED[3]} "
+    f"from /deployments/x?api-key={LEAKED[4]}"
+)
 
 
 def leaky_error(status: int = 400) -> dict:
@@ -207,22 +239,32 @@ LEAKS = {
     "native-error-status": ("native-model", False, leaky_error()),
     "chat-refused-stream": ("chat-model", True, leaky_error(422)),
     "chat-error-chunk": ("chat-model", True, {"sse": [*STARTS["chat-model"], {"error": {"message": LEAKY}}]}),
-    "native-error-event": ("native-model", True, {"sse": [*NATIVE_START, {"event": "error", "data": {
-        "type": "error", "error": {"type": "api_error", "message": LEAKY}}}]}),
+    "native-error-event": (
+        "native-model",
+        True,
+        {
+            "sse": [
+                *NATIVE_START,
+                {"event": "error", "data": {"type": "error", "error": {"type": "api_error", "message": LEAKY}}},
+            ]
+        },
+    ),
 }
 
 
 @pytest.mark.parametrize(("model", "streamed", "reply"), LEAKS.values(), ids=LEAKS.keys())
 async def test_credentials_in_upstream_error_text_reach_neither_the_client_nor_the_logs(
-        gateway, upstream, caplog, access_log, model, streamed, reply):
+    gateway, upstream, caplog, access_log, model, streamed, reply
+):
     upstream.script(reply)
     if streamed:
         _, events = await stream(gateway.url, {"model": model, **ASK})
         answer = events[-1]
     else:
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{gateway.url}/v1/messages", json={"model": model, **ASK},
-                                 headers=CLIENT_HEADERS) as response:
+            async with http.post(
+                f"{gateway.url}/v1/messages", json={"model": model, **ASK}, headers=CLIENT_HEADERS
+            ) as response:
                 answer = await response.json()
     assert answer["type"] == "error"
     message = answer["error"]["message"]

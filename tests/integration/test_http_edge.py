@@ -34,8 +34,13 @@ def assert_error(status: int, headers: dict, body: dict, want_status: int, want_
         (b"model=x", "application/x-www-form-urlencoded", 400, "invalid_request_error", "Content-Type"),
         (b"[1, 2]", "application/json", 400, "invalid_request_error", "object"),
         (b'"just a string"', "application/json", 400, "invalid_request_error", "object"),
-        (orjson.dumps({**MINIMAL, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}),
-         "application/json", 400, "invalid_request_error", "messages.0.content.0.source.type"),
+        (
+            orjson.dumps({**MINIMAL, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}),
+            "application/json",
+            400,
+            "invalid_request_error",
+            "messages.0.content.0.source.type",
+        ),
         (b"\xff\xfe\x00garbage", "application/json", 400, "invalid_request_error", "not valid JSON"),
     ],
 )
@@ -47,7 +52,9 @@ async def test_bad_bodies(gateway, upstream, data, content_type, status, error_t
 
 
 async def test_body_over_the_limit_is_413(upstream):
-    small = await start_gateway(gateway_config(upstream.url).replace("ping_interval: 0.2", "ping_interval: 0.2, max_body_bytes: 2048"))
+    small = await start_gateway(
+        gateway_config(upstream.url).replace("ping_interval: 0.2", "ping_interval: 0.2, max_body_bytes: 2048")
+    )
     try:
         big = orjson.dumps({**MINIMAL, "messages": [{"role": "user", "content": "x" * 4096}]})
         status, headers, body = await post(f"{small.url}/v1/messages", big)

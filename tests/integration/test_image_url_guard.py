@@ -79,16 +79,21 @@ def asking(model: str, *urls: str, stream: bool = False) -> dict:
 
 async def post(url: str, body: dict, path: str = "/v1/messages") -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}{path}", data=orjson.dumps(body), headers={
-            "x-api-key": "client-key", "content-type": "application/json",
-        }) as response:
+        async with http.post(
+            f"{url}{path}",
+            data=orjson.dumps(body),
+            headers={"x-api-key": "client-key", "content-type": "application/json"},
+        ) as response:
             assert response.content_type == "application/json"
             return response.status, orjson.loads(await response.read())
 
 
 REFUSED = [
     ("http://169.254.169.254/latest/meta-data/iam/", "only https URLs are allowed (image_url_guard.schemes)"),
-    ("https://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address (image_url_guard.allow_private)"),
+    (
+        "https://169.254.169.254/latest/meta-data/",
+        "169.254.169.254 is a link-local address (image_url_guard.allow_private)",
+    ),
     ("https://2130706433/", "127.0.0.1 is a loopback address"),
     ("https://0x7f.1/", "127.0.0.1 is a loopback address"),
     ("https://[::ffff:169.254.169.254]/", "stands for 169.254.169.254, a link-local address"),
@@ -137,13 +142,23 @@ async def test_the_sdk_sees_a_refusal_as_a_bad_request(gateway, upstream):
 
 async def test_image_urls_in_tool_results_are_checked_too(gateway, upstream):
     body = {
-        "model": "chat-model", "max_tokens": 50,
+        "model": "chat-model",
+        "max_tokens": 50,
         "messages": [
             {"role": "user", "content": "fetch it"},
             {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get", "input": {}}]},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
-                {"type": "image", "source": {"type": "url", "url": "https://192.168.1.1/admin.png"}},
-            ]}]},
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [
+                            {"type": "image", "source": {"type": "url", "url": "https://192.168.1.1/admin.png"}}
+                        ],
+                    }
+                ],
+            },
         ],
     }
     status, answer = await post(gateway.url, body)
@@ -165,8 +180,9 @@ async def test_a_backend_inside_a_trusted_network_may_allow_private_urls(gateway
 async def test_a_host_list_and_a_cap_on_urls_per_request(gateway, upstream):
     status, answer = await post(gateway.url, asking("listed-model", "https://93.184.215.15/a.png"))
     assert status == 400
-    assert "the host '93.184.215.15' is not one this model's backend may fetch from (image_url_guard.hosts)" in (
-        answer["error"]["message"]
+    assert (
+        "the host '93.184.215.15' is not one this model's backend may fetch from (image_url_guard.hosts)"
+        in (answer["error"]["message"])
     )
     three = asking("listed-model", *["https://93.184.215.14/a.png"] * 3)
     status, answer = await post(gateway.url, three)
@@ -200,9 +216,16 @@ async def test_anthropic_fetches_from_its_own_network(gateway, upstream):
     upstream.requests.clear()
     status, answer = await post(gateway.url, asking("self-hosted-model", url))
     assert status == 400 and "link-local" in answer["error"]["message"]
-    pdf = {"model": "self-hosted-model", "max_tokens": 50, "messages": [{"role": "user", "content": [
-        {"type": "document", "source": {"type": "url", "url": "http://10.0.0.5/report.pdf"}},
-    ]}]}
+    pdf = {
+        "model": "self-hosted-model",
+        "max_tokens": 50,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "document", "source": {"type": "url", "url": "http://10.0.0.5/report.pdf"}}],
+            }
+        ],
+    }
     status, answer = await post(gateway.url, pdf)
     assert status == 400
     assert answer["error"]["message"] == (
@@ -223,4 +246,3 @@ async def test_the_dns_step_refuses_names_unless_every_address_is_public():
             f"messages.0.content.1.source.url: the host '{name}' did not resolve, or not to public addresses only"
             " (image_url_guard.allow_private)"
         )
-

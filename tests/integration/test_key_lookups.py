@@ -55,11 +55,7 @@ async def raw_redis(redis_url):
     await client.aclose()
 
 
-MALFORMED = {
-    "too-long": "k" * 257,
-    "space": "client key",
-    "non-ascii": "clé-client-key",
-}
+MALFORMED = {"too-long": "k" * 257, "space": "client key", "non-ascii": "clé-client-key"}
 
 
 async def test_malformed_and_repeated_unknown_keys_never_reach_the_store(upstream, redis_url, raw_redis):
@@ -114,8 +110,14 @@ async def test_another_process_forgets_an_unknown_key_once_it_is_created(upstrea
             assert (await answer(http, other.url, raw))[0] == 401
             assert (await answer(http, other.url, raw))[0] == 401  # from its cache now
             await first.app[RUNTIME].store.create_key(
-                ApiKey(id="key_made_elsewhere", prefix=shown_prefix(raw), hash=hash_key(raw), teams=("team-a",),
-                       default_team="team-a", created_at=time.time())
+                ApiKey(
+                    id="key_made_elsewhere",
+                    prefix=shown_prefix(raw),
+                    hash=hash_key(raw),
+                    teams=("team-a",),
+                    default_team="team-a",
+                    created_at=time.time(),
+                )
             )
             deadline = time.monotonic() + WAIT
             while (await answer(http, other.url, raw))[0] != 200:
@@ -151,7 +153,9 @@ async def test_a_flood_of_unknown_keys_holds_at_most_max_connections(upstream, r
     cap, each lookup opened a connection of its own."""
     redis_server.flushall()
     proxy = await TcpProxy(redis_server.port, answer_delay=0.05).start()
-    running = await start_gateway(redis_config(upstream.url, proxy.url, store=", max_connections: 3, socket_timeout: 5"))
+    running = await start_gateway(
+        redis_config(upstream.url, proxy.url, store=", max_connections: 3, socket_timeout: 5")
+    )
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             assert (await answer(http, running.url, "client-key"))[0] == 200

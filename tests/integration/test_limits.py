@@ -39,7 +39,8 @@ GREEDY = {**ASK, "max_tokens": MAX_TOKENS, "stream": True}
 # reservation of one token more leaves a team-mate no room.
 BUDGET = estimate_input_tokens(GREEDY) + UNCAPPED_OUTPUT_RESERVATION + estimate_input_tokens(ASK)
 
-TEAMS = """
+TEAMS = (
+    """
   - id: rpm
     limits: {requests_per_minute: 50}
     keys: [{name: rpm, key: rpm-key-0001}]
@@ -57,14 +58,18 @@ TEAMS = """
   - id: counting
     limits: {requests_per_minute: 2, count_tokens_per_minute: 30}
     keys: [{name: counting, key: counting-key-0001}]
-""" + f"""\
+"""
+    + f"""\
   - id: budget
     limits: {{tokens_per_day: {BUDGET}}}
     keys: [{{name: greedy, key: greedy-key-0001}}, {{name: mate, key: mate-key-0001}}]
 """
+)
 
 
-def config(upstream_url: str, redis_url: str, policy: str = "fail_closed", lease: float = 60, mode: str = "standalone") -> str:
+def config(
+    upstream_url: str, redis_url: str, policy: str = "fail_closed", lease: float = 60, mode: str = "standalone"
+) -> str:
     extra = (
         f"store: {{type: redis, mode: {mode}, url: '{redis_url}'}}\n"
         f"limits: {{on_store_error: {policy}, lease_seconds: {lease}}}\n"
@@ -173,8 +178,10 @@ async def test_count_tokens_has_a_limit_by_default_that_a_context_burst_fits(ups
     try:
         async with anthropic.AsyncAnthropic(base_url=running.url, api_key="client-key", max_retries=0) as sdk:
             began = time.monotonic()
-            burst = [sdk.messages.with_raw_response.count_tokens(model="chat-model", messages=ASK["messages"])
-                     for _ in range(26)]
+            burst = [
+                sdk.messages.with_raw_response.count_tokens(model="chat-model", messages=ASK["messages"])
+                for _ in range(26)
+            ]
             answers = await asyncio.gather(*burst)
             assert {answer.headers["anthropic-ratelimit-requests-limit"] for answer in answers} == {"300"}
             assert all(counted.input_tokens > 0 for counted in await asyncio.gather(*(a.parse() for a in answers)))
@@ -222,18 +229,26 @@ async def test_concurrency_slots_hold_under_load_and_free_up(gateway_on_redis, u
         # Slots come back after upstream errors and after clients that leave mid-stream.
         upstream.reset()
         upstream.script(*[error(500, "boom") for _ in range(5)])
-        assert [s for s, _, _ in await asyncio.gather(*(post(http, gateway_on_redis.url, "conc-key-0001") for _ in range(5)))] == [500] * 5
+        assert [
+            s
+            for s, _, _ in await asyncio.gather(*(post(http, gateway_on_redis.url, "conc-key-0001") for _ in range(5)))
+        ] == [500] * 5
         upstream.script(*[{"sse": chat_chunks({"content": "never ends"}), "stall_after": 2} for _ in range(5)])
         for _ in range(5):
             async with http.post(
-                f"{gateway_on_redis.url}/v1/messages", json={**ASK, "stream": True}, headers={"x-api-key": "conc-key-0001"}
+                f"{gateway_on_redis.url}/v1/messages",
+                json={**ASK, "stream": True},
+                headers={"x-api-key": "conc-key-0001"},
             ) as response:
                 assert b"message_start" in await response.content.readany()
         # (each response is closed on leaving its block: the client went away)
         await settle_a_moment(upstream, disconnects=5)
         upstream.reset()
         upstream.script(*[{**chat_message("again"), "delay": 0.2} for _ in range(5)])
-        statuses = [s for s, _, _ in await asyncio.gather(*(post(http, gateway_on_redis.url, "conc-key-0001") for _ in range(5)))]
+        statuses = [
+            s
+            for s, _, _ in await asyncio.gather(*(post(http, gateway_on_redis.url, "conc-key-0001") for _ in range(5)))
+        ]
         assert statuses == [200] * 5
 
 
@@ -253,7 +268,9 @@ async def test_a_killed_process_frees_its_slots_when_the_leases_end(upstream, re
         upstream.script(*[{"sse": chat_chunks({"content": "stuck"}), "stall_after": 2} for _ in range(5)])
         async with aiohttp.ClientSession() as http:
             streams = [
-                await http.post(f"{doomed.url}/v1/messages", json={**ASK, "stream": True}, headers={"x-api-key": "conc-key-0001"})
+                await http.post(
+                    f"{doomed.url}/v1/messages", json={**ASK, "stream": True}, headers={"x-api-key": "conc-key-0001"}
+                )
                 for _ in range(5)
             ]
             for stream in streams:
@@ -335,7 +352,10 @@ async def test_max_tokens_cannot_reserve_a_teams_budget(upstream, store, request
             ) as greedy:
                 assert greedy.status == 200 and b"message_start" in await greedy.content.readany()
                 if raw is not None:  # what the limiter holds for it while it runs
-                    assert int(float(await raw.get(counter))) == estimate_input_tokens(GREEDY) + UNCAPPED_OUTPUT_RESERVATION
+                    assert (
+                        int(float(await raw.get(counter)))
+                        == estimate_input_tokens(GREEDY) + UNCAPPED_OUTPUT_RESERVATION
+                    )
                 # A team-mate is admitted meanwhile...
                 status, _, body = await post(http, running.url, "mate-key-0001")
                 assert status == 200, body
@@ -392,7 +412,9 @@ async def test_redis_dies_under_load_and_comes_back(upstream, own_redis, policy)
                 raise AssertionError("the gateway did not recover when Redis came back")
             # No slot is stuck: a team with a concurrency limit gets all of them.
             upstream.script(*[{**chat_message("ok"), "delay": 0.1} for _ in range(5)])
-            statuses = [s for s, _, _ in await asyncio.gather(*(post(http, running.url, "conc-key-0001") for _ in range(5)))]
+            statuses = [
+                s for s, _, _ in await asyncio.gather(*(post(http, running.url, "conc-key-0001") for _ in range(5)))
+            ]
             assert statuses == [200] * 5
     finally:
         await running.runner.cleanup()

@@ -20,15 +20,21 @@ WEATHER_TOOL = {
 async def test_text_answer_from_chat_backend(client, upstream):
     upstream.script(chat_message("Hi there!", usage={"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}))
     message = await client.messages.create(
-        model="chat-model", max_tokens=64, system="Be brief.", messages=[{"role": "user", "content": "Hello"}],
-        stop_sequences=["END"], metadata={"user_id": "u-1"},
+        model="chat-model",
+        max_tokens=64,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Hello"}],
+        stop_sequences=["END"],
+        metadata={"user_id": "u-1"},
         # SDK 2.x no longer has sampling parameters; the served API still takes them.
         extra_body={"temperature": 0.3, "top_k": 20},
     )
     assert message.type == "message" and message.role == "assistant"
     assert message.id.startswith("msg_")
     assert message.model == "chat-model"  # the name the client asked for, not the upstream's
-    assert [block.model_dump() for block in message.content] == [{"type": "text", "text": "Hi there!", "citations": None}]
+    assert [block.model_dump() for block in message.content] == [
+        {"type": "text", "text": "Hi there!", "citations": None}
+    ]
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
     assert message.usage.input_tokens == 12 and message.usage.output_tokens == 3
 
@@ -46,7 +52,9 @@ async def test_text_answer_from_chat_backend(client, upstream):
 
 async def test_alias_routes_to_the_same_model(client, upstream):
     upstream.script(chat_message("ok"))
-    message = await client.messages.create(model="chat-alias", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    message = await client.messages.create(
+        model="chat-alias", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    )
     assert message.model == "chat-alias"
     assert upstream.requests[-1].body["model"] == "upstream-chat-model"
 
@@ -64,7 +72,9 @@ async def test_openai_preset_dialect_and_max_tokens_clamp(client, upstream):
 
 async def test_tool_use_round_trip(client, upstream):
     upstream.script(
-        chat_message(None, tool_calls=[tool_call("call_1", "get_weather", '{"city": "Oslo"}')], finish_reason="tool_calls"),
+        chat_message(
+            None, tool_calls=[tool_call("call_1", "get_weather", '{"city": "Oslo"}')], finish_reason="tool_calls"
+        ),
         chat_message("It is sunny in Oslo."),
     )
     messages = [{"role": "user", "content": "Weather in Oslo?"}]
@@ -73,7 +83,14 @@ async def test_tool_use_round_trip(client, upstream):
     (use,) = first.content
     assert use.type == "tool_use" and use.id == "call_1" and use.name == "get_weather" and use.input == {"city": "Oslo"}
     assert upstream.requests[-1].body["tools"] == [
-        {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city", "parameters": WEATHER_TOOL["input_schema"]}}
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": WEATHER_TOOL["input_schema"],
+            },
+        }
     ]
 
     messages += [
@@ -86,14 +103,18 @@ async def test_tool_use_round_trip(client, upstream):
     assert sent[1] == {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}],
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+        ],
     }
     assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21C"}
 
 
 async def test_reasoning_becomes_a_thinking_block(client, upstream):
     upstream.script(chat_message("42", reasoning="Let me think: 6*7."))
-    message = await client.messages.create(model="chat-model", max_tokens=50, messages=[{"role": "user", "content": "6*7?"}])
+    message = await client.messages.create(
+        model="chat-model", max_tokens=50, messages=[{"role": "user", "content": "6*7?"}]
+    )
     assert [block.type for block in message.content] == ["thinking", "text"]
     assert message.content[0].thinking == "Let me think: 6*7." and message.content[0].signature == ""
 
@@ -112,8 +133,11 @@ async def test_native_pass_through(gateway, upstream):
         base_url=gateway.url, api_key="client-key", max_retries=0, default_headers={"anthropic-version": "2023-06-01"}
     ) as sdk:
         message = await sdk.beta.messages.create(
-            model="native-model", max_tokens=64, betas=["context-management-2025-06-27"],
-            messages=[{"role": "user", "content": "hi"}], metadata={"user_id": "u", "request_id": "r"},
+            model="native-model",
+            max_tokens=64,
+            betas=["context-management-2025-06-27"],
+            messages=[{"role": "user", "content": "hi"}],
+            metadata={"user_id": "u", "request_id": "r"},
             extra_body={"temperature": 1.7, "context_management": {"edits": []}, "service_tier": "auto"},
         )
     assert message.model == "native-model"
@@ -179,10 +203,20 @@ async def test_models_list_pages_and_retrieve(client):
 @pytest.mark.parametrize(
     ("reply", "exception", "status", "error_type"),
     [
-        (error(400, "After the optional system message, conversation roles must alternate"), anthropic.BadRequestError, 400, "invalid_request_error"),
+        (
+            error(400, "After the optional system message, conversation roles must alternate"),
+            anthropic.BadRequestError,
+            400,
+            "invalid_request_error",
+        ),
         (error(401, "Incorrect API key provided: sk-upstr****"), anthropic.InternalServerError, 500, "api_error"),
         (error(404, "The model `x` does not exist"), anthropic.NotFoundError, 404, "not_found_error"),
-        (error(429, "Rate limit reached", headers={"retry-after": "7"}), anthropic.RateLimitError, 429, "rate_limit_error"),
+        (
+            error(429, "Rate limit reached", headers={"retry-after": "7"}),
+            anthropic.RateLimitError,
+            429,
+            "rate_limit_error",
+        ),
         (error(500, "CUDA out of memory at /srv/vllm/worker.py"), anthropic.InternalServerError, 500, "api_error"),
         (error(503, "Service unavailable"), anthropic.OverloadedError, 529, "overloaded_error"),
         ({"status": 502, "body": "<html>Bad Gateway</html>"}, anthropic.OverloadedError, 529, "overloaded_error"),
@@ -207,7 +241,12 @@ async def test_upstream_errors_map_to_sdk_exceptions(client, upstream, reply, ex
 
 
 async def test_context_length_error_in_messages_api_words(client, upstream):
-    upstream.script(error(400, "This model's maximum context length is 102400 tokens. However, you requested 107837 tokens (99645 in the messages, 8192 in the completion). Please reduce the length."))
+    upstream.script(
+        error(
+            400,
+            "This model's maximum context length is 102400 tokens. However, you requested 107837 tokens (99645 in the messages, 8192 in the completion). Please reduce the length.",
+        )
+    )
     with pytest.raises(anthropic.BadRequestError) as caught:
         await client.messages.create(model="chat-model", max_tokens=8192, messages=[{"role": "user", "content": "x"}])
     assert caught.value.body["error"]["message"] == (
@@ -240,7 +279,10 @@ async def test_gateway_validation_errors(client, upstream):
         ({"model": "chat-model", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
         ({"model": "chat-model", "temperature": 2.5, "messages": [{"role": "user", "content": "x"}]}, "temperature"),
         ({"model": "chat-model", "messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
-        ({"model": "chat-model", "thinking": {"type": "enabled"}, "messages": [{"role": "user", "content": "x"}]}, "budget_tokens"),
+        (
+            {"model": "chat-model", "thinking": {"type": "enabled"}, "messages": [{"role": "user", "content": "x"}]},
+            "budget_tokens",
+        ),
     ]
     for body, field in cases:
         with pytest.raises(anthropic.BadRequestError) as caught:

@@ -99,11 +99,25 @@ async def test_the_counts_and_token_sums_are_what_was_sent(gateway, upstream):
     upstream.script(
         chat_message("one", usage={"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}),
         chat_message("two", usage={"prompt_tokens": 200, "completion_tokens": 20, "total_tokens": 220}),
-        {"sse": chat_chunks({"content": "three"}, usage={"prompt_tokens": 300, "completion_tokens": 30, "total_tokens": 330})},
-        {"sse": chat_chunks({"content": "four"}, usage={"prompt_tokens": 400, "completion_tokens": 40, "total_tokens": 440})},
-        native_message([{"type": "text", "text": "cached"}], usage={
-            "input_tokens": 50, "output_tokens": 5, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 7,
-        }),
+        {
+            "sse": chat_chunks(
+                {"content": "three"}, usage={"prompt_tokens": 300, "completion_tokens": 30, "total_tokens": 330}
+            )
+        },
+        {
+            "sse": chat_chunks(
+                {"content": "four"}, usage={"prompt_tokens": 400, "completion_tokens": 40, "total_tokens": 440}
+            )
+        },
+        native_message(
+            [{"type": "text", "text": "cached"}],
+            usage={
+                "input_tokens": 50,
+                "output_tokens": 5,
+                "cache_read_input_tokens": 1000,
+                "cache_creation_input_tokens": 7,
+            },
+        ),
         error(500, "boom"),
         chat_message("metered", usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}),
     )
@@ -202,7 +216,10 @@ async def test_labels_do_not_grow_with_keys_or_unknown_model_names(gateway, upst
         names = [f"made-up-{i}-{'x' * i}" for i in range(1, 25)]
         await asyncio.gather(
             *(post(http, gateway.url, headers={"x-api-key": f"crowd-key-{i:04d}"}) for i in range(25)),
-            *(post(http, gateway.url, {**ASK, "model": name}, headers={"x-api-key": "crowd-key-0001"}) for name in names),
+            *(
+                post(http, gateway.url, {**ASK, "model": name}, headers={"x-api-key": "crowd-key-0001"})
+                for name in names
+            ),
             *(post(http, gateway.url, headers={"x-api-key": f"not-a-key-{i}"}) for i in range(25)),
         )
         after, text = await scrape(http, gateway.url, requests=3 + 25 + 24 + 25)
@@ -221,7 +238,9 @@ ANSWER = "ANSWER-MARKER-93b0"
 async def test_logs_have_one_line_per_request_and_no_key_prompt_or_answer(gateway, upstream, caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("gateway.access"), "propagate", True)  # as `gateway serve` may have left it
     caplog.set_level(logging.DEBUG)
-    upstream.script(chat_message(f"the answer is {ANSWER}"), {"sse": chat_chunks({"content": ANSWER})}, error(500, MARKER))
+    upstream.script(
+        chat_message(f"the answer is {ANSWER}"), {"sse": chat_chunks({"content": ANSWER})}, error(500, MARKER)
+    )
     asking = {**ASK, "messages": [{"role": "user", "content": f"secret {MARKER}"}], "metadata": {"user_id": MARKER}}
     async with aiohttp.ClientSession() as http:
         await post(http, gateway.url, asking)
@@ -237,8 +256,23 @@ async def test_logs_have_one_line_per_request_and_no_key_prompt_or_answer(gatewa
     assert len(lines) == 5
     assert len({line["request_id"] for line in lines}) == 5
     first = lines[0]
-    for field in ("request_id", "team", "key_id", "model", "served_model", "backend", "upstream_model", "status",
-                  "error_type", "duration_ms", "upstream_ms", "overhead_ms", "stream", "input_tokens", "output_tokens"):
+    for field in (
+        "request_id",
+        "team",
+        "key_id",
+        "model",
+        "served_model",
+        "backend",
+        "upstream_model",
+        "status",
+        "error_type",
+        "duration_ms",
+        "upstream_ms",
+        "overhead_ms",
+        "stream",
+        "input_tokens",
+        "output_tokens",
+    ):
         assert field in first, field
     assert first["team"] == "team-a" and first["key_id"].startswith("key_") and first["status"] == 200
     assert first["backend"] == "chat" and first["upstream_model"] == "upstream-chat-model"
@@ -271,7 +305,9 @@ async def test_retries_fallbacks_and_cooldowns(upstream):
     routing = "{retries: 1, backoff_base: 0, cooldown: {failures: 3, seconds: 60}}"
     running = await start_gateway(gateway_config(upstream.url, extra, teams=TEAMS, routing=routing))
     try:
-        upstream.script(error(503, "once"), chat_message("retried"), error(502, "a"), error(502, "b"), chat_message("fb"))
+        upstream.script(
+            error(503, "once"), chat_message("retried"), error(502, "a"), error(502, "b"), chat_message("fb")
+        )
         async with aiohttp.ClientSession() as http:
             assert (await post(http, running.url))[0] == 200
             assert (await post(http, running.url, {**ASK, "model": "primary-model"}))[0] == 200
@@ -292,7 +328,9 @@ async def test_retries_fallbacks_and_cooldowns(upstream):
 
 
 async def test_an_open_breaker_shows(upstream):
-    running = await start_gateway(gateway_config(upstream.url, teams=TEAMS, routing="{retries: 0, cooldown: {failures: 1}}"))
+    running = await start_gateway(
+        gateway_config(upstream.url, teams=TEAMS, routing="{retries: 0, cooldown: {failures: 1}}")
+    )
     try:
         upstream.script(error(500, "down"))
         async with aiohttp.ClientSession() as http:
@@ -325,9 +363,8 @@ async def test_readiness_follows_redis(upstream, own_redis):
     """fail_open, so that requests go on during the outage and reach the limiter: the
     degraded gauge and the fallback admissions show it."""
     limited = {"x-api-key": "limited-key-0001"}
-    text = (
-        f"store: {{type: redis, url: '{own_redis.url}'}}\nlimits: {{on_store_error: fail_open}}\n"
-        + gateway_config(upstream.url, teams=TEAMS)
+    text = f"store: {{type: redis, url: '{own_redis.url}'}}\nlimits: {{on_store_error: fail_open}}\n" + gateway_config(
+        upstream.url, teams=TEAMS
     )
     running = await start_gateway(text)
     try:

@@ -96,55 +96,67 @@ def image(source: dict) -> dict:
 # (what the request adds: headers, body fields; the refusal's message)
 ORG_SCOPED = {
     "files-api-beta": (
-        {"anthropic-beta": f"{CLAUDE_CODE_BETAS},files-api-2025-04-14"}, {},
+        {"anthropic-beta": f"{CLAUDE_CODE_BETAS},files-api-2025-04-14"},
+        {},
         "anthropic-beta 'files-api-2025-04-14' is not allowed on this route (passthrough.betas)",
     ),
     "mcp-client-beta": (
-        {"anthropic-beta": "mcp-client-2025-11-20"}, {},
+        {"anthropic-beta": "mcp-client-2025-11-20"},
+        {},
         "anthropic-beta 'mcp-client-2025-11-20' is not allowed on this route (passthrough.betas)",
     ),
     "container": (
-        {}, {"container": "container_011CPR5CNjB747bTd36fQLFk"},
+        {},
+        {"container": "container_011CPR5CNjB747bTd36fQLFk"},
         "container: the field 'container' is not allowed on this route (passthrough.fields)",
     ),
     "mcp-servers": (
-        {}, {"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]},
+        {},
+        {"mcp_servers": [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]},
         "mcp_servers: the field 'mcp_servers' is not allowed on this route (passthrough.fields)",
     ),
     "unknown-field": (
-        {}, {"brand_new_field": {"x": 1}},
+        {},
+        {"brand_new_field": {"x": 1}},
         "brand_new_field: the field 'brand_new_field' is not allowed on this route (passthrough.fields)",
     ),
     "code-execution-tool": (
-        {}, {"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
+        {},
+        {"tools": [{"type": "code_execution_20250825", "name": "code_execution"}]},
         "tools.0.type: the tool type 'code_execution_20250825' is not allowed on this route (passthrough.tools)",
     ),
     "mcp-toolset": (
-        {}, {"tools": [{"type": "mcp_toolset", "name": "example", "mcp_server_name": "example"}]},
+        {},
+        {"tools": [{"type": "mcp_toolset", "name": "example", "mcp_server_name": "example"}]},
         "tools.0.type: the tool type 'mcp_toolset' is not allowed on this route (passthrough.tools)",
     ),
     "image-file-source": (
-        {}, {"messages": [image({"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"})]},
+        {},
+        {"messages": [image({"type": "file", "file_id": "file_011CNha8iCJcU1wXNR6q4V8w"})]},
         "messages.0.content.1.source.file_id: Files API references (file_id) are not allowed on this route"
         " (passthrough.files)",
     ),
     "document-file-source": (
-        {}, {"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "f"}}]}]},
+        {},
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "f"}}]}]},
         "messages.0.content.0.source.file_id: Files API references (file_id) are not allowed on this route"
         " (passthrough.files)",
     ),
     "container-upload": (
-        {}, {"messages": [{"role": "user", "content": [{"type": "container_upload", "file_id": "file_2"}]}]},
+        {},
+        {"messages": [{"role": "user", "content": [{"type": "container_upload", "file_id": "file_2"}]}]},
         "messages.0.content.0.file_id: Files API references (file_id) are not allowed on this route (passthrough.files)",
     ),
 }
 
 
-async def post(url: str, body: dict, key: str = "client-key", headers: dict | None = None,
-               path: str = "/v1/messages") -> tuple[int, dict | bytes]:
+async def post(
+    url: str, body: dict, key: str = "client-key", headers: dict | None = None, path: str = "/v1/messages"
+) -> tuple[int, dict | bytes]:
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            f"{url}{path}", data=orjson.dumps(body),
+            f"{url}{path}",
+            data=orjson.dumps(body),
             headers={"x-api-key": key, "content-type": "application/json", **(headers or {})},
         ) as response:
             raw = await response.read()
@@ -157,7 +169,9 @@ async def post(url: str, body: dict, key: str = "client-key", headers: dict | No
 @pytest.mark.parametrize("case", list(ORG_SCOPED))
 async def test_org_scoped_features_are_refused_by_default(gateway, upstream, case, stream):
     headers, extra, message = ORG_SCOPED[case]
-    status, answer = await post(gateway.url, {"model": "native-model", **ASK, **extra, "stream": stream}, headers=headers)
+    status, answer = await post(
+        gateway.url, {"model": "native-model", **ASK, **extra, "stream": stream}, headers=headers
+    )
     assert status == 400, answer
     assert answer["type"] == "error"
     assert answer["error"] == {"type": "invalid_request_error", "message": message}
@@ -223,7 +237,10 @@ async def test_a_team_narrows_its_backends_policy(gateway, upstream):
     # What the narrowing leaves passes; other teams are not narrowed by it.
     upstream.script(native_message([{"type": "text", "text": "ok"}]), native_message([{"type": "text", "text": "ok"}]))
     status, _ = await post(
-        gateway.url, {"model": "wide-model", **ASK}, key="narrow-key", headers={"anthropic-beta": "claude-code-20250219"}
+        gateway.url,
+        {"model": "wide-model", **ASK},
+        key="narrow-key",
+        headers={"anthropic-beta": "claude-code-20250219"},
     )
     assert status == 200
     status, _ = await post(gateway.url, {"model": "wide-model", **ASK, **search})
@@ -249,7 +266,9 @@ async def test_count_tokens_is_held_to_the_same_policy(gateway, upstream):
     assert upstream.requests == []
     upstream.script({"json": {"input_tokens": 12}})
     status, answer = await post(
-        gateway.url, {**body, "model": "wide-model"}, path="/v1/messages/count_tokens",
+        gateway.url,
+        {**body, "model": "wide-model"},
+        path="/v1/messages/count_tokens",
         headers={"anthropic-beta": "mcp-client-2025-11-20"},
     )
     assert (status, answer) == (200, {"input_tokens": 12})
@@ -266,7 +285,8 @@ async def test_translated_routes_carry_none_of_it(gateway, upstream):
     assert status == 400 and "tool type 'code_execution_20250825' is not supported" in answer["error"]["message"]
     assert upstream.requests == []
     status, _ = await post(
-        gateway.url, {"model": "chat-model", **ASK, "container": "c", "mcp_servers": []},
+        gateway.url,
+        {"model": "chat-model", **ASK, "container": "c", "mcp_servers": []},
         headers={"anthropic-beta": "files-api-2025-04-14"},
     )
     assert status == 200
@@ -282,16 +302,25 @@ def searched_message(searches: int) -> dict:
 
 def searched_stream(searches: int) -> dict:
     message = {
-        "id": "msg_1", "type": "message", "role": "assistant", "model": "upstream-native-model", "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1000, "output_tokens": 1},
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-native-model",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1000, "output_tokens": 1},
     }
     events = [
         {"type": "message_start", "message": message},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "found it"}},
         {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-         "usage": {"output_tokens": 100, "server_tool_use": {"web_search_requests": searches}}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 100, "server_tool_use": {"web_search_requests": searches}},
+        },
         {"type": "message_stop"},
     ]
     return {"sse": [{"event": e["type"], "data": e} for e in events]}

@@ -24,8 +24,14 @@ def free_port() -> int:
 
 async def start(*args: str, ready: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
     while True:
@@ -44,8 +50,15 @@ async def quickstart(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("GATEWAY_")}
     processes = [
         await start("fake-upstream", "--port", str(upstream_port), ready="listening", env=env),
-        await start("serve", "--config", str(tmp_path / "config.yaml"), "--port", str(gateway_port),
-                    ready="gateway listening on", env=env),
+        await start(
+            "serve",
+            "--config",
+            str(tmp_path / "config.yaml"),
+            "--port",
+            str(gateway_port),
+            ready="gateway listening on",
+            env=env,
+        ),
     ]
     yield f"http://127.0.0.1:{gateway_port}"
     for process in processes:
@@ -65,8 +78,12 @@ async def test_quick_start_answers(quickstart, model):
         async with http.post(f"{quickstart}/v1/messages", json={**body, "stream": True}) as response:
             assert response.status == 200
             raw = await response.text()
-        assert raw.startswith("event: message_start\n") and raw.endswith("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
-        async with http.post(f"{quickstart}/v1/messages/count_tokens", json={"model": model, "messages": body["messages"]}) as response:
+        assert raw.startswith("event: message_start\n") and raw.endswith(
+            'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+        )
+        async with http.post(
+            f"{quickstart}/v1/messages/count_tokens", json={"model": model, "messages": body["messages"]}
+        ) as response:
             assert response.status == 200 and (await response.json())["input_tokens"] > 0
         async with http.get(f"{quickstart}/v1/models") as response:
             ids = [m["id"] for m in (await response.json())["data"]]

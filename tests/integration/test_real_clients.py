@@ -118,8 +118,16 @@ async def test_head_api_hello_is_a_fast_404(gateway):
 
 async def test_model_discovery_lists_routable_models(gateway):
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gateway.url}/v1/models", params={"limit": "1000"}, headers={"x-api-key": "client-key"}) as response:
+        async with http.get(
+            f"{gateway.url}/v1/models", params={"limit": "1000"}, headers={"x-api-key": "client-key"}
+        ) as response:
             page = await response.json()
-    assert [m["id"] for m in page["data"]] == ["chat-model", "chat-alias", "tokenize-model", "openai-model", "native-model"]
+    assert [m["id"] for m in page["data"]] == [
+        "chat-model",
+        "chat-alias",
+        "tokenize-model",
+        "openai-model",
+        "native-model",
+    ]
     assert page["has_more"] is False and page["first_id"] == "chat-model" and page["last_id"] == "native-model"
     assert all(set(m) == {"type", "id", "display_name", "created_at"} for m in page["data"])

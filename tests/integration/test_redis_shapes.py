@@ -125,15 +125,55 @@ async def test_served_through_sentinel_and_after_a_failover(upstream, sentinel: 
 
 def _certificates(directory: Path) -> dict[str, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1, made with openssl."""
-    files = {name: directory / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "san.ext")}
+    files = {
+        name: directory / name for name in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "san.ext")
+    }
     files["san.ext"].write_text("subjectAltName=IP:127.0.0.1\n")
     steps = [
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"], "-out", files["ca.crt"],
-         "-days", "1", "-subj", "/CN=gateway-test-ca"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["server.key"], "-out", files["server.csr"],
-         "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", files["server.csr"], "-CA", files["ca.crt"], "-CAkey", files["ca.key"],
-         "-CAcreateserial", "-out", files["server.crt"], "-days", "1", "-extfile", files["san.ext"]],
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            files["ca.key"],
+            "-out",
+            files["ca.crt"],
+            "-days",
+            "1",
+            "-subj",
+            "/CN=gateway-test-ca",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            files["server.key"],
+            "-out",
+            files["server.csr"],
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            files["server.csr"],
+            "-CA",
+            files["ca.crt"],
+            "-CAkey",
+            files["ca.key"],
+            "-CAcreateserial",
+            "-out",
+            files["server.crt"],
+            "-days",
+            "1",
+            "-extfile",
+            files["san.ext"],
+        ],
     ]
     for step in steps:
         subprocess.run(["openssl", *map(str, step)], check=True, capture_output=True)
@@ -149,10 +189,17 @@ def tls_redis(tmp_path) -> Iterator[tuple[int, Path, str]]:
     files = _certificates(tmp_path)
     password, tls_port = "tls-secret-7d2e", free_port()
     server = RedisProcess(
-        tmp_path, free_port(), password=password,
-        options={"tls-port": str(tls_port), "tls-cert-file": str(files["server.crt"]),
-                 "tls-key-file": str(files["server.key"]), "tls-ca-cert-file": str(files["ca.crt"]),
-                 "tls-auth-clients": "no", "requirepass": password},
+        tmp_path,
+        free_port(),
+        password=password,
+        options={
+            "tls-port": str(tls_port),
+            "tls-cert-file": str(files["server.crt"]),
+            "tls-key-file": str(files["server.key"]),
+            "tls-ca-cert-file": str(files["ca.crt"]),
+            "tls-auth-clients": "no",
+            "requirepass": password,
+        },
     )
     try:
         server.start()

@@ -45,7 +45,10 @@ async def test_admin_reload_swaps_routes_and_refuses_bad_files(upstream, tmp_pat
             assert await ask(http, running.url, "added-later") == 200
             assert upstream.requests[-1].body["model"] == "upstream-added"
 
-            path.write_text(config_text(upstream.url, with_new_model=True) + "  - name: broken\n    routes: [{backend: nope, model: x}]\n")
+            path.write_text(
+                config_text(upstream.url, with_new_model=True)
+                + "  - name: broken\n    routes: [{backend: nope, model: x}]\n"
+            )
             async with http.post(f"{running.url}/admin/reload", headers=ADMIN) as response:
                 body = await response.json()
             assert response.status == 400
@@ -67,6 +70,7 @@ async def test_reload_under_load_drops_no_request(upstream, tmp_path):
     try:
         upstream.script(*[{**chat_message("slow"), "delay": 0.05} for _ in range(200)])
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
             async def reloads() -> None:
                 for i in range(10):
                     path.write_text(config_text(upstream.url, with_new_model=bool(i % 2)))

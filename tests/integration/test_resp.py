@@ -37,7 +37,10 @@ def test_any_arguments_encode_as_resp_arrays(args):
 
 
 def test_commands_are_encoded_as_resp_arrays():
-    assert encode_command(["SET", b"k", 5, 0.5, "é"]) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n$3\r\n0.5\r\n$2\r\n\xc3\xa9\r\n"
+    assert (
+        encode_command(["SET", b"k", 5, 0.5, "é"])
+        == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n$3\r\n0.5\r\n$2\r\n\xc3\xa9\r\n"
+    )
 
 
 async def test_concurrent_commands_are_answered_in_order(redis_url, redis_server):
@@ -80,8 +83,9 @@ async def test_commands_sent_together_get_each_its_reply_or_error(redis_url, red
     connection = RespConnection("127.0.0.1", redis_server.port)
     try:
         await connection.call("SET", "text", "x")
-        replies = await connection.send_many([encode_command(["INCR", "m"]), encode_command(["INCR", "text"]),
-                                              encode_command(["INCR", "m"])])
+        replies = await connection.send_many(
+            [encode_command(["INCR", "m"]), encode_command(["INCR", "text"]), encode_command(["INCR", "m"])]
+        )
         assert replies[0] == 1 and isinstance(replies[1], ResponseError) and replies[2] == 2
     finally:
         await connection.close()
@@ -214,4 +218,3 @@ async def test_a_handshake_without_an_answer_fails_within_the_connect_timeout():
         finally:
             server.resume()
             await connection.close()
-

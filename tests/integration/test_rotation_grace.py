@@ -27,7 +27,9 @@ WAIT = GRACE + 30.0
 GRACE_OVER = "this API key was replaced by a rotation and its grace period is over"
 
 
-def config_text(upstream_url: str, store: str = "", *, cache_ttl: float = 3600, on_store_error: str = "fail_closed") -> str:
+def config_text(
+    upstream_url: str, store: str = "", *, cache_ttl: float = 3600, on_store_error: str = "fail_closed"
+) -> str:
     return (
         f"{store}auth: {{cache_ttl: {cache_ttl}}}\nlimits: {{on_store_error: {on_store_error}}}\n"
         "admin: {token: admin-token-for-tests}\n" + gateway_config(upstream_url)

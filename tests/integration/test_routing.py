@@ -157,7 +157,9 @@ async def http():
 
 
 async def post(http: aiohttp.ClientSession, gateway: Running, model: str, headers: dict = FULL, **extra):
-    async with http.post(f"{gateway.url}/v1/messages", json={"model": model, **ASK, **extra}, headers=headers) as response:
+    async with http.post(
+        f"{gateway.url}/v1/messages", json={"model": model, **ASK, **extra}, headers=headers
+    ) as response:
         return response.status, CIMultiDict(response.headers), orjson.loads(await response.read())
 
 
@@ -169,7 +171,11 @@ async def stream(http: aiohttp.ClientSession, gateway: Running, model: str, head
     if response.status != 200:
         return response.status, CIMultiDict(response.headers), orjson.loads(raw)
     decoder = SseDecoder()
-    return response.status, CIMultiDict(response.headers), [orjson.loads(e.data) for e in decoder.feed(raw) + decoder.flush()]
+    return (
+        response.status,
+        CIMultiDict(response.headers),
+        [orjson.loads(e.data) for e in decoder.feed(raw) + decoder.flush()],
+    )
 
 
 def text_of(events: list[dict]) -> str:
@@ -253,10 +259,13 @@ async def test_every_deployment_failing_falls_back_to_the_next_model(gateway, ht
     assert providers.two.models == ["b-solo"]
 
 
-@pytest.mark.parametrize("garbage", [
-    {"body": "<html>502 Bad Gateway</html>"},  # not JSON: a proxy's error page with a 200
-    {"json": {"object": "chat.completion"}},  # JSON, but no choices
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        {"body": "<html>502 Bad Gateway</html>"},  # not JSON: a proxy's error page with a 200
+        {"json": {"object": "chat.completion"}},  # JSON, but no choices
+    ],
+)
 async def test_an_answer_that_is_not_the_protocol_is_the_upstream_s_failure(gateway, http, providers, garbage):
     """A 200 whose body is not a Chat Completion is a bad gateway (502, never the 500 of a
     gateway bug): counted against the deployment, retried, then a fallback serves."""
@@ -299,7 +308,9 @@ async def test_a_context_length_refusal_goes_to_the_context_fallback(gateway, ht
         (413, 413, "request_too_large"),
     ],
 )
-async def test_non_retryable_errors_are_answered_at_once(gateway, http, providers, upstream_status, answered, error_type):
+async def test_non_retryable_errors_are_answered_at_once(
+    gateway, http, providers, upstream_status, answered, error_type
+):
     providers.one.script(error(upstream_status, "no"))
     status, headers, body = await post(http, gateway, "solo-a")
     assert (status, body["error"]["type"]) == (answered, error_type)
@@ -655,7 +666,8 @@ async def test_a_forbidden_model_with_an_allowed_fallback_is_served_by_the_fallb
     assert status == 200 and isinstance(counted["input_tokens"], int)
     assert providers.one.requests == []
     assert [(r.path, r.body["model"]) for r in providers.two.requests] == [
-        ("/v1/messages", "b-cheap-small"), ("/v1/messages/count_tokens", "b-cheap-small")
+        ("/v1/messages", "b-cheap-small"),
+        ("/v1/messages/count_tokens", "b-cheap-small"),
     ]
     assert await shown(http, authorizing, "sonnet", CHEAP) == 200
 

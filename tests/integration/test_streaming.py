@@ -17,7 +17,12 @@ from tests.support.replies import chat_chunks, chat_message, error, tool_call
 from tests.support.servers import CLIENT_HEADERS
 
 ASK = {"max_tokens": 200, "messages": [{"role": "user", "content": "hello"}]}
-USAGE = {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39, "prompt_tokens_details": {"cached_tokens": 10}}
+USAGE = {
+    "prompt_tokens": 30,
+    "completion_tokens": 9,
+    "total_tokens": 39,
+    "prompt_tokens_details": {"cached_tokens": 10},
+}
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Weather for a city",
@@ -53,10 +58,14 @@ def comparable(message) -> dict:
 
 async def test_text_stream_equals_the_unstreamed_answer(client, upstream):
     text, streamed, created = await stream_and_create(
-        client, upstream,
-        stream_reply={"sse": chat_chunks({"content": "Hello"}, {"content": ", wor"}, {"content": "ld 🌍"}, usage=USAGE)},
+        client,
+        upstream,
+        stream_reply={
+            "sse": chat_chunks({"content": "Hello"}, {"content": ", wor"}, {"content": "ld 🌍"}, usage=USAGE)
+        },
         json_reply=chat_message("Hello, world 🌍", usage=USAGE),
-        model="chat-model", **ASK,
+        model="chat-model",
+        **ASK,
     )
     assert text == "Hello, world 🌍"
     assert comparable(streamed) == comparable(created)
@@ -68,10 +77,16 @@ async def test_text_stream_equals_the_unstreamed_answer(client, upstream):
 
 async def test_thinking_stream_equals_the_unstreamed_answer(client, upstream):
     _, streamed, created = await stream_and_create(
-        client, upstream,
-        stream_reply={"sse": chat_chunks({"reasoning_content": "Six times "}, {"reasoning_content": "seven."}, {"content": "42"}, usage=USAGE)},
+        client,
+        upstream,
+        stream_reply={
+            "sse": chat_chunks(
+                {"reasoning_content": "Six times "}, {"reasoning_content": "seven."}, {"content": "42"}, usage=USAGE
+            )
+        },
         json_reply=chat_message("42", reasoning="Six times seven.", usage=USAGE),
-        model="chat-model", **ASK,
+        model="chat-model",
+        **ASK,
     )
     assert [block.type for block in streamed.content] == ["thinking", "text"]
     assert streamed.content[0].thinking == "Six times seven."
@@ -81,24 +96,41 @@ async def test_thinking_stream_equals_the_unstreamed_answer(client, upstream):
 async def test_parallel_tool_calls_stream_equals_the_unstreamed_answer(client, upstream):
     deltas = [
         {"content": "Checking both."},
-        {"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]},
-        {"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]},
+        {
+            "tool_calls": [
+                {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+            ]
+        },
+        {
+            "tool_calls": [
+                {"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+            ]
+        },
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
         {"tool_calls": [{"index": 1, "function": {"arguments": '{"city": "Rome"}'}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
     ]
     _, streamed, created = await stream_and_create(
-        client, upstream,
+        client,
+        upstream,
         stream_reply={"sse": chat_chunks(*deltas, finish_reason="tool_calls", usage=USAGE)},
         json_reply=chat_message(
             "Checking both.",
-            tool_calls=[tool_call("call_a", "get_weather", '{"city": "Oslo"}'), tool_call("call_b", "get_weather", '{"city": "Rome"}')],
-            finish_reason="tool_calls", usage=USAGE,
+            tool_calls=[
+                tool_call("call_a", "get_weather", '{"city": "Oslo"}'),
+                tool_call("call_b", "get_weather", '{"city": "Rome"}'),
+            ],
+            finish_reason="tool_calls",
+            usage=USAGE,
         ),
-        model="chat-model", tools=[WEATHER_TOOL], **ASK,
+        model="chat-model",
+        tools=[WEATHER_TOOL],
+        **ASK,
     )
     assert [(b.type, getattr(b, "input", None)) for b in streamed.content] == [
-        ("text", None), ("tool_use", {"city": "Oslo"}), ("tool_use", {"city": "Rome"}),
+        ("text", None),
+        ("tool_use", {"city": "Oslo"}),
+        ("tool_use", {"city": "Rome"}),
     ]
     assert streamed.stop_reason == "tool_use"
     assert comparable(streamed) == comparable(created)
@@ -123,7 +155,7 @@ async def test_grammar_headers_and_no_done(gateway, upstream):
     assert b"[DONE]" not in raw
     for block in raw.strip().split(b"\n\n"):  # every event carries its `event:` line
         name, data = block.split(b"\n")
-        assert name == b"event: " + orjson.loads(data[len(b"data: "):])["type"].encode()
+        assert name == b"event: " + orjson.loads(data[len(b"data: ") :])["type"].encode()
     start = events[0]["message"]
     assert start["model"] == "chat-model" and start["content"] == [] and start["stop_reason"] is None
     assert isinstance(start["usage"]["input_tokens"], int) and start["usage"]["output_tokens"] == 0
@@ -196,7 +228,13 @@ async def test_upstream_error_before_the_stream_is_a_normal_error(client, upstre
         ({"sse": chat_chunks({"content": "partial"}), "reset_after": 3}, "api_error"),
         ({"sse": chat_chunks({"content": "partial"}), "stall_after": 3}, "timeout_error"),
         ({"sse": chat_chunks({"content": "partial"})[:3] + ["data: {this is not json\n\n"]}, "api_error"),
-        ({"sse": chat_chunks({"content": "partial"})[:3] + [{"error": {"message": "overloaded", "type": "server_error"}}]}, "overloaded_error"),
+        (
+            {
+                "sse": chat_chunks({"content": "partial"})[:3]
+                + [{"error": {"message": "overloaded", "type": "server_error"}}]
+            },
+            "overloaded_error",
+        ),
         ({"sse": chat_chunks({"content": "partial"})[:2]}, "api_error"),  # EOF without finish or [DONE]
     ],
     ids=["reset", "stall", "garbage", "error-chunk", "ended-early"],
@@ -226,8 +264,14 @@ async def test_native_failure_mid_stream_is_an_error_event(gateway, upstream):
 
 def native_message_stream() -> list[dict]:
     message = {
-        "id": "msg_native1", "type": "message", "role": "assistant", "model": "upstream-native-model", "content": [],
-        "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1},
+        "id": "msg_native1",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-native-model",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 25, "output_tokens": 1},
     }
     events = [
         {"type": "message_start", "message": message},
@@ -236,7 +280,11 @@ def native_message_stream() -> list[dict]:
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " there"}},
         {"type": "content_block_stop", "index": 0},
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 6}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 6},
+        },
         {"type": "message_stop"},
     ]
     return [{"event": e["type"], "data": e} for e in events]
@@ -248,11 +296,15 @@ TWO_TEXTS = chat_chunks({"content": "Hello"}, {"content": " world"})[:3]
 @pytest.mark.parametrize("one_write", [True, False], ids=["one-write", "item-by-item"])
 @pytest.mark.parametrize(
     ("bad", "error_type"),
-    [("data: {this is not json\n\n", "api_error"),
-     ({"error": {"message": "overloaded", "type": "server_error"}}, "overloaded_error")],
+    [
+        ("data: {this is not json\n\n", "api_error"),
+        ({"error": {"message": "overloaded", "type": "server_error"}}, "overloaded_error"),
+    ],
     ids=["garbage", "error-chunk"],
 )
-async def test_text_before_a_mid_stream_failure_reaches_the_client(gateway, client, upstream, bad, error_type, one_write):
+async def test_text_before_a_mid_stream_failure_reaches_the_client(
+    gateway, client, upstream, bad, error_type, one_write
+):
     """`role`, two text chunks, then a failure, all in one write over a real socket (the
     gateway reads them at once) or item by item: the client gets both deltas, then the
     error. The same bytes split at every boundary are in tests/unit/test_relay_failures.py."""
@@ -260,7 +312,12 @@ async def test_text_before_a_mid_stream_failure_reaches_the_client(gateway, clie
     _, events, _ = await raw_stream(gateway.url, {"model": "chat-model", **ASK})
     check_stream(events)
     assert [e["type"] for e in events] == [
-        "message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"]
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "error",
+    ]
     assert "".join(e["delta"]["text"] for e in events if e["type"] == "content_block_delta") == "Hello world"
     assert events[-1]["error"]["type"] == error_type
 
@@ -279,7 +336,13 @@ async def test_native_text_before_a_mid_stream_failure_reaches_the_client(gatewa
     _, events, _ = await raw_stream(gateway.url, {"model": "native-model", **ASK})
     check_stream(events)
     assert [e["type"] for e in events] == [
-        "message_start", "content_block_start", "ping", "content_block_delta", "content_block_delta", "error"]
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "content_block_delta",
+        "error",
+    ]
     assert events[0]["message"]["model"] == "native-model"
 
 
@@ -319,7 +382,9 @@ async def test_client_disconnect_cancels_the_upstream(gateway, upstream):
 
 
 async def test_stream_options_refused_then_remembered(client, upstream):
-    upstream.script(error(400, "Unrecognized request argument supplied: stream_options"), {"sse": chat_chunks({"content": "ok"})})
+    upstream.script(
+        error(400, "Unrecognized request argument supplied: stream_options"), {"sse": chat_chunks({"content": "ok"})}
+    )
     async with client.messages.stream(model="chat-model", **ASK) as stream:
         assert (await stream.get_final_message()).content[0].text == "ok"
     assert "stream_options" in upstream.requests[0].body

@@ -216,11 +216,21 @@ def answering(*answers: bytes) -> Script:
     return script
 
 
-async def post(client: UpstreamClient, url: URL, body: bytes = b'{"model": "m"}', headers: dict | None = None,
-               *, connect: float = 2.0, first_byte: float = 2.0, total: float = 5.0, stream: bool = False,
-               max_body: int = MAX_BODY):
-    return await client.post(url, body, headers or {}, connect=connect, first_byte=first_byte, total=total,
-                             stream=stream, max_body=max_body)
+async def post(
+    client: UpstreamClient,
+    url: URL,
+    body: bytes = b'{"model": "m"}',
+    headers: dict | None = None,
+    *,
+    connect: float = 2.0,
+    first_byte: float = 2.0,
+    total: float = 5.0,
+    stream: bool = False,
+    max_body: int = MAX_BODY,
+):
+    return await client.post(
+        url, body, headers or {}, connect=connect, first_byte=first_byte, total=total, stream=stream, max_body=max_body
+    )
 
 
 async def read_all(client: UpstreamClient, url: URL, **kwargs) -> tuple[int, bytes]:
@@ -241,8 +251,11 @@ async def settle() -> None:
 
 
 async def test_a_content_length_answer_and_the_request_as_sent(serve, http):
-    server = await serve(answering(answer(b'{"ok": true}', "201 Created", ("Content-Type: application/json",
-                                                                           "X-Trace: a", "x-trace: b"))))
+    server = await serve(
+        answering(
+            answer(b'{"ok": true}', "201 Created", ("Content-Type: application/json", "X-Trace: a", "x-trace: b"))
+        )
+    )
     url = server.url("/v1/messages?beta=true")
     response = await post(http, url, b'{"model": "m"}', {"x-api-key": "k-1", "Anthropic-Version": "2023-06-01"})
     assert response.status == 201
@@ -411,11 +424,16 @@ async def test_through_the_gateway_a_stale_pooled_connection_is_no_upstream_fail
     server's idle close and the gateway's reuse would have cost a 5xx and a cooldown."""
     from tests.support.servers import CLIENT_HEADERS, gateway_config, start_gateway
 
-    completion = orjson.dumps({
-        "id": "c1", "object": "chat.completion", "created": 1, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-    })
+    completion = orjson.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+    )
 
     async def script(peer: Peer) -> None:
         await peer.request()
@@ -429,9 +447,11 @@ async def test_through_the_gateway_a_stale_pooled_connection_is_no_upstream_fail
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(2):
-                async with session.post(f"{running.url}/v1/messages", headers=CLIENT_HEADERS, json={
-                    "model": "chat-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
-                }) as response:
+                async with session.post(
+                    f"{running.url}/v1/messages",
+                    headers=CLIENT_HEADERS,
+                    json={"model": "chat-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+                ) as response:
                     assert response.status == 200, await response.text()
         router = running.app[RUNTIME].routes.router
         assert router.breaker(router.resolve("chat-model").primary).pristine
@@ -622,11 +642,12 @@ async def test_a_reset_in_a_body_delimited_by_its_connection_cuts_it_short(serve
 
 # ---------------------------------------------------------------- compressed answers
 
-TEXT = b"".join(b"data: {\"index\": %d, \"text\": \"the quick brown fox\"}\n\n" % i for i in range(400))
+TEXT = b"".join(b'data: {"index": %d, "text": "the quick brown fox"}\n\n' % i for i in range(400))
 
 
-@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress),
-                                                ("x-gzip", gzip.compress)])
+@pytest.mark.parametrize(
+    "encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress), ("x-gzip", gzip.compress)]
+)
 async def test_a_compressed_answer_is_decoded_whole(serve, http, encoding, compress):
     server = await serve(answering(answer(compress(TEXT), headers=(f"Content-Encoding: {encoding}",))))
     assert await read_all(http, server.url()) == (200, TEXT)
@@ -635,7 +656,7 @@ async def test_a_compressed_answer_is_decoded_whole(serve, http, encoding, compr
 @pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress)])
 async def test_a_compressed_stream_is_decoded_in_small_pieces(serve, http, encoding, compress):
     packed = compress(TEXT)
-    pieces = [packed[i:i + 7] for i in range(0, len(packed), 7)]
+    pieces = [packed[i : i + 7] for i in range(0, len(packed), 7)]
 
     async def script(peer: Peer) -> None:
         await peer.request()
@@ -682,8 +703,9 @@ async def test_deflate_without_its_zlib_header_is_decoded_too(serve, http):
     assert await read_all(http, server.url()) == (200, TEXT)
 
 
-@pytest.mark.parametrize("encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress),
-                                                ("deflate", raw_deflate)])
+@pytest.mark.parametrize(
+    "encoding, compress", [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", raw_deflate)]
+)
 async def test_a_compressed_body_that_stops_before_its_end_is_a_bad_response(serve, http, encoding, compress):
     # Whole by its Content-Length, cut short by its compressed stream's own end marker.
     packed = compress(TEXT)[:-12]
@@ -701,6 +723,7 @@ CAP = 1024 * 1024
 
 def endless(head: bytes, piece: bytes) -> Script:
     """Answers with `head`, then `piece` again and again until the client leaves."""
+
     async def script(peer: Peer) -> None:
         await peer.request()
         await peer.send(head)
@@ -722,6 +745,7 @@ async def then_answers_again(server: Server, http: UpstreamClient) -> None:
 
 def then_ok(script: Script) -> Script:
     """`script` on the first connection, a plain `ok` on every later one."""
+
     async def either(peer: Peer) -> None:
         if peer.server.accepted == 1:
             await script(peer)
@@ -731,13 +755,19 @@ def then_ok(script: Script) -> Script:
     return either
 
 
-@pytest.mark.parametrize("head, piece", [
-    pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000000\r\n\r\n", b"x" * 65536, id="content-length"),
-    pytest.param(CHUNKED, chunk(b"x" * 65536), id="chunked"),
-    pytest.param(b"HTTP/1.1 200 OK\r\n\r\n", b"x" * 65536, id="until-close"),
-    pytest.param(b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n", chunk(b"x" * 65536),
-                 id="error-status"),
-])
+@pytest.mark.parametrize(
+    "head, piece",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000000\r\n\r\n", b"x" * 65536, id="content-length"),
+        pytest.param(CHUNKED, chunk(b"x" * 65536), id="chunked"),
+        pytest.param(b"HTTP/1.1 200 OK\r\n\r\n", b"x" * 65536, id="until-close"),
+        pytest.param(
+            b"HTTP/1.1 500 Internal Server Error\r\nTransfer-Encoding: chunked\r\n\r\n",
+            chunk(b"x" * 65536),
+            id="error-status",
+        ),
+    ],
+)
 async def test_a_whole_answer_past_max_body_is_too_large_and_its_connection_dropped(serve, http, head, piece):
     server = await serve(then_ok(endless(head, piece)))
     response = await post(http, server.url(), max_body=CAP)
@@ -877,8 +907,15 @@ async def test_a_server_that_closes_in_the_middle_of_the_body_cuts_it_short(serv
     response.close()
 
 
-@pytest.mark.parametrize("garbage", [b"SSH-2.0-OpenSSH_9.6\r\n", b"<html>hello</html>\r\n\r\n", b"HTTP/1.1 abc OK\r\n\r\n",
-                                     b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"<html>hello</html>\r\n\r\n",
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n",
+    ],
+)
 async def test_an_answer_that_is_not_http_is_a_bad_response(serve, http, garbage):
     async def script(peer: Peer) -> None:
         await peer.request()
@@ -935,11 +972,15 @@ async def test_total_bounds_the_wait_for_the_headers(serve, http):
     assert 0.25 <= time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("head, stream", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome of it", False),
-    # A stream that is not 200 is an error body, read whole: timed like a whole answer.
-    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\n\r\n{\"err", True),
-], ids=["whole answer", "stream refused"])
+@pytest.mark.parametrize(
+    "head, stream",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome of it", False),
+        # A stream that is not 200 is an error body, read whole: timed like a whole answer.
+        (b'HTTP/1.1 500 Internal Server Error\r\nContent-Length: 100\r\n\r\n{"err', True),
+    ],
+    ids=["whole answer", "stream refused"],
+)
 async def test_a_whole_answer_whose_body_goes_silent_times_out(serve, http, head, stream):
     server = await serve(_silent(head))
     response = await post(http, server.url(), stream=stream, first_byte=0.3, total=10)
@@ -1017,8 +1058,9 @@ async def test_a_timed_out_connection_is_not_reused(serve, http):
 async def test_an_interim_100_continue_is_skipped(serve, http):
     async def script(peer: Peer) -> None:
         while await peer.request() is not None:
-            await peer.send(b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n", answer(b"ok", headers=("X-Real: 1",)),
-                            pause=0.02)
+            await peer.send(
+                b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n", answer(b"ok", headers=("X-Real: 1",)), pause=0.02
+            )
 
     server = await serve(script)
     response = await post(http, server.url())
@@ -1030,8 +1072,9 @@ async def test_an_interim_100_continue_is_skipped(serve, http):
 
 
 async def test_several_interim_answers_in_one_write_are_skipped(serve, http):
-    server = await serve(answering(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
-                                   + answer(b"ok")))
+    server = await serve(
+        answering(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + answer(b"ok"))
+    )
     assert await read_all(http, server.url()) == (200, b"ok")
 
 
@@ -1083,7 +1126,7 @@ async def test_a_large_stream_read_slowly_arrives_whole_and_in_order(serve, http
         await peer.request()
         await peer.send(CHUNKED)
         for i in range(0, size, piece):
-            await peer.send(chunk(payload[i:i + piece]))
+            await peer.send(chunk(payload[i : i + piece]))
             written = i + piece
         await peer.send(LAST_CHUNK)
 
@@ -1104,8 +1147,9 @@ async def test_a_large_stream_read_slowly_arrives_whole_and_in_order(serve, http
 async def test_an_answer_that_ends_past_the_high_water_mark_leaves_its_connection_usable(serve, http):
     # 8 MiB of zeros gzip to ~8 KiB: one read on the wire, and far past the mark once inflated.
     inflated = bytes(8 * 1024 * 1024)
-    server = await serve(answering(answer(gzip.compress(inflated), headers=("Content-Encoding: gzip",)),
-                                   answer(b"second")))
+    server = await serve(
+        answering(answer(gzip.compress(inflated), headers=("Content-Encoding: gzip",)), answer(b"second"))
+    )
     assert await read_all(http, server.url()) == (200, inflated)
     assert await read_all(http, server.url(), first_byte=0.3) == (200, b"second")
 
@@ -1146,8 +1190,9 @@ async def test_a_call_cancelled_while_waiting_for_its_answer_drops_its_connectio
 # ---------------------------------------------------------------- header injection
 
 
-@pytest.mark.parametrize("headers", [{"x-note": "a\r\nx-injected: 1"}, {"x-note": "a\nb"}, {"x-note": "a\rb"},
-                                     {"x-bad\r\nx-injected": "1"}])
+@pytest.mark.parametrize(
+    "headers", [{"x-note": "a\r\nx-injected: 1"}, {"x-note": "a\nb"}, {"x-note": "a\rb"}, {"x-bad\r\nx-injected": "1"}]
+)
 async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(serve, http, headers):
     server = await serve(answering(answer(b"ok")))
     with pytest.raises(ValueError):
@@ -1177,15 +1222,31 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def _certificates_with_openssl(directory: Path) -> tuple[Path, Path, Path]:
-    ca, ca_key, cert, key, csr, ext = (directory / name for name in
-                                       ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr", "san.ext"))
+    ca, ca_key, cert, key, csr, ext = (
+        directory / name for name in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr", "san.ext")
+    )
     ext.write_text("subjectAltName=DNS:localhost\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     steps = [
         ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=upstream-test-ca"],
         ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1",
-         "-extfile", ext],
+        [
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-extfile",
+            ext,
+        ],
     ]
     for step in steps:
         subprocess.run(["openssl", *map(str, step)], check=True, capture_output=True, cwd=directory)
@@ -1213,14 +1274,24 @@ def _certificates_with_cryptography(directory: Path) -> tuple[Path, Path, Path]:
         )
         if ca:
             builder = builder.add_extension(
-                x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                              key_encipherment=False, data_encipherment=False, key_agreement=False,
-                              encipher_only=False, decipher_only=False), critical=True,
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
             ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         else:
             builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
             builder = builder.add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False
+            )
         return builder.sign(signer, hashes.SHA256())
 
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -1229,8 +1300,11 @@ def _certificates_with_cryptography(directory: Path) -> tuple[Path, Path, Path]:
     files = directory / "ca.pem", directory / "server.pem", directory / "server.key"
     files[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    files[2].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
+    files[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return files
 
 

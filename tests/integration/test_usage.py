@@ -41,8 +41,10 @@ NUMBERS = ("requests", "input", "output", "cache_read", "cache_creation", "cost"
 def config(upstream_url: str, redis_url: str) -> str:
     def pricing(model: str) -> str:
         per_input, per_output, per_read, per_write = PRICES[model]
-        return (f"{{input_per_mtok: {per_input}, output_per_mtok: {per_output}, "
-                f"cache_read_per_mtok: {per_read}, cache_write_per_mtok: {per_write}}}")
+        return (
+            f"{{input_per_mtok: {per_input}, output_per_mtok: {per_output}, "
+            f"cache_read_per_mtok: {per_read}, cache_write_per_mtok: {per_write}}}"
+        )
 
     return f"""
 store: {{type: redis, url: '{redis_url}'}}
@@ -84,8 +86,12 @@ TRAFFIC = [
 def reply(model: str, streamed: bool, counts: tuple[int, int, int, int]) -> dict:
     uncached, output, read, written = counts
     if model == "native-model":
-        usage = {"input_tokens": uncached, "output_tokens": output,
-                 "cache_read_input_tokens": read, "cache_creation_input_tokens": written}
+        usage = {
+            "input_tokens": uncached,
+            "output_tokens": output,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": written,
+        }
         return native_message([{"type": "text", "text": "native"}], usage=usage)
     usage = {"prompt_tokens": uncached + read, "completion_tokens": output, "total_tokens": uncached + read + output}
     if read:
@@ -135,8 +141,9 @@ class Used:
         self.url, self.config_file = url, config_file
 
     async def admin(self, http: aiohttp.ClientSession, **query: str) -> tuple[int, dict]:
-        async with http.get(f"{self.url}/admin/usage", params=query,
-                            headers={"authorization": f"Bearer {ADMIN_TOKEN}"}) as response:
+        async with http.get(
+            f"{self.url}/admin/usage", params=query, headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+        ) as response:
             return response.status, await response.json()
 
     def cli(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -160,8 +167,12 @@ async def used(upstream, redis_url, tmp_path):
         async with aiohttp.ClientSession() as http:
             for key, model, streamed, counts in TRAFFIC:  # in order: each request meets its own reply
                 upstream.script(reply(model, streamed, counts))
-                body = {"model": model, "max_tokens": 50, "stream": streamed,
-                        "messages": [{"role": "user", "content": "hi"}]}
+                body = {
+                    "model": model,
+                    "max_tokens": 50,
+                    "stream": streamed,
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
                 async with http.post(f"{running.url}/v1/messages", json=body, headers={"x-api-key": key}) as response:
                     assert response.status == 200, await response.text()
                     await response.read()
@@ -227,7 +238,12 @@ async def test_the_cli_reports_what_the_admin_api_does(used):
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0] == f"usage of team usage, {day} (UTC)"
-    assert lines[1].split() == ["DAY", "KEY", "MODEL", *("REQUESTS INPUT OUTPUT CACHE-READ CACHE-CREATION COST-USD".split())]
+    assert lines[1].split() == [
+        "DAY",
+        "KEY",
+        "MODEL",
+        *("REQUESTS INPUT OUTPUT CACHE-READ CACHE-CREATION COST-USD".split()),
+    ]
     want = expected_rows()
     for line, (key, model) in zip(lines[2:-1], sorted(want), strict=True):
         row = want[(key, model)]
@@ -270,7 +286,9 @@ async def test_bad_input_is_refused_by_name(used, tmp_path):
         asyncio.to_thread(used.cli, "--team", "usage", "--since", "yesterday"),
         asyncio.to_thread(used.cli, "--team", "usage", config=memory),
     )
-    for result, says in zip(runs, ["no team 'nobody'", "since: expected a day as YYYY-MM-DD", "in-memory"], strict=True):
+    for result, says in zip(
+        runs, ["no team 'nobody'", "since: expected a day as YYYY-MM-DD", "in-memory"], strict=True
+    ):
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("gateway usage: ") and says in result.stderr, result.stderr
 
@@ -372,8 +390,11 @@ async def test_usage_an_upstream_made_up_is_clamped_before_settlement(upstream, 
             await running.settled()
             async with http.get(f"{running.url}/metrics") as response:
                 families = {family.name: family for family in text_string_to_metric_families(await response.text())}
-            tokens = {s.labels["token_type"]: s.value for s in families["gateway_tokens"].samples
-                      if s.name == "gateway_tokens_total" and s.labels["team"] == "hostile"}
+            tokens = {
+                s.labels["token_type"]: s.value
+                for s in families["gateway_tokens"].samples
+                if s.name == "gateway_tokens_total" and s.labels["team"] == "hostile"
+            }
             assert (tokens["input"], tokens["output"]) == (200 + counted_in, 20 + counted_out)
     finally:
         await raw.aclose()

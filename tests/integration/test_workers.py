@@ -56,8 +56,18 @@ async def serve(config_text: str, directory: Path, *args: str, wait: bool = True
     log = directory / "gateway.log"
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), *args,
-            cwd=ROOT, stdout=out, stderr=out,
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            *args,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
         )
     served = Served(f"http://127.0.0.1:{port}", port, process, log, config)
     if wait:
@@ -82,7 +92,7 @@ def children(pid: int) -> set[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[1]) == pid and fields[0] != "Z":
             found.add(int(entry))
     return found
@@ -244,7 +254,9 @@ async def test_sigterm_drains_open_streams_then_exits_0(upstream, redis_url, tmp
 async def test_streams_past_the_drain_deadline_end_with_an_error_event(upstream, tmp_path):
     # ~4 s streams, a 0.5 s deadline; one process (no supervisor) drains the same way.
     upstream.script(*[{"sse": chat_chunks(*({"content": f"w{i} "} for i in range(10))), "chunk_delay": 0.4}] * 20)
-    text = gateway_config(upstream.url).replace("server: {ping_interval: 0.2}", "server: {ping_interval: 0.2, drain_seconds: 0.5}")
+    text = gateway_config(upstream.url).replace(
+        "server: {ping_interval: 0.2}", "server: {ping_interval: 0.2, drain_seconds: 0.5}"
+    )
     served = await serve(text, tmp_path, "--workers", "1")
     http, streams = await open_streams(served, 20)
     try:

@@ -63,7 +63,9 @@ class Golden:
             self.data.update(actual)
             self.save()
             return
-        assert actual == expected, f"{self.path.relative_to(FIXTURES)} does not match (pytest {UPDATE_OPTION} rewrites it)"
+        assert actual == expected, (
+            f"{self.path.relative_to(FIXTURES)} does not match (pytest {UPDATE_OPTION} rewrites it)"
+        )
 
     def save(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=2, ensure_ascii=False) + "\n")

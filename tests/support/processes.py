@@ -45,8 +45,18 @@ async def start_gateway_process(
     log = directory / f"{name}.log"
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
-            cwd=ROOT, stdout=out, stderr=out, env={**os.environ, **(env or {})},
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            env={**os.environ, **(env or {})},
         )
     for _ in range(200):
         if "gateway listening on" in log.read_text():

@@ -134,8 +134,11 @@ async def test_a_key_no_longer_declared_is_revoked_and_a_new_value_replaces_the_
     made, _ = await accounts.create_key(store, ["alpha"], name="made-by-an-operator")
     await accounts.update_key(store, ci.id, KeyUpdate.model_validate({"expires_at": 9e9}))
 
-    await accounts.bootstrap(store, owned("ci-value-B", OWNED.replace("      - {name: gone-later, key: alpha-key-0009}\n", "")),
-                             clock=lambda: 2000.0)
+    await accounts.bootstrap(
+        store,
+        owned("ci-value-B", OWNED.replace("      - {name: gone-later, key: alpha-key-0009}\n", "")),
+        clock=lambda: 2000.0,
+    )
 
     assert await store.find_key(hash_key("ci-value-A")) is None  # no grace: the file replaced it
     replaced = (await store.find_key(hash_key("ci-value-B"))).key
@@ -202,7 +205,10 @@ async def test_what_the_file_declares_cannot_be_changed_through_the_api():
         await accounts.delete_team(store, "alpha")
     with pytest.raises(Conflict, match=rf"key '{ci.id}' is declared in gateway.yaml: change limits, models there"):
         await accounts.update_key(
-            store, ci.id, KeyUpdate.model_validate({"models": ["x"], "limits": {}, "expires_at": 9e9}), source="gateway.yaml"
+            store,
+            ci.id,
+            KeyUpdate.model_validate({"models": ["x"], "limits": {}, "expires_at": 9e9}),
+            source="gateway.yaml",
         )
     with pytest.raises(Conflict, match="its value comes from there"):
         await accounts.rotate_key(store, ci.id, 60.0)
@@ -227,10 +233,14 @@ async def test_records_stored_before_owners_were_recorded():
     await store.put_team(Team(id="beta"))
     for raw, team in (("ci-value-A", "alpha"), ("alpha-key-0009", "alpha"), ("beta-key-0002", "beta")):
         digest = hash_key(raw)
-        await store.put_key(ApiKey(id=key_id_for_hash(digest), name="", prefix=raw[:9], hash=digest, teams=(team,),
-                                   default_team=team))
+        await store.put_key(
+            ApiKey(id=key_id_for_hash(digest), name="", prefix=raw[:9], hash=digest, teams=(team,), default_team=team)
+        )
     made, _ = await accounts.create_key(store, ["alpha"])
-    await accounts.bootstrap(store, owned("ci-value-A", OWNED.replace("    keys:\n      - {name: two, key: beta-key-0002}\n", "    keys: []\n")))
+    await accounts.bootstrap(
+        store,
+        owned("ci-value-A", OWNED.replace("    keys:\n      - {name: two, key: beta-key-0002}\n", "    keys: []\n")),
+    )
     assert (await store.find_key(hash_key("ci-value-A"))).key.managed_by == "config"  # adopted
     assert (await store.find_key(hash_key("beta-key-0002"))).key.revoked_at is not None  # no longer declared
     assert (await store.get_key(made.id)).revoked_at is None
@@ -243,11 +253,12 @@ async def test_a_value_retired_by_a_rotation_is_refused_before_anything_is_writt
     await accounts.rotate_key(store, made.id, grace_seconds=3600)  # `raw` still works, for its grace
     digest = hash_key("ci-value-A")
     # An earlier version's file key, rotated through the admin API (it allowed that).
-    await store.put_key(ApiKey(id=key_id_for_hash(digest), prefix="ci-value-", hash=digest, teams=("alpha",),
-                               default_team="alpha"))
+    await store.put_key(
+        ApiKey(id=key_id_for_hash(digest), prefix="ci-value-", hash=digest, teams=("alpha",), default_team="alpha")
+    )
     await store.rotate_key(key_id_for_hash(digest), hash_key("elsewhere-1"), "elsewhere", 0, 1.0)
     before = await store.list_keys()
-    text = "teams:\n  - id: alpha\n    keys:\n      - {key: ci-value-A}\n      - {key: \"${CI_KEY}\"}\n"
+    text = 'teams:\n  - id: alpha\n    keys:\n      - {key: ci-value-A}\n      - {key: "${CI_KEY}"}\n'
     with pytest.raises(ConfigError) as caught:
         await accounts.bootstrap(store, owned(raw, text))
     assert caught.value.problems == [

@@ -56,9 +56,7 @@ def router() -> Router:
     return Router(config, {name: FakeBackend(name) for name in config.backends})  # type: ignore[arg-type]
 
 
-PRINCIPAL = Principal(
-    key=ApiKey(id="k", prefix="gk-", hash="h", teams=("t",), default_team="t"), team=Team(id="t")
-)
+PRINCIPAL = Principal(key=ApiKey(id="k", prefix="gk-", hash="h", teams=("t",), default_team="t"), team=Team(id="t"))
 
 
 # ---------------------------------------------------------------- the output reservation
@@ -134,7 +132,9 @@ def test_a_usage_object_keeps_what_needs_no_clamp():
     assert clamped_usage(fine) is fine
     hostile = {**fine, "output_tokens": -4, "server_tool_use": {"web_search_requests": 2**64 - 1, "other": 1}}
     assert clamped_usage(hostile) == {
-        **fine, "output_tokens": 0, "server_tool_use": {"web_search_requests": MAX_TOKEN_COUNT, "other": 1}
+        **fine,
+        "output_tokens": 0,
+        "server_tool_use": {"web_search_requests": MAX_TOKEN_COUNT, "other": 1},
     }
     assert hostile["output_tokens"] == -4  # a copy: the upstream's object is left as it came
 
@@ -168,7 +168,8 @@ def priced() -> Router:
 
 def principal(**limits) -> Principal:
     return Principal(
-        key=ApiKey(id="k", prefix="gk-", hash="h", teams=("t",), default_team="t"), team=Team(id="t", limits=Limits(**limits))
+        key=ApiKey(id="k", prefix="gk-", hash="h", teams=("t",), default_team="t"),
+        team=Team(id="t", limits=Limits(**limits)),
     )
 
 
@@ -202,7 +203,9 @@ async def test_a_request_without_an_answer_is_settled_as_using_nothing(priced):
         principal(concurrent_requests=1), priced, priced.candidates("dear"), ASK, exchange
     )
     with pytest.raises(LimitExceeded):  # its lease is held until it is settled
-        await admission.admit_request(principal(concurrent_requests=1), priced, priced.candidates("dear"), ASK, Exchange())
+        await admission.admit_request(
+            principal(concurrent_requests=1), priced, priced.candidates("dear"), ASK, Exchange()
+        )
     admission.settle_request(admitted, exchange)
     [row] = await limiter.usage("t", today(), today())
     assert (row["requests"], row["input"], row["output"], row["cost"]) == (1, 0, 0, 0)

@@ -67,8 +67,9 @@ def router(cfg: Config, clock: Clock | None = None) -> Router:
 
 
 def attempts(cfg: Config, r: Router, model: str, **options) -> Attempts:
-    return Attempts(r, cfg.routing, r.candidates(model), deadline=NOW + cfg.routing.deadline,
-                    rng=random.Random(5), **options)
+    return Attempts(
+        r, cfg.routing, r.candidates(model), deadline=NOW + cfg.routing.deadline, rng=random.Random(5), **options
+    )
 
 
 def upstream(status: int, message: str = "upstream says no", retry_after: str | None = None) -> GatewayError:

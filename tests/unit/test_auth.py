@@ -44,8 +44,9 @@ class HeldStore(MemoryStore):
 
 
 def record(raw: str, key_id: str = "key_1") -> ApiKey:
-    return ApiKey(id=key_id, prefix=shown_prefix(raw), hash=hash_key(raw), teams=("t",), default_team="t",
-                  created_at=time.time())
+    return ApiKey(
+        id=key_id, prefix=shown_prefix(raw), hash=hash_key(raw), teams=("t",), default_team="t", created_at=time.time()
+    )
 
 
 def asking(raw: str) -> dict[str, str]:

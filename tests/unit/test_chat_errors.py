@@ -24,7 +24,14 @@ def test_upstream_error_golden(golden: Golden, update_goldens: bool) -> None:
         actual["headers"] = error.response_headers()
     # Never a vendor error type: only the Messages API's own.
     assert error.error_type in {
-        "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-        "request_too_large", "rate_limit_error", "api_error", "timeout_error", "overloaded_error",
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "request_too_large",
+        "rate_limit_error",
+        "api_error",
+        "timeout_error",
+        "overloaded_error",
     }
     golden.check({"expected": actual}, EXPECTED_KEYS, update=update_goldens)

@@ -48,7 +48,12 @@ def relay(pieces: list[bytes], *, fast: bool) -> tuple[bytes, dict, bool]:
 
 
 def chunk(delta: dict | None = None, finish: str | None = None, **extra) -> dict:
-    return {"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}], **extra}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+        **extra,
+    }
 
 
 TEXT = st.text(min_size=0, max_size=6)
@@ -57,12 +62,16 @@ CHUNKS = st.one_of(
     TEXT.map(lambda t: chunk({"role": "assistant", "content": t})),
     TEXT.map(lambda t: chunk({"reasoning_content": t})),
     TEXT.map(lambda t: chunk({"content": t, "refusal": None})),
-    TEXT.map(lambda t: chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": t}}]})),
+    TEXT.map(
+        lambda t: chunk({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": t}}]})
+    ),
     st.sampled_from(["stop", "length", "tool_calls"]).map(lambda f: chunk({}, f)),
     st.just({"id": "c1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}),
     TEXT.map(lambda t: chunk({"content": t}, usage={"prompt_tokens": 3, "completion_tokens": 2})),
     TEXT.map(lambda t: {"id": "c1", "choices": [{"index": 1, "delta": {"content": t}}]}),
-    TEXT.map(lambda t: {"id": "c1", "choices": [{"delta": {"content": t}, "finish_reason": None, "stop_reason": None}]}),
+    TEXT.map(
+        lambda t: {"id": "c1", "choices": [{"delta": {"content": t}, "finish_reason": None, "stop_reason": None}]}
+    ),
 )
 
 
@@ -129,15 +138,26 @@ def test_the_fast_path_is_taken_for_text_chunks(monkeypatch):
 def test_chunks_shaped_like_the_last_are_not_parsed(monkeypatch):
     parsed = []
     real_loads = orjson.loads
-    monkeypatch.setattr("gateway.translate.messages_chat.relay.orjson.loads", lambda data: parsed.append(data) or real_loads(data))
+    monkeypatch.setattr(
+        "gateway.translate.messages_chat.relay.orjson.loads", lambda data: parsed.append(data) or real_loads(data)
+    )
     texts = ["b", "c d", 'e "quoted"', "f\\g", "é", "h", "i\u0001", "j"]
     chat = ChatRelay(CALL)
     chat.start()
-    out = chat.feed(wire([chunk({"role": "assistant", "content": "a"}), *(chunk({"content": t}) for t in texts)], False))
+    out = chat.feed(
+        wire([chunk({"role": "assistant", "content": "a"}), *(chunk({"content": t}) for t in texts)], False)
+    )
     # Parsed: the first (it opens the block), the second (its shape is learned from it),
     # the ones whose text an encoder escapes or that is not ASCII, and `[DONE]`'s check
     # needs none.
-    assert [real_loads(p)["choices"][0]["delta"]["content"] for p in parsed] == ["a", "b", 'e "quoted"', "f\\g", "é", "i\u0001"]
+    assert [real_loads(p)["choices"][0]["delta"]["content"] for p in parsed] == [
+        "a",
+        "b",
+        'e "quoted"',
+        "f\\g",
+        "é",
+        "i\u0001",
+    ]
     deltas = [real_loads(line[6:]) for line in out.split(b"\n") if line.startswith(b"data: ")]
     assert [d["delta"]["text"] for d in deltas if d["type"] == "content_block_delta"] == ["a", *texts]
 

@@ -63,7 +63,9 @@ def test_a_long_run_of_user_turns_is_one_message():
     a 32 MiB body of them held the worker for minutes). Each run is now joined once; the
     joined turn must still hold every turn, in order."""
     turns = [f"turn {i}" for i in range(20_000)]
-    assert _chat_messages([{"role": "user", "content": t} for t in turns]) == [{"role": "user", "content": "\n".join(turns)}]
+    assert _chat_messages([{"role": "user", "content": t} for t in turns]) == [
+        {"role": "user", "content": "\n".join(turns)}
+    ]
 
 
 def test_long_mixed_runs_keep_every_part_and_call_in_order():
@@ -73,11 +75,14 @@ def test_long_mixed_runs_keep_every_part_and_call_in_order():
         {"role": "user", "content": f"u{i}" if i % 2 else [image, {"type": "text", "text": f"u{i}"}]} for i in range(n)
     ]
     assistants = [
-        {"role": "assistant", "content": [
-            {"type": "thinking", "thinking": f"t{i}", "signature": "s"},
-            {"type": "text", "text": f"a{i}"},
-            {"type": "tool_use", "id": f"toolu_{i}", "name": "f", "input": {"i": i}},
-        ]}
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": f"t{i}", "signature": "s"},
+                {"type": "text", "text": f"a{i}"},
+                {"type": "tool_use", "id": f"toolu_{i}", "name": "f", "input": {"i": i}},
+            ],
+        }
         for i in range(n)
     ]
     request = {"model": "m", "messages": [*users, *assistants, {"role": "user", "content": "end"}]}
@@ -90,12 +95,16 @@ def test_long_mixed_runs_keep_every_part_and_call_in_order():
         "content": [
             part
             for i in range(n)
-            for part in ([{"type": "text", "text": f"u{i}"}] if i % 2 else [image_part, {"type": "text", "text": f"u{i}"}])
+            for part in (
+                [{"type": "text", "text": f"u{i}"}] if i % 2 else [image_part, {"type": "text", "text": f"u{i}"}]
+            )
         ],
     }
     assert assistant["content"] == "\n".join(f"a{i}" for i in range(n))
     assert assistant["reasoning_content"] == "\n".join(f"t{i}" for i in range(n))
-    assert [orjson.loads(call["function"]["arguments"]) for call in assistant["tool_calls"]] == [{"i": i} for i in range(n)]
+    assert [orjson.loads(call["function"]["arguments"]) for call in assistant["tool_calls"]] == [
+        {"i": i} for i in range(n)
+    ]
     assert end == {"role": "user", "content": "end"}
 
 
@@ -107,7 +116,9 @@ def test_each_run_of_one_role_is_joined_once(monkeypatch):
     messages = [{"role": role, "content": f"{r}.{i}"} for r, (role, size) in enumerate(runs) for i in range(size)]
     out = _chat_messages(messages)
     assert joined == [size for _, size in runs]
-    assert [m["content"] for m in out] == ["\n".join(f"{r}.{i}" for i in range(size)) for r, (_, size) in enumerate(runs)]
+    assert [m["content"] for m in out] == [
+        "\n".join(f"{r}.{i}" for i in range(size)) for r, (_, size) in enumerate(runs)
+    ]
 
 
 def test_a_schema_of_any_depth_is_judged_without_recursion():
@@ -117,12 +128,16 @@ def test_a_schema_of_any_depth_is_judged_without_recursion():
     for _ in range(5_000):
         schema = {"type": "object", "properties": {"a": schema}, "required": ["a"], "additionalProperties": False}
     request = {
-        "model": "m", "messages": [{"role": "user", "content": "x"}],
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
         "output_config": {"format": {"type": "json_schema", "schema": schema}},
     }
     body = to_chat_request(request, upstream_model="m-up", dialect=PRESETS["openai"]).body
     assert body["response_format"]["json_schema"]["strict"] is True
     schema["properties"]["a"]["additionalProperties"] = True  # one open object, one level down
-    assert to_chat_request(request, upstream_model="m-up", dialect=PRESETS["openai"]).body["response_format"][
-        "json_schema"
-    ]["strict"] is False
+    assert (
+        to_chat_request(request, upstream_model="m-up", dialect=PRESETS["openai"]).body["response_format"][
+            "json_schema"
+        ]["strict"]
+        is False
+    )

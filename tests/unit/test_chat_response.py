@@ -32,7 +32,9 @@ def _comparable(response: dict, upstream: dict) -> dict:
 def test_response_golden(golden: Golden, update_goldens: bool) -> None:
     request = {"messages": [{"role": "user", "content": "hi"}], **golden["request"]}
     validate_request(copy.deepcopy(request))
-    call = to_chat_request(request, upstream_model=golden.get("upstream_model", "upstream-model"), dialect=dialect_of(golden["dialect"]))
+    call = to_chat_request(
+        request, upstream_model=golden.get("upstream_model", "upstream-model"), dialect=dialect_of(golden["dialect"])
+    )
     upstream = golden["chat_response"]
     before = copy.deepcopy(upstream)
 

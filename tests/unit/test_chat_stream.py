@@ -54,8 +54,12 @@ def call_for(case: dict) -> ChatCall:
     return to_chat_request(case["request"], upstream_model="up-model", dialect=ChatDialect())
 
 
-def run(case: dict, translator: ChatStreamTranslator | None = None) -> tuple[list[dict], ChatStreamTranslator, GatewayError | None]:
-    t = translator or ChatStreamTranslator(call_for(case), message_id="msg_test", input_tokens=case.get("input_tokens", 0))
+def run(
+    case: dict, translator: ChatStreamTranslator | None = None
+) -> tuple[list[dict], ChatStreamTranslator, GatewayError | None]:
+    t = translator or ChatStreamTranslator(
+        call_for(case), message_id="msg_test", input_tokens=case.get("input_tokens", 0)
+    )
     events = t.start()
     error: GatewayError | None = None
     done = False
@@ -120,13 +124,19 @@ def chunks_to_response(chunks: list[Any]) -> dict:
         message["refusal"] = "".join(refusals)
     if calls:
         message["tool_calls"] = [
-            {"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} | ({"id": c["id"]} if c["id"] else {})
+            {"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            | ({"id": c["id"]} if c["id"] else {})
             for c in calls
         ]
     choice_out: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
     if matched is not None:
         choice_out["stop_reason"] = matched
-    response: dict[str, Any] = {"id": first_id, "object": "chat.completion", "model": "up-model", "choices": [choice_out]}
+    response: dict[str, Any] = {
+        "id": first_id,
+        "object": "chat.completion",
+        "model": "up-model",
+        "choices": [choice_out],
+    }
     if usage is not None:
         response["usage"] = usage
     return response
@@ -198,7 +208,9 @@ def test_streamed_equals_unstreamed(path: Path):
 RAW = STREAMS / "raw"
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(RAW.glob("*.sse")) if (STREAMS / f"{p.stem}.json").exists()], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in sorted(RAW.glob("*.sse")) if (STREAMS / f"{p.stem}.json").exists()], ids=lambda p: p.stem
+)
 def test_raw_upstream_bytes_end_to_end(path: Path):
     """Recorded upstream bytes, read 5 bytes at a time → decoder → translator: the golden's events."""
     case = load(STREAMS / f"{path.stem}.json")
@@ -243,7 +255,12 @@ def test_two_translators_keep_their_own_state():
 def test_state_and_properties():
     t = ChatStreamTranslator(_call(), message_id="msg_x", input_tokens=7)
     assert t.state is State.NOT_STARTED and not t.started and not t.finished
-    assert t.usage == {"input_tokens": 7, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    assert t.usage == {
+        "input_tokens": 7,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
     assert not t.usage_reported and t.stop_reason is None
     t.start()
     assert t.state is State.BETWEEN_BLOCKS and t.started and t.events_emitted == 1
@@ -262,7 +279,12 @@ def test_message_start_uses_the_requested_model_and_estimate():
     (start,) = t.start()
     message = start["message"]
     assert message["model"] == "m" and message["id"].startswith("msg_")
-    assert message["usage"] == {"input_tokens": 12, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    assert message["usage"] == {
+        "input_tokens": 12,
+        "output_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
     assert t.start() == []  # once
 
 
@@ -377,12 +399,25 @@ def test_empty_tool_call_entries_open_nothing():
 def test_openrouter_reasoning_details_signature():
     t = ChatStreamTranslator(_call(), message_id="msg_x")
     events = t.start()
-    events += t.feed(_chunk({"reasoning": "Think", "reasoning_details": [{"type": "reasoning.text", "text": "Think", "format": "anthropic-claude-v1"}]}))
-    events += t.feed(_chunk({"reasoning": "", "reasoning_details": [{"type": "reasoning.text", "text": "", "signature": "sig1"}]}))
+    events += t.feed(
+        _chunk(
+            {
+                "reasoning": "Think",
+                "reasoning_details": [{"type": "reasoning.text", "text": "Think", "format": "anthropic-claude-v1"}],
+            }
+        )
+    )
+    events += t.feed(
+        _chunk({"reasoning": "", "reasoning_details": [{"type": "reasoning.text", "text": "", "signature": "sig1"}]})
+    )
     events += t.feed(_chunk({"content": "Out"}, "stop"))
     events += t.finish()
     assert events[1:5] == [
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
         {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Think"}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig1"}},
         {"type": "content_block_stop", "index": 0},
@@ -393,14 +428,25 @@ def test_openrouter_reasoning_details_signature():
 def test_reasoning_details_text_alone_is_thinking():
     t = ChatStreamTranslator(_call(), message_id="msg_x")
     t.start()
-    events = t.feed(_chunk({"reasoning_details": [{"type": "reasoning.text", "text": "only here"}, {"type": "reasoning.encrypted", "data": "xx"}]}))
+    events = t.feed(
+        _chunk(
+            {
+                "reasoning_details": [
+                    {"type": "reasoning.text", "text": "only here"},
+                    {"type": "reasoning.encrypted", "data": "xx"},
+                ]
+            }
+        )
+    )
     assert events[-1]["delta"] == {"type": "thinking_delta", "thinking": "only here"}
 
 
 def test_content_parts_list():
     t = ChatStreamTranslator(_call(), message_id="msg_x")
     t.start()
-    events = t.feed(_chunk({"content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]}))
+    events = t.feed(
+        _chunk({"content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]})
+    )
     assert events[-1]["delta"] == {"type": "text_delta", "text": "ab"}
 
 
@@ -410,7 +456,9 @@ def test_tool_call_without_index_continues_the_last_call():
     events += t.feed(_chunk({"tool_calls": [{"id": "a", "function": {"name": "f", "arguments": '{"x"'}}]}))
     events += t.feed(_chunk({"tool_calls": [{"function": {"arguments": ":1}"}}]}, "tool_calls"))
     events += t.finish()
-    assert MessageFold.of(events, strict=True).message["content"] == [{"type": "tool_use", "id": "a", "name": "f", "input": {"x": 1}}]
+    assert MessageFold.of(events, strict=True).message["content"] == [
+        {"type": "tool_use", "id": "a", "name": "f", "input": {"x": 1}}
+    ]
 
 
 # ---------------------------------------------------------------------------- property
@@ -425,7 +473,11 @@ def _tool_streams(draw) -> tuple[list[dict], list[tuple[str, dict]], str]:
     same_index = draw(st.booleans()) and n > 1
     calls = []
     for k in range(n):
-        args = draw(st.dictionaries(st.sampled_from("abc"), st.one_of(st.integers(-(2**40), 2**40), st.text(max_size=5)), max_size=3))
+        args = draw(
+            st.dictionaries(
+                st.sampled_from("abc"), st.one_of(st.integers(-(2**40), 2**40), st.text(max_size=5)), max_size=3
+            )
+        )
         raw = orjson.dumps(args).decode()
         cuts = sorted(draw(st.lists(st.integers(min_value=0, max_value=len(raw)), max_size=4)))
         pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
@@ -453,7 +505,9 @@ def _tool_streams(draw) -> tuple[list[dict], list[tuple[str, dict]], str]:
         chunks.append(_chunk({"tool_calls": [queues[k].pop(0)]}))
         if k not in seen:
             seen.append(k)
-    chunks.append(_chunk({}, draw(st.sampled_from(["tool_calls", "stop"])), usage={"prompt_tokens": 5, "completion_tokens": 9}))
+    chunks.append(
+        _chunk({}, draw(st.sampled_from(["tool_calls", "stop"])), usage={"prompt_tokens": 5, "completion_tokens": 9})
+    )
     expected = [(calls[k][0], calls[k][1]) for k in seen]
     return chunks, expected, text
 
@@ -489,7 +543,9 @@ def _whole_value(text: str) -> bool:
 # Values whose strings hold what could mislead a scan: quotes, backslashes, brackets.
 _JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(alphabet='ab"\\{}[] \n', max_size=6),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='k"\\[{', max_size=3), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='k"\\[{', max_size=3), inner, max_size=3)
+    ),
     max_leaves=12,
 )
 
@@ -520,7 +576,9 @@ def test_arguments_are_parsed_once_while_another_call_waits(monkeypatch):
     monkeypatch.setattr(chat_stream, "_parses", lambda text: parsed.append(text) or parses(text))
     t = ChatStreamTranslator(_call(), message_id="msg_x")
     events = t.start()
-    events += t.feed(_chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"k": [{}'}}]}))
+    events += t.feed(
+        _chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": '{"k": [{}'}}]})
+    )
     events += t.feed(_chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]}))
     for i in range(5_000):
         events += t.feed(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": f', {{"x": {i}}}'}}]}))
@@ -530,18 +588,40 @@ def test_arguments_are_parsed_once_while_another_call_waits(monkeypatch):
     assert len(parsed) == 1
     check_stream(events)
     content = MessageFold.of(events, strict=True).message["content"]
-    assert [(b["name"], b["input"]) for b in content] == [("f", {"k": [{}, *({"x": i} for i in range(5_000))]}), ("g", {})]
+    assert [(b["name"], b["input"]) for b in content] == [
+        ("f", {"k": [{}, *({"x": i} for i in range(5_000))]}),
+        ("g", {}),
+    ]
 
 
 # ---------------------------------------------------------------------------- the grammar checker itself
 
-_S = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
-                                           "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 0}}}
+_S = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 0},
+    },
+}
 _TEXT0 = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-_TOOL0 = {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}
+_TOOL0 = {
+    "type": "content_block_start",
+    "index": 0,
+    "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+}
 _D0 = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}
 _STOP0 = {"type": "content_block_stop", "index": 0}
-_MD = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 1}}
+_MD = {
+    "type": "message_delta",
+    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    "usage": {"output_tokens": 1},
+}
 _END = {"type": "message_stop"}
 _ERR = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
 
@@ -570,8 +650,22 @@ def test_grammar_accepts_pings_and_errors():
         [_S, _TEXT0, _D0, _ERR, _STOP0],  # something after the error
         [_S, _MD, _END, _ERR],  # something after message_stop
         [_S, {**_MD, "delta": {"stop_reason": "error", "stop_sequence": None}}, _END],  # invented stop reason (P14)
-        [_S, {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "", "input": {}}}],
-        [_S, _TOOL0, {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{"}}, _STOP0, _MD, _END],
+        [
+            _S,
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "t", "name": "", "input": {}},
+            },
+        ],
+        [
+            _S,
+            _TOOL0,
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{"}},
+            _STOP0,
+            _MD,
+            _END,
+        ],
         [_S, {"type": "unknown_event"}, _MD, _END],
     ],
 )
@@ -591,8 +685,12 @@ def test_the_anthropic_sdk_reads_every_golden(path: Path):
 
     case = load(path)
     wire = b"".join(encode_json(e) for e in case["events"])
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=wire))
-    client = anthropic.Anthropic(api_key="k", base_url="http://gateway.test", http_client=httpx.Client(transport=transport), max_retries=0)
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=wire)
+    )
+    client = anthropic.Anthropic(
+        api_key="k", base_url="http://gateway.test", http_client=httpx.Client(transport=transport), max_retries=0
+    )
     request = {k: v for k, v in case["request"].items() if k != "stream"}
     if "error" in case:
         with pytest.raises(anthropic.APIStatusError) as info:

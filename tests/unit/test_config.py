@@ -60,7 +60,9 @@ def test_config_is_frozen():
 
 
 def test_check_config_cli(tmp_path):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT)
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT
+    )
     bad = run("check-config", str(FIXTURES / "unknown-backend.yaml"))
     assert bad.returncode == 1
     assert "models[2].routes[0].backend: unknown backend 'opnai'" in bad.stderr
@@ -86,4 +88,6 @@ models: []
     assert (config.backends["a"].max_response_bytes, config.backends["a"].max_event_bytes) == (1 << 20, 64 << 10)
     with pytest.raises(ConfigError) as caught:
         parse('backends: {o: {type: openai, base_url: "http://h:1", max_event_bytes: 10}}\nmodels: []', env={})
-    assert any(problem.startswith("backends.o.max_event_bytes") for problem in caught.value.problems), caught.value.problems
+    assert any(problem.startswith("backends.o.max_event_bytes") for problem in caught.value.problems), (
+        caught.value.problems
+    )

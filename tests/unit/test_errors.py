@@ -52,7 +52,8 @@ def test_status_type_and_retry_advice(cls, status, error_type, should_retry):
 def _gateway_errors() -> list[type[errors.GatewayError]]:
     """Every error class `errors.py` itself defines (not those it imports)."""
     return [
-        value for value in vars(errors).values()
+        value
+        for value in vars(errors).values()
         if isinstance(value, type) and issubclass(value, errors.GatewayError) and value.__module__ == errors.__name__
     ]
 
@@ -88,14 +89,18 @@ def test_the_docstring_tree_gives_each_class_its_parent_status_and_type(cls):
 
 OVERFLOWS = {
     # A native (Anthropic) upstream's own words, kept as they are.
-    "native-prompt": (b'{"type": "error", "error": {"type": "invalid_request_error", '
-                      b'"message": "prompt is too long: 210000 tokens > 200000 maximum"}}'),
-    "native-output": (b'{"type": "error", "error": {"type": "invalid_request_error", "message": '
-                      b'"input length and `max_tokens` exceed context limit: 190000 + 20000 > 200000, '
-                      b'decrease input length or max_tokens and try again"}}'),
+    "native-prompt": (
+        b'{"type": "error", "error": {"type": "invalid_request_error", '
+        b'"message": "prompt is too long: 210000 tokens > 200000 maximum"}}'
+    ),
+    "native-output": (
+        b'{"type": "error", "error": {"type": "invalid_request_error", "message": '
+        b'"input length and `max_tokens` exceed context limit: 190000 + 20000 > 200000, '
+        b'decrease input length or max_tokens and try again"}}'
+    ),
     # Chat upstreams, reworded to the Messages API's.
     "vllm": b'{"error": {"message": "This model\'s maximum context length is 4096 tokens. However, your '
-            b'request has 5000 input tokens."}}',
+    b'request has 5000 input tokens."}}',
     "code-only": b'{"error": {"message": "too many tokens", "code": "context_length_exceeded"}}',
 }
 
@@ -119,17 +124,23 @@ def test_other_client_errors_are_not_overflows(status):
 
 # (text an upstream sent, what the client may see of it)
 SECRETS = [
-    ("Incorrect API key provided: sk-proj-****7890. You can find your API key at https://platform.openai.com/api-keys.",
-     "Incorrect API key provided: [redacted]. You can find your API key at https://platform.openai.com/api-keys."),
+    (
+        "Incorrect API key provided: sk-proj-****7890. You can find your API key at https://platform.openai.com/api-keys.",
+        "Incorrect API key provided: [redacted]. You can find your API key at https://platform.openai.com/api-keys.",
+    ),
     ("Incorrect API key provided: sk-abc.def.0123456789", "Incorrect API key provided: [redacted]"),
     ("invalid x-api-key sk-ant-api03-AbCdEf_0123456789", "invalid x-api-key [redacted]"),
     ("Invalid API Key gsk_4fQ2kLmN8pRsTuVwXyZa0123 for org", "Invalid API Key [redacted] for org"),
     ("xai-Zq8Yw7Xv6Ut5Sr4Qp3On2Ml1Kk0Jj9Ii is not valid", "[redacted] is not valid"),
     ("token hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345 expired", "token [redacted] expired"),
-    ("Access denied due to invalid subscription key 0123456789abcdef0123456789ABCDEF.",
-     "Access denied due to invalid subscription key [redacted]."),
-    ("POST /openai/deployments/gpt?api-version=2024-06-01&api-key=Zx9Yw8Vu7Ts6 failed",
-     "POST /openai/deployments/gpt?api-version=2024-06-01&api-key=[redacted] failed"),
+    (
+        "Access denied due to invalid subscription key 0123456789abcdef0123456789ABCDEF.",
+        "Access denied due to invalid subscription key [redacted].",
+    ),
+    (
+        "POST /openai/deployments/gpt?api-version=2024-06-01&api-key=Zx9Yw8Vu7Ts6 failed",
+        "POST /openai/deployments/gpt?api-version=2024-06-01&api-key=[redacted] failed",
+    ),
     ("api_key: 'Zx9Yw8Vu7Ts6' is wrong", "api_key: '[redacted]' is wrong"),
     ('{"header": "x-api-key", "key": "Zx9Yw8Vu7Ts6Rq5"}', '{"header": "x-api-key", "key": "[redacted]"}'),
     ("GET /v1/models?key=AIzaSyA-0123456789abcdefghijklmno", "GET /v1/models?key=[redacted]"),
@@ -164,11 +175,14 @@ def _secret(text: str) -> str:
     """The credential in one of `SECRETS`: what its scrubbed form replaced."""
     seen = dict(SECRETS)[text]
     head, _, tail = seen.partition("[redacted]")
-    return text[len(head):len(text) - len(tail)]
+    return text[len(head) : len(text) - len(tail)]
 
 
-CALL = to_chat_request({"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-                       upstream_model="up", dialect=ChatDialect())
+CALL = to_chat_request(
+    {"model": "m", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    upstream_model="up",
+    dialect=ChatDialect(),
+)
 
 
 def _error_status(text: str) -> str:
@@ -177,8 +191,11 @@ def _error_status(text: str) -> str:
 
 def _native_error_event(text: str) -> str:
     relay = NativeRelay("m")
-    out = relay.feed(b"event: error\ndata: " + orjson.dumps({"type": "error", "error": {"type": "api_error",
-                                                                                      "message": text}}) + b"\n\n")
+    out = relay.feed(
+        b"event: error\ndata: "
+        + orjson.dumps({"type": "error", "error": {"type": "api_error", "message": text}})
+        + b"\n\n"
+    )
     [event] = SseDecoder().feed(out)
     assert relay.failure is not None and relay.failure.message == orjson.loads(event.data)["error"]["message"]
     return relay.failure.message
@@ -193,7 +210,11 @@ def _chat_error_chunk(text: str) -> str:
     return relay.failure.message
 
 
-PATHS = {"error-status": _error_status, "native-error-event": _native_error_event, "chat-error-chunk": _chat_error_chunk}
+PATHS = {
+    "error-status": _error_status,
+    "native-error-event": _native_error_event,
+    "chat-error-chunk": _chat_error_chunk,
+}
 
 
 @pytest.mark.parametrize("path", PATHS.values(), ids=PATHS.keys())
@@ -206,5 +227,7 @@ def test_every_path_from_upstream_text_to_the_client_is_scrubbed(path, text, see
 
 def test_a_secret_cut_by_the_length_bound_shows_no_part_of_itself():
     for at in range(960, 1010):
-        message = upstream_message(orjson.dumps({"error": {"message": "x" * at + " gsk_4fQ2kLmN8pRsTuVwXyZa0123 " * 3}}))
+        message = upstream_message(
+            orjson.dumps({"error": {"message": "x" * at + " gsk_4fQ2kLmN8pRsTuVwXyZa0123 " * 3}})
+        )
         assert len(message) <= 1000 and "gsk_4f" not in message, at

@@ -17,8 +17,14 @@ from gateway.config import MIN_SECRET_LENGTH, exposure_problems, is_loopback, pa
 STRONG = secrets.token_hex(32)
 
 
-def config(*, host: str = "127.0.0.1", admin_listen: str | None = None, admin: str | None = None,
-           metrics: str | None = None, key: str | None = None):
+def config(
+    *,
+    host: str = "127.0.0.1",
+    admin_listen: str | None = None,
+    admin: str | None = None,
+    metrics: str | None = None,
+    key: str | None = None,
+):
     server = f"host: '{host}'" + (f", admin_listen: '{admin_listen}'" if admin_listen else "")
     if metrics is not None:
         server += f", metrics_token: '{metrics}'"
@@ -44,13 +50,19 @@ def test_the_quick_start_demo_key_is_served_on_loopback():
     assert exposure_problems(config(key="gk-demo-change-me", admin="changeme")) == []
 
 
-@pytest.mark.parametrize("weak, why", [
-    ("gk-demo-change-me", "a placeholder"),
-    ("admin-change-me", "a placeholder"),
-    ("REPLACE_ME", "a placeholder"),
-    ("gk-" + "x" * 40 + "-changeme", "a placeholder"),
-    ("x" * (MIN_SECRET_LENGTH - 1), f"too short ({MIN_SECRET_LENGTH - 1} characters; at least {MIN_SECRET_LENGTH})"),
-])
+@pytest.mark.parametrize(
+    "weak, why",
+    [
+        ("gk-demo-change-me", "a placeholder"),
+        ("admin-change-me", "a placeholder"),
+        ("REPLACE_ME", "a placeholder"),
+        ("gk-" + "x" * 40 + "-changeme", "a placeholder"),
+        (
+            "x" * (MIN_SECRET_LENGTH - 1),
+            f"too short ({MIN_SECRET_LENGTH - 1} characters; at least {MIN_SECRET_LENGTH})",
+        ),
+    ],
+)
 @pytest.mark.parametrize("setting", ["admin.token", "server.metrics_token", "teams[0].keys[0].key"])
 def test_a_weak_secret_is_refused_on_every_interface(weak, why, setting):
     values = {"admin.token": "admin", "server.metrics_token": "metrics", "teams[0].keys[0].key": "key"}

@@ -148,7 +148,14 @@ ALLOW_PRIVATE = ImageUrlRules(schemes=frozenset({"https", "http"}), allow_privat
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:9099/a.png", "https://10.0.0.5/", "http://localhost/a", "http://vllm-images/a", "https://[::1]/"]
+    "url",
+    [
+        "http://127.0.0.1:9099/a.png",
+        "https://10.0.0.5/",
+        "http://localhost/a",
+        "http://vllm-images/a",
+        "https://[::1]/",
+    ],
 )
 def test_allow_private_lets_the_operator_reach_its_own_network(url):
     check_url(url, ALLOW_PRIVATE)
@@ -197,7 +204,8 @@ def test_ipv4_reads_every_spelling_inet_aton_reads(labels, address):
 
 
 @pytest.mark.parametrize(
-    "labels", [["1", "2", "3", "4", "5"], ["256", "1"], ["1", "2", "65536"], ["4294967296"], ["09"], ["0x1g"], ["1", ""]]
+    "labels",
+    [["1", "2", "3", "4", "5"], ["256", "1"], ["1", "2", "65536"], ["4294967296"], ["09"], ["0x1g"], ["1", ""]],
 )
 def test_ipv4_refuses_what_inet_aton_refuses(labels):
     with pytest.raises(UrlRefused):
@@ -233,18 +241,26 @@ def test_url_sources_finds_images_in_messages_and_tool_results():
         "messages": [
             {"role": "user", "content": "text only"},
             {"role": "user", "content": [{"type": "text", "text": "look"}, image, document]},
-            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {"source": image}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "x"}, image]},
-                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
-            ]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {"source": image}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "x"}, image]},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
+                ],
+            },
         ]
     }
     assert list(url_sources(request, documents=False)) == [
         ("messages.1.content.1.source.url", "https://example.com/a.png"),
         ("messages.3.content.0.content.1.source.url", "https://example.com/a.png"),
     ]
-    assert ("messages.1.content.2.source.url", "https://example.com/a.pdf") in list(url_sources(request, documents=True))
+    assert ("messages.1.content.2.source.url", "https://example.com/a.pdf") in list(
+        url_sources(request, documents=True)
+    )
 
 
 def test_a_backends_guard_as_configured():

@@ -27,14 +27,44 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGE = ROOT / "gateway"
 
 # The standard library a pure module may not reach: the network, the event loop, processes.
-IO_STDLIB = frozenset({
-    "asyncio", "socket", "ssl", "selectors", "select", "http", "socketserver", "ftplib", "smtplib",
-    "imaplib", "poplib", "telnetlib", "xmlrpc", "subprocess", "multiprocessing", "concurrent", "signal",
-    "threading", "mmap",
-})
+IO_STDLIB = frozenset(
+    {
+        "asyncio",
+        "socket",
+        "ssl",
+        "selectors",
+        "select",
+        "http",
+        "socketserver",
+        "ftplib",
+        "smtplib",
+        "imaplib",
+        "poplib",
+        "telnetlib",
+        "xmlrpc",
+        "subprocess",
+        "multiprocessing",
+        "concurrent",
+        "signal",
+        "threading",
+        "mmap",
+    }
+)
 PURE_THIRD_PARTY = frozenset({"orjson"})
-HTTP = frozenset({"aiohttp", "httptools", "http", "gateway.backends", "gateway.handlers", "gateway.routes",
-                  "gateway.middleware", "gateway.streaming", "gateway.server", "gateway.app"})
+HTTP = frozenset(
+    {
+        "aiohttp",
+        "httptools",
+        "http",
+        "gateway.backends",
+        "gateway.handlers",
+        "gateway.routes",
+        "gateway.middleware",
+        "gateway.streaming",
+        "gateway.server",
+        "gateway.app",
+    }
+)
 
 
 def _module_name(path: Path) -> str:

@@ -192,7 +192,9 @@ def test_checks_cover_team_then_key_and_cap_token_costs():
         "k:k1:otpm": ("output", 200, 1000),
         f"k:k1:cpmo:{cal.month}": ("cost", 0.3),
     }
-    usage = Usage(input_tokens=40, cache_read_input_tokens=50, cache_creation_input_tokens=10, output_tokens=150, cost_usd=0.25)
+    usage = Usage(
+        input_tokens=40, cache_read_input_tokens=50, cache_creation_input_tokens=10, output_tokens=150, cost_usd=0.25
+    )
     ops = corrections(charged, usage)
     assert ("zrem", "conc", 0) in ops
     assert ("tat", "itpm", pytest.approx((100 - 50) * 60 / 50)) in ops  # all input counts: 40 + 50 + 10
@@ -218,7 +220,10 @@ def test_count_tokens_checks_its_own_bucket_only():
     assert "ctpm" not in {c.name for c in checks_for(demand(both))}  # nor a messages request the count's
     # A team that sets none gets the default; a key's narrows it.
     keyed = demand(Limits(), Limits(count_tokens_per_minute=2), operation=COUNT_TOKENS)
-    assert [(c.name, c.limit, c.scope) for c in checks_for(keyed, 300)] == [("ctpm", 300, "team"), ("k:k1:ctpm", 2, "key")]
+    assert [(c.name, c.limit, c.scope) for c in checks_for(keyed, 300)] == [
+        ("ctpm", 300, "team"),
+        ("k:k1:ctpm", 2, "key"),
+    ]
     assert checks_for(demand(Limits(), operation=COUNT_TOKENS), None) == []
     assert has_limits(demand(Limits(), operation=COUNT_TOKENS), 300)
     assert not has_limits(demand(Limits(), operation=COUNT_TOKENS), None)
@@ -238,8 +243,17 @@ def test_usage_rows_parse_fields():
         "2025-01-01",
         {"k1|claude|x|requests": "2", "k1|claude|x|input": "10", "k1|claude|x|cost": "0.5", "k0|m|output": "3"},
     )
-    assert rows[0] == {"day": "2025-01-01", "key": "k0", "model": "m", "requests": 0, "input": 0, "output": 3,
-                       "cache_read": 0, "cache_creation": 0, "cost": 0.0}
+    assert rows[0] == {
+        "day": "2025-01-01",
+        "key": "k0",
+        "model": "m",
+        "requests": 0,
+        "input": 0,
+        "output": 3,
+        "cache_read": 0,
+        "cache_creation": 0,
+        "cost": 0.0,
+    }
     assert rows[1]["model"] == "claude|x" and rows[1]["requests"] == 2 and rows[1]["cost"] == 0.5
 
 
@@ -268,8 +282,16 @@ def test_rate_limit_headers():
 
 
 def test_a_rate_rejection_names_the_limit_and_scope():
-    error = rejection(limit="requests_per_minute", scope="key", value=3, team="a", key="k1", retry_after=2.5,
-                      now=NOW, windows={"requests": Window(100, 7, 3.0)})
+    error = rejection(
+        limit="requests_per_minute",
+        scope="key",
+        value=3,
+        team="a",
+        key="k1",
+        retry_after=2.5,
+        now=NOW,
+        windows={"requests": Window(100, 7, 3.0)},
+    )
     assert isinstance(error, RateLimited) and error.status == 429
     assert "requests_per_minute" in error.message and "key 'k1' in team 'a'" in error.message
     assert error.headers["retry-after"] == "3" and "x-should-retry" not in error.response_headers()
@@ -278,19 +300,29 @@ def test_a_rate_rejection_names_the_limit_and_scope():
 
 def test_a_budget_rejection_says_when_it_resets_and_not_to_retry():
     reset = calendar(NOW).next_day
-    error = rejection(limit="tokens_per_day", scope="team", value=1000, team="a", key="k1", retry_after=reset - NOW,
-                      now=NOW, windows={})
+    error = rejection(
+        limit="tokens_per_day",
+        scope="team",
+        value=1000,
+        team="a",
+        key="k1",
+        retry_after=reset - NOW,
+        now=NOW,
+        windows={},
+    )
     assert rfc3339(reset) in error.message and "tokens_per_day" in error.message
     assert error.headers["retry-after"] == str(math.ceil(reset - NOW))
     assert error.response_headers()["x-should-retry"] == "false"
     assert error.resets_at == reset
-    soon = rejection(limit="tokens_per_day", scope="team", value=1000, team="a", key="k1", retry_after=30,
-                     now=NOW, windows={})
+    soon = rejection(
+        limit="tokens_per_day", scope="team", value=1000, team="a", key="k1", retry_after=30, now=NOW, windows={}
+    )
     assert "x-should-retry" not in soon.headers
 
 
 def test_a_zero_limit_is_never_worth_a_retry():
-    error = rejection(limit="requests_per_minute", scope="team", value=0, team="a", key="k1", retry_after=None,
-                      now=NOW, windows={})
+    error = rejection(
+        limit="requests_per_minute", scope="team", value=0, team="a", key="k1", retry_after=None, now=NOW, windows={}
+    )
     assert error.retry_after is None and error.headers["x-should-retry"] == "false"
     assert int(error.headers["retry-after"]) >= 1 and "is 0" in error.message

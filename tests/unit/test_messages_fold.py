@@ -69,7 +69,12 @@ def test_native_stream():
     ]
     assert message["stop_reason"] == "tool_use" and message["stop_sequence"] is None
     # message_delta without input_tokens keeps message_start's count (§2.3 rule 5)
-    assert fold.usage == {"input_tokens": 472, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 89}
+    assert fold.usage == {
+        "input_tokens": 472,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 89,
+    }
     assert fold.stopped and fold.error is None and fold.problems == []
     assert comparable(message) == sdk_fold(events)
 
@@ -94,7 +99,11 @@ def test_message_delta_overwrites_and_keeps():
     fold = MessageFold.of(
         [
             start(cache_read_input_tokens=5),
-            {"type": "message_delta", "delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"}, "usage": {"output_tokens": 3}},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "stop_sequence", "stop_sequence": "END"},
+                "usage": {"output_tokens": 3},
+            },
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
@@ -123,7 +132,11 @@ def test_mismatched_deltas_are_ignored():
     fold = MessageFold.of(
         [
             start(),
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+            },
             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ignored"}},
             {"type": "content_block_delta", "index": 0, "delta": {"type": "new_future_delta", "x": 1}},
             {"type": "content_block_stop", "index": 0},
@@ -136,7 +149,13 @@ def test_mismatched_deltas_are_ignored():
 
 
 def test_citations_and_redacted_thinking():
-    citation = {"type": "char_location", "cited_text": "x", "document_index": 0, "start_char_index": 0, "end_char_index": 1}
+    citation = {
+        "type": "char_location",
+        "cited_text": "x",
+        "document_index": 0,
+        "start_char_index": 0,
+        "end_char_index": 1,
+    }
     events = [
         start(),
         {"type": "content_block_start", "index": 0, "content_block": {"type": "redacted_thinking", "data": "opaque"}},
@@ -145,7 +164,11 @@ def test_citations_and_redacted_thinking():
         {"type": "content_block_delta", "index": 1, "delta": {"type": "citations_delta", "citation": citation}},
         {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "x"}},
         {"type": "content_block_stop", "index": 1},
-        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 2}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 2},
+        },
         {"type": "message_stop"},
     ]
     fold = MessageFold.of(events, strict=True)
@@ -159,7 +182,9 @@ def test_citations_and_redacted_thinking():
 def test_error_event_is_kept():
     fold = MessageFold.of([start(), {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}])
     assert fold.error == {"type": "overloaded_error", "message": "busy"} and not fold.stopped
-    assert MessageFold.of([{"type": "error", "error": {"type": "api_error", "message": "x"}}]).error["type"] == "api_error"
+    assert (
+        MessageFold.of([{"type": "error", "error": {"type": "api_error", "message": "x"}}]).error["type"] == "api_error"
+    )
 
 
 @pytest.mark.parametrize(
@@ -169,7 +194,11 @@ def test_error_event_is_kept():
         [start(), {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}}],
         [
             start(),
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+            },
             {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{nope"}},
             {"type": "content_block_stop", "index": 0},
         ],

@@ -102,11 +102,26 @@ def test_names_the_configuration_does_not_declare_are_folded(config):
 
 def test_one_request_from_its_exchange(metrics):
     exchange = Exchange(
-        path="/v1/messages", team_id="team-a", key_id="key_secret_id", model="chat-alias", served_model="chat-model",
-        backend="chat", upstream_model="upstream-chat", stream=True, status=200, upstream_seconds=0.75,
+        path="/v1/messages",
+        team_id="team-a",
+        key_id="key_secret_id",
+        model="chat-alias",
+        served_model="chat-model",
+        backend="chat",
+        upstream_model="upstream-chat",
+        stream=True,
+        status=200,
+        upstream_seconds=0.75,
         first_token_seconds=0.25,
-        usage={"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 3},
-        retries=2, fallbacks=["native-model"], upstream_errors=[("chat", "timeout"), ("chat", "status_418"), ("x", "??")],
+        usage={
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 3,
+        },
+        retries=2,
+        fallbacks=["native-model"],
+        upstream_errors=[("chat", "timeout"), ("chat", "status_418"), ("x", "??")],
     )
     finish(metrics, exchange)
     found = samples(metrics)
@@ -115,8 +130,13 @@ def test_one_request_from_its_exchange(metrics):
     assert value(found, n.TOKENS, team="team-a", model="chat-model", token_type="input") == 10
     assert value(found, n.TOKENS, token_type="cache_read") == 100
     assert value(found, n.TOKENS, token_type="cache_creation") == 3
-    gen_ai = {"gen_ai_operation_name": "messages", "gen_ai_provider_name": "chat",
-              "gen_ai_request_model": "upstream-chat", "gen_ai_original_model": "chat-alias", "error_type": ""}
+    gen_ai = {
+        "gen_ai_operation_name": "messages",
+        "gen_ai_provider_name": "chat",
+        "gen_ai_request_model": "upstream-chat",
+        "gen_ai_original_model": "chat-alias",
+        "error_type": "",
+    }
     assert value(found, n.GEN_AI_TOKEN_USAGE + "_sum", gen_ai_token_type="input", **gen_ai) == 113
     assert value(found, n.GEN_AI_TOKEN_USAGE + "_sum", gen_ai_token_type="cached_input") == 100
     assert value(found, n.GEN_AI_REQUEST_DURATION + "_sum", **gen_ai) == 1.0
@@ -135,13 +155,27 @@ def test_one_request_from_its_exchange(metrics):
 
 
 def test_errors_and_refusals(metrics):
-    finish(metrics, Exchange(path="/v1/messages", team_id="t", model="chat-model", served_model="chat-model",
-                             status=429, error_type="rate_limit_error", rejected_limit="tokens_per_day"))
-    finish(metrics, Exchange(path="/v1/messages", team_id="t", model="chat-model", status=502,
-                             error_type="made_up_by_an_upstream"))
+    finish(
+        metrics,
+        Exchange(
+            path="/v1/messages",
+            team_id="t",
+            model="chat-model",
+            served_model="chat-model",
+            status=429,
+            error_type="rate_limit_error",
+            rejected_limit="tokens_per_day",
+        ),
+    )
+    finish(
+        metrics,
+        Exchange(path="/v1/messages", team_id="t", model="chat-model", status=502, error_type="made_up_by_an_upstream"),
+    )
     finish(metrics, Exchange(path="/v1/messages", status=401, error_type="authentication_error"))
-    finish(metrics, Exchange(path="/v1/messages", team_id="t", model="chat-model", status=499,
-                             error_type="client_disconnected"))
+    finish(
+        metrics,
+        Exchange(path="/v1/messages", team_id="t", model="chat-model", status=499, error_type="client_disconnected"),
+    )
     found = samples(metrics)
     assert value(found, n.RATE_LIMIT_REJECTIONS, team="t", limit="tokens_per_day") == 1
     assert value(found, n.GEN_AI_REQUEST_DURATION + "_count", error_type="_OTHER") == 1
@@ -171,8 +205,9 @@ def test_teams_past_the_cap_are_folded(metrics, monkeypatch):
 def test_a_new_configuration_is_picked_up(metrics):
     runtime = metrics._runtime
     finish(metrics, Exchange(path="/v1/messages", model="new-model", status=404))
-    runtime.routes = build_routes(parse(CONFIG + "  - name: new-model\n    routes: [{backend: chat, model: n}]\n", env={}),
-                                  runtime.client)
+    runtime.routes = build_routes(
+        parse(CONFIG + "  - name: new-model\n    routes: [{backend: chat, model: n}]\n", env={}), runtime.client
+    )
     finish(metrics, Exchange(path="/v1/messages", model="new-model", served_model="new-model", status=200))
     found = samples(metrics)
     assert value(found, n.REQUESTS, model="other") == 1 and value(found, n.REQUESTS, model="new-model") == 1
@@ -196,8 +231,12 @@ def test_redis_observer(metrics):
     assert value(found, n.REDIS_ERRORS, component="store", kind="connection") == 1
     assert value(found, n.REDIS_ERRORS, component="store", kind="error") == 1
     assert value(found, n.LIMITER_DEGRADED) == 1
-    for name in (n.LIMITER_OUTAGES, n.LIMITER_FALLBACK_ADMISSIONS, n.LIMITER_REFUSED_ADMISSIONS,
-                 n.LIMITER_LOST_SETTLEMENTS):
+    for name in (
+        n.LIMITER_OUTAGES,
+        n.LIMITER_FALLBACK_ADMISSIONS,
+        n.LIMITER_REFUSED_ADMISSIONS,
+        n.LIMITER_LOST_SETTLEMENTS,
+    ):
         assert value(found, name) == 1
     observer.limiter_event("recovered")
     assert value(samples(metrics), n.LIMITER_DEGRADED) == 0
@@ -290,7 +329,9 @@ def sample_names(metrics: m.Metrics) -> set[str]:
 
 
 def test_every_constant_is_exported_and_every_export_is_a_constant(metrics):
-    constants = {v for k, v in vars(m).items() if k.isupper() and isinstance(v, str) and v.startswith(("gateway_", "gen_ai_"))}
+    constants = {
+        v for k, v in vars(m).items() if k.isupper() and isinstance(v, str) and v.startswith(("gateway_", "gen_ai_"))
+    }
     assert constants == documented_names(metrics)
 
 
@@ -299,7 +340,13 @@ def test_the_readme_documents_every_metric(metrics):
     section = readme.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     for name in documented_names(metrics):
         assert f"`{name}`" in section, name
-    for label in {*n.GEN_AI_TOKEN_LABELS, *n.REQUEST_LABELS, *n.TOKEN_LABELS, *n.DEPLOYMENT_LABELS, *n.REDIS_ERROR_LABELS}:
+    for label in {
+        *n.GEN_AI_TOKEN_LABELS,
+        *n.REQUEST_LABELS,
+        *n.TOKEN_LABELS,
+        *n.DEPLOYMENT_LABELS,
+        *n.REDIS_ERROR_LABELS,
+    }:
         assert label in section, label
     assert "x-gateway-overhead-ms" in section
 
@@ -313,8 +360,11 @@ def test_dashboard_and_rules_use_only_exported_names(metrics):
     expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
-    queries += [v["query"] if isinstance(v["query"], str) else v["query"]["query"]
-                for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    queries += [
+        v["query"] if isinstance(v["query"], str) else v["query"]["query"]
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "query"
+    ]
     assert expressions and queries
     recorded = {rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule}
     texts = []
@@ -326,8 +376,13 @@ def test_dashboard_and_rules_use_only_exported_names(metrics):
     assert used <= names, used - names
     assert {n.REQUESTS, n.GEN_AI_REQUEST_DURATION + "_count", n.LIMITER_DEGRADED} <= used
     alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
-    assert {"GatewayHighErrorRate", "GatewaySlowResponses", "GatewayRateLimitSaturation", "GatewayUpstreamFailures",
-            "GatewayRedisDown"} <= alerts
+    assert {
+        "GatewayHighErrorRate",
+        "GatewaySlowResponses",
+        "GatewayRateLimitSaturation",
+        "GatewayUpstreamFailures",
+        "GatewayRedisDown",
+    } <= alerts
 
 
 @binaries.needs("promtool", how="apt-get install prometheus")
@@ -335,6 +390,11 @@ def test_promtool_accepts_the_rules_and_their_tests():
     rules = ROOT / "deploy" / "prometheus-rules.yaml"
     checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    tested = subprocess.run(["promtool", "test", "rules", "prometheus-rules.test.yaml"], cwd=ROOT / "deploy",
-                            capture_output=True, text=True, check=False)
+    tested = subprocess.run(
+        ["promtool", "test", "rules", "prometheus-rules.test.yaml"],
+        cwd=ROOT / "deploy",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -17,13 +17,7 @@ from gateway.config import (
     parse,
 )
 from gateway.errors import InvalidRequest
-from gateway.passthrough import (
-    Patterns,
-    backend_policy,
-    check,
-    file_reference,
-    team_policies,
-)
+from gateway.passthrough import Patterns, backend_policy, check, file_reference, team_policies
 
 
 @pytest.mark.parametrize(
@@ -98,9 +92,18 @@ def test_refusals_name_the_value_and_the_setting():
 def test_what_the_gateway_reads_itself_always_passes():
     nothing = backend_policy(PassthroughConfig(betas=[], tools=["custom"], fields=[]))
     body = {
-        **ASK, "system": "s", "stop_sequences": ["x"], "stream": True, "temperature": 0.5, "top_p": 0.9, "top_k": 5,
-        "metadata": {"user_id": "u"}, "tool_choice": {"type": "auto"}, "thinking": {"type": "adaptive"},
-        "output_config": {"effort": "low"}, "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+        **ASK,
+        "system": "s",
+        "stop_sequences": ["x"],
+        "stream": True,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": 5,
+        "metadata": {"user_id": "u"},
+        "tool_choice": {"type": "auto"},
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "low"},
+        "tools": [{"name": "t", "input_schema": {"type": "object"}}],
     }
     check(body, None, (nothing,))
     check(body, "", (nothing,))
@@ -136,15 +139,26 @@ def image_file(file_id: str | None = "file_011") -> dict:
     ("content", "path"),
     [
         ([{"type": "text", "text": "hi"}, image_file()], "messages.0.content.1.source.file_id"),
-        ([{"type": "document", "source": {"type": "file", "file_id": "file_2"}}], "messages.0.content.0.source.file_id"),
+        (
+            [{"type": "document", "source": {"type": "file", "file_id": "file_2"}}],
+            "messages.0.content.0.source.file_id",
+        ),
         ([{"type": "container_upload", "file_id": "file_3"}], "messages.0.content.0.file_id"),
         (
             [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "x"}, image_file()]}],
             "messages.0.content.0.content.1.source.file_id",
         ),
         (
-            [{"type": "code_execution_tool_result", "tool_use_id": "s",
-              "content": {"type": "code_execution_result", "content": [{"type": "code_execution_output", "file_id": "f"}]}}],
+            [
+                {
+                    "type": "code_execution_tool_result",
+                    "tool_use_id": "s",
+                    "content": {
+                        "type": "code_execution_result",
+                        "content": [{"type": "code_execution_output", "file_id": "f"}],
+                    },
+                }
+            ],
             "messages.0.content.0.content.content.0.file_id",
         ),
     ],
@@ -162,8 +176,21 @@ def test_file_references_are_found_wherever_a_block_carries_one(content, path):
     [
         "a file_id in text",
         [{"type": "text", "text": "file_id"}],
-        [{"type": "tool_use", "id": "t", "name": "fetch", "input": {"file_id": "the client's own", "nested": [{"file_id": 1}]}}],
-        [{"type": "text", "text": "cited", "citations": [{"type": "char_location", "file_id": None, "cited_text": "c"}]}],
+        [
+            {
+                "type": "tool_use",
+                "id": "t",
+                "name": "fetch",
+                "input": {"file_id": "the client's own", "nested": [{"file_id": 1}]},
+            }
+        ],
+        [
+            {
+                "type": "text",
+                "text": "cited",
+                "citations": [{"type": "char_location", "file_id": None, "cited_text": "c"}],
+            }
+        ],
         [image_file(None)],
     ],
 )

@@ -251,7 +251,9 @@ async def test_cluster_client(kind: str) -> None:
 
 
 async def test_the_store_client_takes_its_timeouts_and_cap_from_the_config() -> None:
-    config = store_section("{type: redis, url: 'redis://r:6379', socket_timeout: 0.5, socket_connect_timeout: 0.25, max_connections: 8}")
+    config = store_section(
+        "{type: redis, url: 'redis://r:6379', socket_timeout: 0.5, socket_connect_timeout: 0.25, max_connections: 8}"
+    )
     client = connect(config, store_profile(config))
     try:
         settings = client.connection_pool.connection_kwargs

@@ -28,8 +28,13 @@ from tests.support.grammar import check_stream
 R = TypeVar("R", ChatRelay, NativeRelay)
 
 CALL = to_chat_request(
-    {"model": "m", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}],
-     "tools": [{"name": "f", "input_schema": {"type": "object"}}]},
+    {
+        "model": "m",
+        "max_tokens": 50,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+    },
     upstream_model="up",
     dialect=ChatDialect(),
 )
@@ -112,7 +117,13 @@ def test_chat_text_before_a_failure_reaches_the_client_at_every_split(bad, error
         got, relay = run_chat(pieces)
         check_stream(got)
         types = [e["type"] for e in got]
-        assert types == ["message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"], pieces
+        assert types == [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "error",
+        ], pieces
         assert deltas(got) == [("text_delta", "Hello"), ("text_delta", " world")]
         assert got[-1]["error"]["type"] == error_type
         assert relay.failure is not None and relay.failure.upstream_failure in ("stream_protocol", "stream_error")
@@ -124,10 +135,17 @@ def test_chat_thinking_and_tool_input_before_a_failure_reach_the_client_at_every
     for pieces in splits(stream):
         got, _ = run_chat(pieces)
         check_stream(got)
-        assert deltas(got) == [("thinking_delta", "hmm"), ("text_delta", "Hi"), ("input_json_delta", '{"a"'),
-                               ("input_json_delta", ": 1")], pieces
+        assert deltas(got) == [
+            ("thinking_delta", "hmm"),
+            ("text_delta", "Hi"),
+            ("input_json_delta", '{"a"'),
+            ("input_json_delta", ": 1"),
+        ], pieces
         assert [e["content_block"]["type"] for e in got if e["type"] == "content_block_start"] == [
-            "thinking", "text", "tool_use"]
+            "thinking",
+            "text",
+            "tool_use",
+        ]
         assert got[-1]["type"] == "error"
 
 
@@ -158,19 +176,44 @@ def event(name: str, payload: dict | bytes) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + body + b"\n\n"
 
 
-START = event("message_start", {"type": "message_start", "message": {
-    "id": "msg_1", "type": "message", "role": "assistant", "model": "upstream-model", "content": [],
-    "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}})
+START = event(
+    "message_start",
+    {
+        "type": "message_start",
+        "message": {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "upstream-model",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 1},
+        },
+    },
+)
 GOOD_NATIVE = (
     START
-    + event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
-    + event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})
-    + event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " world"}})
+    + event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    + event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}},
+    )
+    + event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " world"}},
+    )
 )
-END_NATIVE = (
-    event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    + event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                              "usage": {"output_tokens": 2}})
+END_NATIVE = event("content_block_stop", {"type": "content_block_stop", "index": 0}) + event(
+    "message_delta",
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": 2},
+    },
 )
 STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
@@ -179,10 +222,18 @@ STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     ("bad", "error_type", "kind"),
     [
         (event("message_delta", b"{not json"), "api_error", "stream_protocol"),
-        (event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-         "overloaded_error", "stream_error"),
-        (event("error", {"type": "error", "error": {"type": "api_error", "message": "key sk-ant-abcdefghijkl leaked"}}),
-         "api_error", "stream_error"),
+        (
+            event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            "overloaded_error",
+            "stream_error",
+        ),
+        (
+            event(
+                "error", {"type": "error", "error": {"type": "api_error", "message": "key sk-ant-abcdefghijkl leaked"}}
+            ),
+            "api_error",
+            "stream_error",
+        ),
     ],
     ids=["not-json", "overloaded", "scrubbed"],
 )
@@ -192,7 +243,12 @@ def test_native_text_before_a_failure_reaches_the_client_at_every_split(bad, err
         got, relay = run_native(pieces)
         check_stream(got)
         assert [e["type"] for e in got] == [
-            "message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"], pieces
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "error",
+        ], pieces
         assert got[0]["message"]["model"] == "client-model"
         assert deltas(got) == [("text_delta", "Hello"), ("text_delta", " world")]
         assert got[-1]["error"]["type"] == error_type and "sk-ant-" not in got[-1]["error"]["message"]
@@ -209,8 +265,10 @@ def test_a_native_stream_is_passed_through_byte_for_byte_but_for_its_model_at_ev
 
 
 def test_nothing_after_a_native_message_stop_reaches_the_client():
-    extra = event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                          "delta": {"type": "text_delta", "text": "after"}})
+    extra = event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "after"}},
+    )
     for pieces in splits(GOOD_NATIVE + END_NATIVE + STOP + extra):
         got, _ = run_native(pieces)
         check_stream(got)
@@ -219,8 +277,11 @@ def test_nothing_after_a_native_message_stop_reaches_the_client():
 
 @pytest.mark.parametrize(
     "tail",
-    [b'event: message_stop\ndata: {"type":"message_stop"}\n', b'event: message_stop\ndata: {"type":"message_stop"}',
-     b'event: message_stop\r\ndata: {"type":"message_stop"}\r\n'],
+    [
+        b'event: message_stop\ndata: {"type":"message_stop"}\n',
+        b'event: message_stop\ndata: {"type":"message_stop"}',
+        b'event: message_stop\r\ndata: {"type":"message_stop"}\r\n',
+    ],
     ids=["lf", "no-line-end", "crlf"],
 )
 def test_a_native_message_stop_without_its_blank_line_is_a_whole_stream(tail):
@@ -242,8 +303,10 @@ def test_a_native_stream_cut_inside_its_last_event_is_an_early_end():
 def test_a_native_event_in_many_small_reads_costs_its_length_not_its_square():
     """The relay used to join and search its whole held buffer on every read: an event that
     arrived a byte at a time cost the square of its length."""
-    big = event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                        "delta": {"type": "text_delta", "text": "x" * 200_000}})
+    big = event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * 200_000}},
+    )
     relay = NativeRelay("m")
     relay.feed(START)
     out = [relay.feed(big[i : i + 1]) for i in range(len(big))]
@@ -276,10 +339,17 @@ def test_chat_text_before_a_line_or_event_past_the_cap_reaches_the_client_at_eve
         got, relay = relay_all(ChatRelay(CALL, input_tokens=3, max_event=CAP), pieces)
         check_stream(got)
         assert [e["type"] for e in got] == [
-            "message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"], pieces
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "error",
+        ], pieces
         assert deltas(got) == [("text_delta", "Hello"), ("text_delta", " world")]
-        assert got[-1]["error"] == {"type": "api_error",
-                                    "message": f"the model's backend sent a stream line or event longer than {CAP} bytes"}
+        assert got[-1]["error"] == {
+            "type": "api_error",
+            "message": f"the model's backend sent a stream line or event longer than {CAP} bytes",
+        }
         assert relay.failure is not None and relay.failure.upstream_failure == "stream_protocol"
 
 
@@ -289,7 +359,12 @@ def test_native_text_before_a_line_or_event_past_the_cap_reaches_the_client_at_e
         got, relay = relay_all(NativeRelay("client-model", max_event=CAP), pieces)
         check_stream(got)
         assert [e["type"] for e in got] == [
-            "message_start", "content_block_start", "content_block_delta", "content_block_delta", "error"], pieces
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "error",
+        ], pieces
         assert got[0]["message"]["model"] == "client-model"
         assert got[-1]["error"]["message"] == f"the model's backend sent a stream line or event longer than {CAP} bytes"
         assert relay.failure is not None and relay.failure.upstream_failure == "stream_protocol"
@@ -301,5 +376,5 @@ def test_a_native_event_that_never_ends_is_let_go_once_past_the_cap():
     outs = [relay.feed(b"data: x\n") for _ in range(2 * CAP // 8)]
     refused = next(i for i, out in enumerate(outs) if out)
     assert refused == CAP // 8  # the read that passed the cap, and nothing after it
-    assert outs[refused].startswith(b"event: error\n") and not any(outs[refused + 1:])
+    assert outs[refused].startswith(b"event: error\n") and not any(outs[refused + 1 :])
     assert relay.finished and relay._held == []

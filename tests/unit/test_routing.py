@@ -283,7 +283,12 @@ def test_health_lists_every_deployment_once_with_its_state():
     assert len(keys) == len(set(keys))  # aliases do not repeat a model's deployments
     by_key = {(h["backend"], h["upstream_model"]): h for h in health}
     assert by_key[("b", "b-big")] == {
-        "model": "big", "backend": "b", "upstream_model": "b-big", "weight": 1.0, "state": "open", "retry_in": 20.0,
+        "model": "big",
+        "backend": "b",
+        "upstream_model": "b-big",
+        "weight": 1.0,
+        "state": "open",
+        "retry_in": 20.0,
         "in_flight": 0,
     }
     assert by_key[("a", "a-big")]["state"] == "closed" and by_key[("a", "a-big")]["weight"] == 3.0
@@ -375,8 +380,14 @@ def sleeps(fake) -> list[float]:
 
 
 async def run(
-    r: Router, cfg: Config, model: str, script: Script, exchange: Exchange | None = None, *,
-    allowed: Callable[[routing.Plan], bool] = lambda plan: True, **kwargs,
+    r: Router,
+    cfg: Config,
+    model: str,
+    script: Script,
+    exchange: Exchange | None = None,
+    *,
+    allowed: Callable[[routing.Plan], bool] = lambda plan: True,
+    **kwargs,
 ):
     """`allowed`: the fallbacks and context fallbacks the caller may use (the model asked for, it may)."""
     exchange = exchange or Exchange(started=dispatch.time.perf_counter())
@@ -398,7 +409,9 @@ async def test_a_first_success_is_returned_and_left_in_flight_for_the_caller(fak
     assert {h["upstream_model"]: h["in_flight"] for h in r.health()}["a-solo"] == 0
 
 
-@pytest.mark.parametrize("failure", [refused, timed_out, *(lambda s=s: upstream(s) for s in (408, 429, 500, 502, 503, 504, 529))])
+@pytest.mark.parametrize(
+    "failure", [refused, timed_out, *(lambda s=s: upstream(s) for s in (408, 429, 500, 502, 503, 504, 529))]
+)
 async def test_each_retryable_failure_is_retried(fake, sleeps, failure):
     cfg = config(FAST)
     r = router(cfg)
@@ -551,7 +564,11 @@ async def test_fallbacks_in_order_when_every_attempt_of_the_model_failed(fake, s
     script = Script(a_big=[upstream(500)] * 3, b_big=[upstream(500)] * 3, c_medium=[refused()] * 3)
     result, deployment, exchange = await run(r, cfg, "big", script)
     assert script.calls[3:] == ["c-medium"] * 3 + ["d-small"]
-    assert sorted(script.calls[:3]) == ["a-big", "a-big", "b-big"] or sorted(script.calls[:3]) == ["a-big", "b-big", "b-big"]
+    assert sorted(script.calls[:3]) == ["a-big", "a-big", "b-big"] or sorted(script.calls[:3]) == [
+        "a-big",
+        "b-big",
+        "b-big",
+    ]
     assert result == "ok from d-small" and deployment.backend_name == "d"
     assert exchange.fallbacks == ["medium", "small"]
     assert exchange.retries == 6
@@ -683,8 +700,12 @@ async def test_panic_picks_across_the_model_and_its_fallbacks_by_the_cooldown_le
     cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
     r = router(cfg, clock=clock)
     # big (a, b) falls back to medium (c) and small (d); all four open, c opened first.
-    order = [r.resolve("medium").primary, r.resolve("big").deployments[0], r.resolve("big").deployments[1],
-             r.resolve("small").primary]
+    order = [
+        r.resolve("medium").primary,
+        r.resolve("big").deployments[0],
+        r.resolve("big").deployments[1],
+        r.resolve("small").primary,
+    ]
     for deployment in order:
         r.breaker(deployment).failure()
         clock.now += 1
@@ -722,8 +743,14 @@ async def test_refuse_when_all_open_says_why_and_when(fake, sleeps, status, refu
 
 @pytest.mark.parametrize(
     ("status", "answer", "error_type"),
-    [(429, 429, "rate_limit_error"), (500, 500, "api_error"), (502, 529, "overloaded_error"),
-     (503, 529, "overloaded_error"), (529, 529, "overloaded_error"), (504, 504, "timeout_error")],
+    [
+        (429, 429, "rate_limit_error"),
+        (500, 500, "api_error"),
+        (502, 529, "overloaded_error"),
+        (503, 529, "overloaded_error"),
+        (529, 529, "overloaded_error"),
+        (504, 504, "timeout_error"),
+    ],
 )
 async def test_when_retries_are_spent_the_client_gets_the_last_failures_class(fake, sleeps, status, answer, error_type):
     cfg = config("{retries: 2, backoff_base: 0, cooldown: {failures: 2, seconds: 30}}")

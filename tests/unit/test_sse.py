@@ -33,7 +33,7 @@ RAW_FILES = sorted(RAW.glob("*.sse"))
 SHORT = (
     b"\xef\xbb\xbf: hi\r\n\r\n"
     b'data:{"a":"\xc3\xa9\xe4\xbd\xa0"}\r\r'
-    b"event: x\nid: 7\ndata: {\"b\":\n"
+    b'event: x\nid: 7\ndata: {"b":\n'
     b'data: "\xf0\x9f\x8c\x8d"}\n\n'
     b"event: empty\n\n"
     b"data: [DONE]\r\n\r\n"
@@ -193,8 +193,10 @@ def test_a_line_past_the_cap_ends_the_stream_after_the_events_before_it():
 
 def test_an_event_whose_data_lines_add_up_past_the_cap_ends_the_stream():
     raw = b"data: ok\n\n" + b"data: 0123456789\n" * 4 + b"\ndata: ok\n\n" + b"data: 0123456789\n" * 5 + b"\n"
-    assert decode_capped([raw], 64) == ([SseEvent(None, "ok"), SseEvent(None, "\n".join(["0123456789"] * 4)),
-                                         SseEvent(None, "ok")], True)
+    assert decode_capped([raw], 64) == (
+        [SseEvent(None, "ok"), SseEvent(None, "\n".join(["0123456789"] * 4)), SseEvent(None, "ok")],
+        True,
+    )
 
 
 def test_a_line_that_never_ends_is_refused_once_past_the_cap():
@@ -233,7 +235,7 @@ def test_encode_round_trip():
     events = [
         {"type": "message_start", "message": {"id": "msg_1", "content": [], "usage": {"input_tokens": 1}}},
         {"type": "ping"},
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "你好\n\"q\" 🌍"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": '你好\n"q" 🌍'}},
         {"type": "message_stop"},
     ]
     decoded = decode([b"".join(encode_json(e) for e in events)])
@@ -243,10 +245,7 @@ def test_encode_round_trip():
 
 # ---------------------------------------------------------------------------- property
 
-_TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0"),
-    max_size=12,
-)
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\0"), max_size=12)
 _EVENT = st.tuples(st.one_of(st.none(), _TEXT), st.lists(_TEXT, min_size=1, max_size=3), st.booleans())
 _ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
 
@@ -305,8 +304,11 @@ def test_multibyte_characters_cut_anywhere(text, cuts):
 
 
 @settings(max_examples=300, deadline=None)
-@given(stream=_streams(), cap=st.integers(min_value=1, max_value=60),
-       cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=6))
+@given(
+    stream=_streams(),
+    cap=st.integers(min_value=1, max_value=60),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=6),
+)
 def test_any_split_meets_the_cap_at_the_same_point(stream, cap, cuts):
     raw, expected = stream
     points = sorted({c % (len(raw) + 1) for c in cuts})
@@ -314,4 +316,4 @@ def test_any_split_meets_the_cap_at_the_same_point(stream, cap, cuts):
     count, overflowed = capped_reference(raw, cap)
     assert decode_capped([raw], cap) == (expected[:count], overflowed)
     assert decode_capped(pieces, cap) == (expected[:count], overflowed)
-    assert decode_capped([raw[i:i + 1] for i in range(len(raw))], cap) == (expected[:count], overflowed)
+    assert decode_capped([raw[i : i + 1] for i in range(len(raw))], cap) == (expected[:count], overflowed)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 CONFTEST = "from tests.conftest import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401\n"
 
-SUITE = '''
+SUITE = """
 import sys
 
 import pytest
@@ -55,7 +55,7 @@ def test_an_expected_failure():
 
 def test_finds_a_present_program():
     assert binaries.require(sys.executable, "this Python") == sys.executable
-'''
+"""
 
 MODULE_SKIP = 'import pytest\n\npytest.importorskip("gateway_test_no_such_module", reason="it is not installed")\n'
 
@@ -74,9 +74,25 @@ def outcomes(tmp_path: Path, strict: bool) -> dict[str, str]:
         env["GATEWAY_TESTS_STRICT"] = "1"
     report = suite / "report.xml"
     subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(suite), "--continue-on-collection-errors",
-         f"--junitxml={report}", str(suite)],
-        cwd=suite, env=env, capture_output=True, text=True, check=False, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(suite),
+            "--continue-on-collection-errors",
+            f"--junitxml={report}",
+            str(suite),
+        ],
+        cwd=suite,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     found = {}
     for case in ET.parse(report).getroot().iter("testcase"):
@@ -104,9 +120,16 @@ def test_strict_mode_fails_only_the_skips_for_want_of_something(tmp_path, strict
     tests = {name: outcome for name, outcome in found.items() if name in EXPECTED_LENIENT}
     expected = dict(EXPECTED_LENIENT)
     if strict:
-        expected.update({name: "failed" for name in (
-            "test_requires_an_absent_program", "test_marked_as_needing_an_absent_program", "test_skips_in_its_own_words",
-        )})
+        expected.update(
+            {
+                name: "failed"
+                for name in (
+                    "test_requires_an_absent_program",
+                    "test_marked_as_needing_an_absent_program",
+                    "test_skips_in_its_own_words",
+                )
+            }
+        )
     assert tests == expected
     assert list(module_skip.values()) == (["failed"] if strict else ["skipped"]), found
 

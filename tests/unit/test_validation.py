@@ -63,7 +63,10 @@ def test_depth_counts_objects_and_lists_and_names_where():
     assert _refusal({**BODY, "metadata": {"a": [[{"b": [{"c": [[]]}]}]]}}, caps) == (
         "metadata.a.0.0.b...: JSON nested more than 8 levels deep (server.max_json_depth)"
     )
-    assert _refusal({**BODY, "x": [[[[[[[[]]]]]]]]}, caps) == "x.0.0.0.0...: JSON nested more than 8 levels deep (server.max_json_depth)"
+    assert (
+        _refusal({**BODY, "x": [[[[[[[[]]]]]]]]}, caps)
+        == "x.0.0.0.0...: JSON nested more than 8 levels deep (server.max_json_depth)"
+    )
 
 
 def test_depth_is_found_without_recursion():
@@ -82,5 +85,7 @@ def test_max_tokens_is_bounded():
     # A security review's body: `max_tokens: 10000000000000000000` went on into admission,
     # which held that much of the team's budget while the request ran.
     assert validate_request({**BODY, "max_tokens": MAX_TOKENS})
-    assert _refusal({**BODY, "max_tokens": MAX_TOKENS + 1}) == "max_tokens: Input should be less than or equal to 1000000"
+    assert (
+        _refusal({**BODY, "max_tokens": MAX_TOKENS + 1}) == "max_tokens: Input should be less than or equal to 1000000"
+    )
     assert _refusal({**BODY, "max_tokens": 10**19}) == "max_tokens: Input should be less than or equal to 1000000"

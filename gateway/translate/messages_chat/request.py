@@ -134,7 +134,9 @@ def _user_messages(content: str | list[ContentBlock], path: str, dialect: ChatDi
         bpath = f"{path}.content.{j}"
         if kind == "tool_result":
             text, extra = _tool_result(block, bpath, dialect)
-            tool_messages.append({"role": "tool", "tool_call_id": upstream_tool_id(block["tool_use_id"]), "content": text})
+            tool_messages.append(
+                {"role": "tool", "tool_call_id": upstream_tool_id(block["tool_use_id"]), "content": text}
+            )
             parts.extend(extra)
         else:
             parts.extend(_user_part(block, bpath, dialect))
@@ -175,7 +177,9 @@ def _image_part(block: ContentBlock, path: str, dialect: ChatDialect) -> Content
             )
         url = source["url"]
     else:
-        raise InvalidRequest(f"{path}.source.type: image source '{source['type']}' is not supported by this model's backend")
+        raise InvalidRequest(
+            f"{path}.source.type: image source '{source['type']}' is not supported by this model's backend"
+        )
     return {"type": "image_url", "image_url": {"url": url}}
 
 
@@ -188,7 +192,11 @@ def _document_part(block: ContentBlock, path: str, dialect: ChatDialect) -> Cont
         return {"type": "text", "text": f"{title}\n{text}" if title else text}
     if kind == "content":
         inner = source.get("content")
-        text = inner if isinstance(inner, str) else "\n".join(b.get("text", "") for b in inner or [] if b.get("type") == "text")
+        text = (
+            inner
+            if isinstance(inner, str)
+            else "\n".join(b.get("text", "") for b in inner or [] if b.get("type") == "text")
+        )
         return {"type": "text", "text": f"{title}\n{text}" if title else text}
     if kind == "base64" and source.get("media_type") == "application/pdf":
         if not dialect.documents:
@@ -351,6 +359,7 @@ def _json(value: Any) -> str:
 
 # ---------------------------------------------------------------------------- tools
 
+
 def _tool(tool: Tool, path: str, names: _ToolNames) -> ChatTool:
     kind = tool.get("type")
     if kind not in (None, "custom"):
@@ -429,8 +438,19 @@ def _output_format(request: MessagesRequest, body: ChatRequest) -> None:
 # JSON Schema keywords whose value is a subschema, a list of subschemas, or a map of
 # names to subschemas. Only these are walked: a property *named* `properties` or `type`
 # is not a keyword, and `default`/`examples`/`const` values are data, not schemas.
-_SUBSCHEMA = ("items", "additionalItems", "additionalProperties", "contains", "not", "if", "then", "else",
-              "propertyNames", "unevaluatedItems", "unevaluatedProperties")
+_SUBSCHEMA = (
+    "items",
+    "additionalItems",
+    "additionalProperties",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+)
 _SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
 _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 

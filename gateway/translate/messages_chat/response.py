@@ -26,11 +26,7 @@ _FAILED_FINISH = {"abort": GatewayError, "error": GatewayError, "insufficient_sy
 
 
 def stop_reason(
-    finish_reason: str | None,
-    *,
-    had_tool_use: bool,
-    matched: Any = None,
-    stop_sequences: tuple[str, ...] = (),
+    finish_reason: str | None, *, had_tool_use: bool, matched: Any = None, stop_sequences: tuple[str, ...] = ()
 ) -> tuple[str, str | None]:
     """`(stop_reason, stop_sequence)` for an OpenAI `finish_reason`.
 

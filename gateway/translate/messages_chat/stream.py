@@ -632,7 +632,9 @@ class ChatStreamTranslator:
             for event in out:
                 if event["type"] == "content_block_delta":
                     delta = event["delta"]
-                    self._output_chars += len(delta.get("text") or delta.get("thinking") or delta.get("partial_json") or "")
+                    self._output_chars += len(
+                        delta.get("text") or delta.get("thinking") or delta.get("partial_json") or ""
+                    )
         return out
 
 
