@@ -1,6 +1,6 @@
 """Teams and keys as operators manage them: the operations the admin API and the CLI share.
 
-No HTTP and no printing here: `admin/handlers.py` and `cli_accounts.py` call these and
+No HTTP and no printing here: `admin/handlers.py` and `cli/accounts.py` call these and
 present the result. Every operation validates what the store cannot (a default team that
 is one of the key's teams, a key's teams existing) and raises the gateway's own errors
 (`InvalidRequest`, `NotFound`, `Conflict`), so both front ends answer alike.

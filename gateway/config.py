@@ -127,7 +127,7 @@ class Timeouts(_Strict):
 
 
 class ChatOptions(_Strict):
-    """Overrides of the preset's Chat Completions dialect (see `translate/dialect.py`)."""
+    """Overrides of the preset's Chat Completions dialect (see `translate/messages_chat/dialect.py`)."""
 
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
     top_k: bool | None = None
@@ -165,6 +165,11 @@ class BackendSettings(_Strict):
     max_event_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     # Narrowed to one Literal by each type's settings.
     type: str
+
+    def provider(self) -> str | None:
+        """The OpenTelemetry `gen_ai.provider.name` well-known value for this backend, if
+        it has one (metrics label it so; otherwise by the backend's name)."""
+        return None
 
     @field_validator("base_url")
     @classmethod
@@ -254,11 +259,19 @@ class ImageUrlGuard(_Strict):
     max_per_request: Annotated[int, Field(ge=0)] = 100
 
 
+# The presets the gen_ai semantic conventions name; the others are labelled by backend name.
+_GEN_AI_PROVIDERS = {"openai": "openai", "azure": "azure.openai", "groq": "groq", "deepseek": "deepseek"}
+
+
 class OpenAIBackend(BackendSettings):
     """Any Chat Completions server: OpenAI, Azure OpenAI, vLLM, Ollama, Groq, DeepSeek, Together."""
 
     type: Literal["openai"]
     preset: Literal["openai", "azure", "vllm", "ollama", "groq", "deepseek", "together", "generic"] = "generic"
+
+    def provider(self) -> str | None:
+        return _GEN_AI_PROVIDERS.get(self.preset)
+
     options: ChatOptions = Field(default_factory=ChatOptions)
     # Azure OpenAI: the `api-version` query parameter (and the `api-key` header is used).
     api_version: str | None = None
@@ -271,6 +284,10 @@ class AnthropicBackend(BackendSettings):
     """A server that speaks the Messages API itself; requests pass through."""
 
     type: Literal["anthropic"]
+
+    def provider(self) -> str | None:
+        return "anthropic"
+
     # Sent when the client sent none.
     anthropic_version: str = "2023-06-01"
     passthrough: PassthroughConfig = Field(default_factory=PassthroughConfig)

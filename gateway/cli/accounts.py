@@ -5,7 +5,7 @@ operations and request models as the admin API, so both accept and refuse the sa
 configuration as a server's.
 
 `cli.py` parses the arguments; this module turns them into admin API bodies, runs the
-operation and prints with `cli_output`. The memory store is refused: it lives inside one
+operation and prints with `cli/output.py`. The memory store is refused: it lives inside one
 server process, so a CLI process would only be changing a store of its own.
 """
 

@@ -21,7 +21,7 @@ scripts), never this process's clock.
 
 On Redis Cluster each team's scripts run on the master owning its slot (the cluster
 client routes them by KEYS[1]); `add_usage`'s transaction runs on a plain client to that
-master (`redis_connect.SlotClients`), and `renew` sends one script call per team at
+master (`redis.clients.SlotClients`), and `renew` sends one script call per team at
 once instead of one pipeline (redis-py's cluster pipelines refuse EVALSHA).
 """
 

@@ -40,11 +40,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.config import BackendSettings
 from gateway.exchange import Exchange
-
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
-
 from gateway.observe.multiprocess import FilesCollector, use_mmap_values
 from gateway.observe.names import (
     BUILD_INFO,
@@ -101,6 +98,10 @@ from gateway.observe.names import (
     UPSTREAM_OPERATIONS,
     USAGE_ESTIMATED,
 )
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +165,10 @@ class Vocabulary:
         return name if name in self.providers else OTHER
 
 
-def provider_name(backend: str, spec: Any) -> str:
+def provider_name(backend: str, spec: BackendSettings) -> str:
     """`gen_ai.provider.name`: the conventions' well-known value for the backend, else
     the backend's name in the configuration (as Envoy AI Gateway does)."""
-    if getattr(spec, "type", None) == "anthropic":
-        return "anthropic"
-    preset: Any = getattr(spec, "preset", None)  # None too is a key `get` looks up
-    return {"openai": "openai", "azure": "azure.openai", "groq": "groq", "deepseek": "deepseek"}.get(preset, backend)
+    return spec.provider() or backend
 
 
 def _count(value: object) -> int:

@@ -21,7 +21,7 @@ single pipelined connection to one server, on an `asyncio.Protocol`:
 
 Errors are redis-py's exception classes, so callers handle one set of errors whichever
 client they run on. Used for one server or a Sentinel-discovered master; a cluster's
-slots stay with redis-py's cluster client (redis_connect.py).
+slots stay with redis-py's cluster client (`redis/clients.py`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ the memory store (`store/base.py`), and a crash can never leave half a key behin
 
 On Redis Cluster the one hash tag puts everything on one master. Single commands and
 scripts go through the cluster client (it follows the slot); transactions and pipelines
-run on a plain client to that master (`redis_connect.SlotClients`: redis-py's cluster
+run on a plain client to that master (`redis.clients.SlotClients`: redis-py's cluster
 pipelines refuse PUBLISH and MGET), and the change feed subscribes there too.
 """
 
@@ -513,7 +513,7 @@ class RedisStore:
 
     # ---------------------------------------------------------------- change feed
     async def invalidations(self) -> AsyncIterator[str]:
-        """Subscribes on a connection of its own (`redis_connect.feed_client`: no retries,
+        """Subscribes on a connection of its own (`redis.clients.feed_client`: no retries,
         a silent reconnect would hide lost messages). Failing to subscribe raises; losing
         the connection afterwards ends the iterator."""
         feed = await feed_client(self._redis, self._base)

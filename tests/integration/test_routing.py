@@ -436,7 +436,11 @@ async def test_a_stream_whose_client_leaves_says_nothing_of_its_deployment(start
         await response.content.readline()  # the stream began; now the client goes
     await gateway.settled()
     assert states(gateway)["a-solo"] == "closed"
-    assert gateway.app[RUNTIME].routes.router.breaker(gateway.app[RUNTIME].routes.router.resolve("solo-a").primary).pristine
+    assert (
+        gateway.app[RUNTIME]
+        .routes.router.breaker(gateway.app[RUNTIME].routes.router.resolve("solo-a").primary)
+        .pristine
+    )
 
 
 # ============================================================ weights
