@@ -25,6 +25,7 @@ from gateway.identity import ApiKey, Limits, Principal, Team
 from gateway.limiter import COUNT_TOKENS, MESSAGES, LimitExceeded, MemoryLimiter
 from gateway.protocols.usage import MAX_TOKEN_COUNT, clamped_usage, token_count
 from gateway.routing import Router
+from tests.support.doubles import FakeBackend
 
 CONFIG = """
 backends:
@@ -41,13 +42,6 @@ models:
   - name: one-uncapped
     routes: [{backend: a, model: o1, max_output_tokens: 8192}, {backend: b, model: o2}]
 """
-
-
-class FakeBackend:
-    kind = "fake"
-
-    def __init__(self, name: str) -> None:
-        self.name = name
 
 
 @pytest.fixture(scope="module")

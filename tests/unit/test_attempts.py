@@ -6,7 +6,6 @@ policy through `dispatch.run`.)"""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import pytest
 
@@ -15,6 +14,7 @@ from gateway.config import Config, parse
 from gateway.errors import ContextWindowExceeded, GatewayError, InvalidRequest, Overloaded, RateLimited, UpstreamTimeout
 from gateway.routing import Plan, Router
 from gateway.translate.upstream_errors import error_from_upstream
+from tests.support.doubles import Clock, FakeBackend
 
 CONFIG = """
 backends:
@@ -43,27 +43,13 @@ models:
 NOW = 1000.0
 
 
-@dataclass
-class FakeBackend:
-    name: str
-    kind: str = "fake"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def config(routing: str) -> Config:
     return parse(f"routing: {routing}\n{CONFIG}", env={})
 
 
 def router(cfg: Config, clock: Clock | None = None) -> Router:
     backends = {name: FakeBackend(name) for name in cfg.backends}
-    return Router(cfg, backends, rng=random.Random(1), clock=clock or Clock())  # type: ignore[arg-type]
+    return Router(cfg, backends, rng=random.Random(1), clock=clock or Clock(0.0))  # type: ignore[arg-type]
 
 
 def attempts(cfg: Config, r: Router, model: str, **options) -> Attempts:
@@ -213,7 +199,7 @@ def opened(r: Router, clock: Clock, *models: str) -> None:
 
 
 def test_with_every_deployment_cooling_the_first_to_reopen_is_the_probe():
-    clock = Clock()
+    clock = Clock(0.0)
     cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
     r = router(cfg, clock)
     opened(r, clock, "second", "pair", "third")
@@ -229,7 +215,7 @@ def test_with_every_deployment_cooling_the_first_to_reopen_is_the_probe():
 
 
 def test_a_failed_probe_is_never_sent_on_to_the_context_fallbacks():
-    clock = Clock()
+    clock = Clock(0.0)
     cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
     r = router(cfg, clock)
     opened(r, clock, "pair", "second", "third")
@@ -242,7 +228,7 @@ def test_a_failed_probe_is_never_sent_on_to_the_context_fallbacks():
 
 @pytest.mark.parametrize(("status", "refusal"), [(503, Overloaded), (429, RateLimited)])
 def test_refuse_when_all_open_is_an_answer_with_no_step(status, refusal):
-    clock = Clock()
+    clock = Clock(0.0)
     cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30, when_all_open: refuse}}")
     r = router(cfg, clock)
     r.breaker(r.resolve("solo").primary).failure("status_429" if status == 429 else "status_5xx")
@@ -253,7 +239,7 @@ def test_refuse_when_all_open_is_an_answer_with_no_step(status, refusal):
 
 
 def test_a_deployment_cooled_during_the_wait_is_not_tried():
-    clock = Clock()
+    clock = Clock(0.0)
     cfg = config("{retries: 3, backoff_base: 0.1, cooldown: {failures: 2, seconds: 30}}")
     r = router(cfg, clock)
     plans: list[Plan] = [r.resolve("solo"), r.resolve("third")]

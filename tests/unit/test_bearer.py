@@ -5,14 +5,7 @@ is `window` old; a success forgives; at most `capacity` addresses are remembered
 from __future__ import annotations
 
 from gateway.bearer import FailureThrottle
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.doubles import Clock
 
 
 def throttle(clock: Clock, **kwargs) -> FailureThrottle:

@@ -5,17 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.breaker import Breaker, State
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.doubles import Clock
 
 
 @pytest.fixture

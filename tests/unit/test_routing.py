@@ -11,7 +11,6 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -33,21 +32,7 @@ from gateway.exchange import Exchange
 from gateway.identity import ApiKey, Principal, Team
 from gateway.routing import Router
 from gateway.translate.upstream_errors import error_from_upstream
-
-
-@dataclass
-class FakeBackend:
-    name: str
-    kind: str = "fake"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.support.doubles import Clock, FakeBackend
 
 BACKENDS = """
 backends:
@@ -92,7 +77,7 @@ def config(routing: str = "{}", models: str = MODELS) -> Config:
 def router(cfg: Config | None = None, *, seed: int = 7, clock: Clock | None = None) -> Router:
     cfg = cfg or config()
     backends = {name: FakeBackend(name) for name in cfg.backends}
-    return Router(cfg, backends, rng=random.Random(seed), clock=clock or Clock())  # type: ignore[arg-type]
+    return Router(cfg, backends, rng=random.Random(seed), clock=clock or Clock(500.0))  # type: ignore[arg-type]
 
 
 def names(deployments: list[Deployment]) -> list[str]:
@@ -242,7 +227,7 @@ def test_least_busy_takes_the_fewest_in_flight_then_the_heaviest():
 
 
 def test_cooling_deployments_are_left_out_until_half_open():
-    clock = Clock()
+    clock = Clock(500.0)
     r = router(config("{cooldown: {failures: 2, window: 10, seconds: 30}}"), clock=clock)
     plan = r.resolve("big")
     a = plan.deployments[0]
@@ -274,7 +259,7 @@ def test_breakers_are_per_deployment_and_shared_by_aliases_and_wildcard_names():
 
 
 def test_health_lists_every_deployment_once_with_its_state():
-    clock = Clock()
+    clock = Clock(500.0)
     r = router(config("{cooldown: {failures: 1, seconds: 30}}"), clock=clock)
     r.breaker(r.resolve("big").deployments[1]).failure()
     clock.now += 10
@@ -660,7 +645,7 @@ async def test_an_error_without_an_upstream_cause_is_not_retried(fake, sleeps):
 
 
 async def test_failures_open_the_breaker_and_the_next_deployment_or_fallback_serves(fake, sleeps):
-    clock = Clock()
+    clock = Clock(500.0)
     cfg = config("{retries: 5, backoff_base: 0.01, cooldown: {failures: 1, seconds: 30}}")
     r = router(cfg, clock=clock)
     script = Script(a_big=[upstream(500)], b_big=[upstream(500)])
@@ -675,7 +660,7 @@ async def test_failures_open_the_breaker_and_the_next_deployment_or_fallback_ser
 def cooled_solo(routing: str, after: float) -> tuple[Clock, Config, Router, Deployment]:
     """A router whose `solo` deployment failed once (opening a `failures: 1` breaker)
     `after` seconds ago."""
-    clock = Clock()
+    clock = Clock(500.0)
     cfg = config(routing)
     r = router(cfg, clock=clock)
     solo = r.resolve("solo").primary
@@ -696,7 +681,7 @@ async def test_every_deployment_cooling_is_routed_to_the_one_that_reopens_first(
 
 
 async def test_panic_picks_across_the_model_and_its_fallbacks_by_the_cooldown_left(fake, sleeps):
-    clock = Clock()
+    clock = Clock(500.0)
     cfg = config("{retries: 2, cooldown: {failures: 1, seconds: 30}}")
     r = router(cfg, clock=clock)
     # big (a, b) falls back to medium (c) and small (d); all four open, c opened first.
@@ -727,7 +712,7 @@ async def test_a_failed_panic_attempt_answers_its_own_error_and_reopens(fake, sl
     ("status", "refusal", "status_code"), [(503, Overloaded, 529), (500, Overloaded, 529), (429, RateLimited, 429)]
 )
 async def test_refuse_when_all_open_says_why_and_when(fake, sleeps, status, refusal, status_code):
-    clock = Clock()
+    clock = Clock(500.0)
     cfg = config("{retries: 0, cooldown: {failures: 1, seconds: 30, when_all_open: refuse}}")
     r = router(cfg, clock=clock)
     with pytest.raises(GatewayError):
