@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from gateway import dispatch, streaming
-from gateway.auth import TEAM_HEADER
+from gateway.auth import TEAM_HEADER, Authenticator
 from gateway.backends.base import FORWARDED_ANTHROPIC_HEADERS, Deployment
 from gateway.errors import InvalidRequest, NotFound
 from gateway.exchange import Exchange
@@ -16,7 +16,7 @@ from gateway.identity import Principal
 from gateway.protocols.messages import unknown_fields, validate_request
 from gateway.responses import JSON, json_response
 from gateway.routing import Plan, Router, allowed, may_ask, permitted
-from gateway.runtime import EXCHANGE, RUNTIME
+from gateway.runtime import EXCHANGE, RUNTIME, Routes
 from gateway.streaming import BACKEND_HEADER
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,14 @@ def check_text_headers(request: web.Request) -> None:
                 raise InvalidRequest(f"{name}: a header value must be printable ASCII")
 
 
-async def authenticate(request: web.Request) -> Principal:
+async def authenticate(request: web.Request, auth: Authenticator, routes: Routes) -> Principal:
+    """The principal the request runs as; `routes`: the snapshot the request took, whose
+    pass-through narrowing the team gets."""
     check_text_headers(request)  # first: auth reads x-team-id
-    runtime = request.app[RUNTIME]
-    auth, _ = runtime.serving()
     principal = await auth.authenticate(request.headers)
     exchange = request[EXCHANGE]
     exchange.team_id, exchange.key_id = principal.team_id, principal.key_id
-    exchange.team_passthrough = runtime.routes.team_passthrough.get(principal.team_id)
+    exchange.team_passthrough = routes.team_passthrough.get(principal.team_id)
     return principal
 
 
@@ -69,8 +69,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     # This request's routes and routing settings: a reload meanwhile does not change them.
     routes = runtime.routes
-    _, admission = runtime.serving()
-    principal = await authenticate(request)
+    auth, admission = runtime.serving()
+    principal = await authenticate(request, auth, routes)
     body = validate_request(await read_json(request), routes.config.server)
     exchange.model = body["model"]
     exchange.stream = bool(body.get("stream"))
@@ -138,8 +138,8 @@ async def count_tokens(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     # This request's routes and routing settings: a reload meanwhile does not change them.
     routes = runtime.routes
-    _, admission = runtime.serving()
-    principal = await authenticate(request)
+    auth, admission = runtime.serving()
+    principal = await authenticate(request, auth, routes)
     body = validate_request(await read_json(request), routes.config.server)
     exchange.model = body["model"]
     # Counted by the model that would serve the same request to /v1/messages.
@@ -161,8 +161,9 @@ def _model_entry(router: Router, name: str) -> dict:
 
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    principal = await authenticate(request)
-    router = runtime.routes.router
+    routes = runtime.routes
+    principal = await authenticate(request, runtime.serving()[0], routes)
+    router = routes.router
     names = [name for name in router.names() if may_ask(router, principal, name)]
     query = request.query
     try:
@@ -199,9 +200,10 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    principal = await authenticate(request)
+    routes = runtime.routes
+    principal = await authenticate(request, runtime.serving()[0], routes)
     name = request.match_info["model_id"]
-    router = runtime.routes.router
+    router = routes.router
     if not may_ask(router, principal, name):
         raise NotFound(f"model: {name}")  # what a team may not use, it does not see
     return json_response(_model_entry(router, name))

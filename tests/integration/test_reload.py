@@ -4,10 +4,13 @@ routes at once, a bad file changes nothing, and no request in flight is dropped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 
 import aiohttp
+import pytest
 
+from gateway.runtime import RUNTIME
 from tests.support.processes import start_gateway_process
 from tests.support.replies import chat_message
 from tests.support.servers import CLIENT_HEADERS, gateway_config, start_gateway
@@ -59,6 +62,32 @@ async def test_admin_reload_swaps_routes_and_refuses_bad_files(upstream, tmp_pat
             async with http.post(f"{running.url}/admin/reload", headers=ADMIN) as response:
                 assert response.status == 400
                 assert "store: changing it needs a restart" in (await response.json())["error"]["message"]
+    finally:
+        await running.runner.cleanup()
+
+
+async def test_a_reload_swaps_the_routes_whole_and_leaves_the_taken_snapshot_as_it_was(upstream, tmp_path):
+    """A request takes `Runtime.routes` once: a reload meanwhile builds a new snapshot
+    (config, router, backends, pass-through) and leaves the one taken untouched, so the
+    request's config and router always belong together."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(config_text(upstream.url))
+    running = await start_gateway(path.read_text(), str(path))
+    try:
+        runtime = running.app[RUNTIME]
+        taken = runtime.routes
+        path.write_text(config_text(upstream.url, with_new_model=True))
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{running.url}/admin/reload", headers=ADMIN) as response:
+                assert response.status == 200
+        now = runtime.routes
+        assert now is not taken and runtime.config is now.config
+        assert "added-later" in now.router.names() and "added-later" not in taken.router.names()
+        added = now.router.resolve("added-later").primary
+        assert added.backend is now.backends[added.backend_name]  # the router's backends are the snapshot's
+        assert [m.name for m in taken.config.models] == [m.name for m in now.config.models][: len(taken.config.models)]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            taken.router = now.router  # type: ignore[misc]
     finally:
         await running.runner.cleanup()
 
